@@ -1,0 +1,155 @@
+//! Settings: one typed struct with a default for every field.
+//!
+//! Sources, weakest first: the defaults here, then `c360.toml` (or the file named by
+//! `--config`), then `C360_*` environment variables and command-line flags (clap reads both,
+//! so `--help` names each variable). The same field names appear in all three.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{C360Error, Result};
+
+/// The name of the config file looked for in the working directory when none is given.
+pub const DEFAULT_CONFIG_FILE: &str = "c360.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Storage root: a local directory or an object store URL (`s3://bucket/prefix`,
+    /// `gs://…`, `az://…`). c360 keeps its own tables and state here.
+    pub data: String,
+    /// Directory of `.sql` files applied in name order at start-up.
+    pub workspace: PathBuf,
+    /// Values for `${name}` placeholders in workspace files. The demo workspace reads its
+    /// sources from `${sources}`, so `sources = "/data/big"` points it at generated data.
+    pub variables: std::collections::BTreeMap<String, String>,
+    /// Options passed to the object store builder (credentials, region, endpoint…), by the
+    /// names object_store uses, e.g. `aws_region`, `aws_endpoint`.
+    pub storage_options: std::collections::BTreeMap<String, String>,
+    pub pg: PgSettings,
+    pub http: HttpSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PgSettings {
+    /// Address of the Postgres wire protocol listener.
+    pub listen: SocketAddr,
+    /// The database name clients connect to.
+    pub database: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address of the HTTP listener (health now, the event collector later).
+    pub listen: SocketAddr,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data: "c360-data".to_string(),
+            workspace: PathBuf::from("sql"),
+            variables: default_variables(),
+            storage_options: Default::default(),
+            pg: PgSettings::default(),
+            http: HttpSettings::default(),
+        }
+    }
+}
+
+/// The demo workspace's sources sit in the repository, next to `sql/`.
+fn default_variables() -> std::collections::BTreeMap<String, String> {
+    [("sources".to_string(), "../data/demo".to_string())].into()
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        PgSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5433)),
+            database: "c360".to_string(),
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads `path` if given (it must exist), else `./c360.toml` if present, else defaults.
+    pub fn load(path: Option<&Path>) -> Result<Settings> {
+        match path {
+            Some(path) => Settings::from_file(path),
+            None => {
+                let default_path = Path::new(DEFAULT_CONFIG_FILE);
+                if default_path.exists() {
+                    Settings::from_file(default_path)
+                } else {
+                    Ok(Settings::default())
+                }
+            }
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Settings> {
+        let text = std::fs::read_to_string(path).map_err(|e| C360Error::ConfigFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Settings::from_toml(&text).map_err(|message| C360Error::ConfigFile {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> std::result::Result<Settings, String> {
+        // toml's messages already carry line and column, and name the unknown key.
+        let mut settings: Settings =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))?;
+        // A file that sets one variable keeps the defaults of the others.
+        for (name, value) in default_variables() {
+            settings.variables.entry(name).or_insert(value);
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Settings::from_toml("").unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn file_overrides_only_what_it_names() {
+        let settings =
+            Settings::from_toml("data = 's3://bucket/c360'\n[pg]\nlisten = '127.0.0.1:6000'\n")
+                .unwrap();
+        assert_eq!(settings.data, "s3://bucket/c360");
+        assert_eq!(settings.pg.listen.port(), 6000);
+        assert_eq!(settings.pg.database, "c360");
+        assert_eq!(settings.http, HttpSettings::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = Settings::from_toml("[pg]\nlisen = '127.0.0.1:6000'\n").unwrap_err();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn bad_address_is_refused() {
+        assert!(Settings::from_toml("[pg]\nlisten = 'nowhere'\n").is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! The one error type of c360. Each variant names the thing that failed (a file, a statement,
+//! an address) so that the message a user sees is enough to act on.
+
+use std::path::PathBuf;
+
+use datafusion::error::DataFusionError;
+
+pub type Result<T, E = C360Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum C360Error {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    #[error("cannot read config file {path}: {message}")]
+    ConfigFile { path: PathBuf, message: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("data directory {path} is not writable: {source}")]
+    DataDirNotWritable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("invalid storage URL {url}: {message}")]
+    StorageUrl { url: String, message: String },
+
+    #[error("{file}:{line}: {message}")]
+    Workspace {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("refusing to listen on {addr}: {reason}")]
+    UnsafeListen { addr: String, reason: String },
+
+    #[error("writing {path}: {source}")]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: datafusion::parquet::errors::ParquetError,
+    },
+
+    #[error("{context}: {source}")]
+    Arrow {
+        context: String,
+        #[source]
+        source: datafusion::arrow::error::ArrowError,
+    },
+
+    #[error("{0}")]
+    Query(#[from] DataFusionError),
+
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl C360Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        C360Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn parquet(
+        path: impl Into<PathBuf>,
+        source: datafusion::parquet::errors::ParquetError,
+    ) -> Self {
+        C360Error::Parquet {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn arrow(context: impl Into<String>, source: datafusion::arrow::error::ArrowError) -> Self {
+        C360Error::Arrow {
+            context: context.into(),
+            source,
+        }
+    }
+}

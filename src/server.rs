@@ -1,0 +1,90 @@
+//! `c360 serve`: open the engine, bind every door, announce how to connect, run until a
+//! signal, then stop cleanly.
+
+use std::future::Future;
+use std::io::Write;
+
+use tokio::sync::watch;
+
+use crate::collect::HttpServer;
+use crate::error::{C360Error, Result};
+use crate::pg::PgServer;
+use crate::{Engine, Settings};
+
+/// Serves until `stop` resolves (the CLI passes Ctrl-C or SIGTERM).
+///
+/// Everything that can fail at start-up (storage, workspace, ports) fails before the banner
+/// is printed, so a printed banner means the server is really up.
+pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result<()> {
+    let pg_addr = settings.pg.listen;
+    let http_addr = settings.http.listen;
+    let engine = Engine::open(settings).await?;
+    let pg = PgServer::bind(&engine, pg_addr).await?;
+    let http = HttpServer::bind(&engine, http_addr).await?;
+    print_banner(&engine, &pg, &http)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        // An Err means the sender is gone, which also means stop.
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let pg_task = tokio::spawn(pg.run(stopped(stop_rx.clone())));
+    let http_task = tokio::spawn(http.run(stopped(stop_rx)));
+
+    stop.await;
+    tracing::info!("stopping: no new connections, closing sessions");
+    let _ = stop_tx.send(true);
+    let joined = |e: tokio::task::JoinError| C360Error::io("server task", std::io::Error::other(e));
+    pg_task.await.map_err(joined)?;
+    http_task.await.map_err(joined)??;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn print_banner(engine: &Engine, pg: &PgServer, http: &HttpServer) -> Result<()> {
+    let pg_addr = pg.local_addr()?;
+    let http_addr = http.local_addr()?;
+    let applied = engine.workspace();
+    let mut out = std::io::stdout().lock();
+    let text = format!(
+        "c360 is up: workspace {} ({} statements in {} files), storage {}\n\
+         \x20 connect:  psql -h {} -p {} -d {}\n\
+         \x20 health:   http://{}/health\n\
+         Press Ctrl-C to stop.\n",
+        engine.settings().workspace.display(),
+        applied.statements,
+        applied.files,
+        engine.storage().url(),
+        pg_addr.ip(),
+        pg_addr.port(),
+        engine.database_name(),
+        http_addr,
+    );
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| C360Error::io("stdout", e))
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM (what service managers send).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

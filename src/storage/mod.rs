@@ -1,0 +1,170 @@
+//! The storage root: where c360 keeps everything it owns (landed tables, identity state,
+//! materialized results, the action queue).
+//!
+//! It is an object store addressed by a URL, a local directory by default, so that the same
+//! code runs against S3, GCS or Azure when an operator sets `data = "s3://…"`. Opening a
+//! root proves it is writable before the server announces itself, so that a bad `--data`
+//! fails at start-up with the path in the message rather than at the first commit.
+
+use std::collections::BTreeMap;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use datafusion::prelude::SessionContext;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use url::Url;
+
+use crate::error::{C360Error, Result};
+
+/// An opened, writable storage root.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    url: Url,
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+}
+
+impl Storage {
+    /// Opens `location`: a URL with a scheme (`s3://`, `gs://`, `az://`, `file://`,
+    /// `memory://`) or a local directory, created if missing.
+    pub async fn open(location: &str, options: &BTreeMap<String, String>) -> Result<Storage> {
+        let storage = match Url::parse(location) {
+            Ok(url) if url.scheme().len() > 1 && url.scheme() != "file" => {
+                Storage::open_url(url, options)?
+            }
+            Ok(url) if url.scheme() == "file" => {
+                let dir = url.to_file_path().map_err(|()| C360Error::StorageUrl {
+                    url: location.to_string(),
+                    message: "not a local path".to_string(),
+                })?;
+                Storage::open_local(&dir)?
+            }
+            // No scheme (or a one-letter Windows drive): a local directory.
+            _ => Storage::open_local(FsPath::new(location))?,
+        };
+        storage.check_writable().await?;
+        Ok(storage)
+    }
+
+    fn open_local(dir: &FsPath) -> Result<Storage> {
+        let not_writable = |source| C360Error::DataDirNotWritable {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(not_writable)?;
+        let absolute: PathBuf = std::fs::canonicalize(dir).map_err(not_writable)?;
+        let url = Url::from_directory_path(&absolute).map_err(|()| C360Error::StorageUrl {
+            url: absolute.display().to_string(),
+            message: "cannot be expressed as a file:// URL".to_string(),
+        })?;
+        let store = LocalFileSystem::new_with_prefix(&absolute)
+            .map_err(|e| not_writable(std::io::Error::other(e.to_string())))?;
+        Ok(Storage {
+            url,
+            store: Arc::new(store),
+            root: Path::default(),
+        })
+    }
+
+    fn open_url(url: Url, options: &BTreeMap<String, String>) -> Result<Storage> {
+        let (store, root) = object_store::parse_url_opts(&url, options.iter()).map_err(|e| {
+            C360Error::StorageUrl {
+                url: url.to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(Storage {
+            url,
+            store: Arc::from(store),
+            root,
+        })
+    }
+
+    /// Writes and deletes a probe object: the cheapest proof that commits will succeed.
+    async fn check_writable(&self) -> Result<()> {
+        let probe = self.path(&format!("_c360/probe-{}", std::process::id()));
+        let failed = |e: object_store::Error| C360Error::DataDirNotWritable {
+            path: PathBuf::from(self.url.as_str()),
+            source: std::io::Error::other(e.to_string()),
+        };
+        self.store
+            .put(&probe, PutPayload::from_static(b"c360"))
+            .await
+            .map_err(failed)?;
+        self.store.delete(&probe).await.map_err(failed)?;
+        Ok(())
+    }
+
+    /// Makes the root readable from SQL (`LOCATION` URLs under it resolve to this store).
+    pub fn register(&self, ctx: &SessionContext) {
+        if self.url.scheme() != "file" {
+            ctx.runtime_env()
+                .register_object_store(&self.url, Arc::clone(&self.store));
+        }
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// The object path of `relative` under the root.
+    pub fn path(&self, relative: &str) -> Path {
+        relative
+            .split('/')
+            .filter(|part| !part.is_empty())
+            .fold(self.root.clone(), |path, part| path.join(part))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn creates_a_missing_local_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("nested/root");
+        let storage = Storage::open(dir.to_str().unwrap(), &BTreeMap::new())
+            .await
+            .unwrap();
+        assert!(dir.is_dir());
+        assert_eq!(storage.url().scheme(), "file");
+        // The probe leaves nothing behind but its folder.
+        assert!(!dir.join("_c360").read_dir().unwrap().any(|_| true));
+    }
+
+    #[tokio::test]
+    async fn a_path_below_a_file_is_refused_with_its_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("plain-file");
+        std::fs::write(&file, b"x").unwrap();
+        let bad = file.join("root");
+        let err = Storage::open(bad.to_str().unwrap(), &BTreeMap::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, C360Error::DataDirNotWritable { .. }));
+        assert!(err.to_string().contains("plain-file"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn memory_urls_work_for_tests_and_ephemeral_runs() {
+        let storage = Storage::open("memory:///c360", &BTreeMap::new())
+            .await
+            .unwrap();
+        assert_eq!(storage.path("a/b").to_string(), "c360/a/b");
+    }
+
+    #[tokio::test]
+    async fn unknown_schemes_are_refused() {
+        let err = Storage::open("ftp://example/x", &BTreeMap::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, C360Error::StorageUrl { .. }), "{err}");
+    }
+}
