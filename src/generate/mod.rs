@@ -57,12 +57,14 @@ use chunk::Chunk;
 use world::World;
 use writer::{Staged, TextFile};
 
+#[derive(Clone, Debug)]
 pub struct GenerateOptions {
     pub customers: u64,
     pub out_dir: PathBuf,
     pub seed: u64,
 }
 
+#[derive(Clone, Debug)]
 pub struct GenerateReport {
     pub customers: u64,
     /// Rows written per table, sources first, then `ground_truth`.
@@ -72,10 +74,25 @@ pub struct GenerateReport {
     pub bytes_written: u64,
 }
 
-/// Customers per chunk: one Parquet part per table, about 250,000 event rows.
-const CHUNK: u64 = 20_000;
-/// Chunk builders running at once; each holds one chunk (~150 MB) in memory.
-const MAX_WORKERS: usize = 4;
+/// How a run is cut up. The bytes written depend on `chunk` (one part per chunk, rows ordered
+/// within a chunk) but never on `workers`.
+#[derive(Clone, Copy)]
+struct Plan {
+    chunk: u64,
+    workers: usize,
+}
+
+impl Plan {
+    /// Chunks of 20,000 customers (one Parquet part per table, ~250,000 event rows), built by
+    /// one worker per core, at most 4: each holds a chunk (~200 MB) in memory.
+    fn for_this_machine() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Plan {
+            chunk: 20_000,
+            workers: cores.clamp(1, 4),
+        }
+    }
+}
 
 const EVENTS: &str = "events";
 const POS_SALES: &str = "pos_sales";
@@ -93,6 +110,14 @@ const STORES: &str = "stores.csv";
 pub fn generate(
     opts: &GenerateOptions,
     progress: &indicatif::ProgressBar,
+) -> Result<GenerateReport> {
+    generate_with(opts, progress, Plan::for_this_machine())
+}
+
+fn generate_with(
+    opts: &GenerateOptions,
+    progress: &indicatif::ProgressBar,
+    plan: Plan,
 ) -> Result<GenerateReport> {
     if opts.customers == 0 {
         return Err(C360Error::InvalidArgument(
@@ -114,15 +139,14 @@ pub fn generate(
     for dir in &table_dirs {
         fs::create_dir_all(dir).map_err(|e| C360Error::io(dir, e))?;
     }
-    let mut all_dirs = table_dirs.clone();
-    all_dirs.push(out.to_path_buf());
-    writer::remove_leftovers(&all_dirs)?;
+    let files = [PRODUCTS, STORES, CRM_CONTACTS, SUPPORT_TICKETS];
+    writer::remove_leftovers(&table_dirs, out, &files)?;
 
     progress.set_length(opts.customers);
     progress.set_position(0);
     let world = World::new(opts.seed, opts.customers);
     let mut staged = Vec::new();
-    match write_all(&world, out, progress, &mut staged) {
+    match write_all(&world, plan, out, progress, &mut staged) {
         Ok(report) => {
             writer::commit(staged, &table_dirs)?;
             Ok(report)
@@ -130,7 +154,7 @@ pub fn generate(
         Err(e) => {
             writer::discard(&staged);
             // A failed worker may have left a part it was writing.
-            let _ = writer::remove_leftovers(&all_dirs);
+            let _ = writer::remove_leftovers(&table_dirs, out, &files);
             Err(e)
         }
     }
@@ -149,6 +173,7 @@ struct Counts {
 
 fn write_all(
     world: &World,
+    plan: Plan,
     out: &Path,
     progress: &indicatif::ProgressBar,
     staged: &mut Vec<Staged>,
@@ -170,6 +195,7 @@ fn write_all(
     let mut support = TextFile::create(&out.join(SUPPORT_TICKETS))?;
     let counts = run_chunks(
         world,
+        plan,
         out,
         progress,
         &mut crm,
@@ -219,13 +245,14 @@ struct Written {
     people: u64,
 }
 
-/// Builds and writes chunks on up to `MAX_WORKERS` threads. Each worker writes its chunk's
+/// Builds and writes chunks on `plan.workers` threads. Each worker writes its chunk's
 /// Parquet parts itself (the costly part: encoding and compression); the calling thread appends
 /// the CSV and NDJSON text in chunk order, so the single-file sources come out the same for
 /// any number of threads.
 #[allow(clippy::too_many_arguments)]
 fn run_chunks(
     world: &World,
+    plan: Plan,
     out: &Path,
     progress: &indicatif::ProgressBar,
     crm: &mut TextFile,
@@ -233,13 +260,8 @@ fn run_chunks(
     staged: &mut Vec<Staged>,
     bytes: &mut u64,
 ) -> Result<Counts> {
-    let chunks = world.customers.div_ceil(CHUNK);
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(MAX_WORKERS)
-        .min(chunks as usize)
-        .max(1);
+    let chunks = world.customers.div_ceil(plan.chunk);
+    let workers = plan.workers.min(chunks as usize).max(1);
     let next = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let (tx, rx) = mpsc::sync_channel::<Result<Written>>(workers);
@@ -256,7 +278,7 @@ fn run_chunks(
                     if index >= chunks {
                         break;
                     }
-                    let result = build_and_write(world, out, index);
+                    let result = build_and_write(world, out, index, plan.chunk);
                     let failed = result.is_err();
                     if tx.send(result).is_err() || failed {
                         break;
@@ -313,9 +335,9 @@ impl Counts {
     }
 }
 
-fn build_and_write(world: &World, out: &Path, index: u64) -> Result<Written> {
-    let first = index * CHUNK;
-    let last = (first + CHUNK).min(world.customers);
+fn build_and_write(world: &World, out: &Path, index: u64, chunk: u64) -> Result<Written> {
+    let first = index * chunk;
+    let last = (first + chunk).min(world.customers);
     let Chunk {
         events,
         pos_sales,

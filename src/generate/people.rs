@@ -181,14 +181,16 @@ impl<'a> People<'a> {
             }
         }
         // Most people visit a few times (tail ~1/k^2); one in seven is a regular whose visit
-        // count has a much heavier tail (~1/k), up to hundreds of sessions.
-        let web_sessions = if !web_active {
+        // count has a much heavier tail (~1/k), up to hundreds of sessions. Tablet sharers get
+        // two more, spent on the tablet.
+        let visits = if !web_active {
             0
         } else if rng.chance(0.15) {
             rng.heavy_tail(400)
         } else {
             rng.heavy_tail(400).min(rng.heavy_tail(400)) + rng.below(2) as u32
-        } + u32::from(house.shares_tablet) * 2;
+        };
+        let web_sessions = visits + u32::from(house.shares_tablet) * 2;
 
         let store_sales = if cards.is_empty() {
             if rng.chance(0.45) {
@@ -314,7 +316,7 @@ impl<'a> People<'a> {
             return Device {
                 anonymous_id,
                 channel,
-                user_agent: *h.pick(uas),
+                user_agent: uas[h.index(uas.len())],
                 on_mobile_network: false,
                 shared: true,
             };
@@ -329,7 +331,7 @@ impl<'a> People<'a> {
         Device {
             anonymous_id,
             channel,
-            user_agent: *rng.pick(uas),
+            user_agent: uas[rng.index(uas.len())],
             on_mobile_network: mobile_net,
             shared: false,
         }

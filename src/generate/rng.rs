@@ -142,15 +142,13 @@ mod tests {
 
     #[test]
     fn xoshiro_stream_is_pinned() {
-        // Pinned output: if this changes, every generated data set changes with it.
+        // Reference values from an independent implementation of splitmix64 + xoshiro256**.
+        // If this changes, every generated data set changes with it.
         let mut r = Rng::new(42);
         let first: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
-        let mut again = Rng::new(42);
-        let second: Vec<u64> = (0..3).map(|_| again.next_u64()).collect();
-        assert_eq!(first, second);
-        assert_ne!(
+        assert_eq!(
             first,
-            (0..3).map(|_| Rng::new(43).next_u64()).collect::<Vec<_>>()
+            [0x15780b2e0c2ec716, 0x6104d9866d113a7e, 0xae17533239e499a1]
         );
     }
 

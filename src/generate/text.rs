@@ -8,20 +8,43 @@ use std::fmt::Write;
 /// Appends `s` as a JSON string literal, quotes included.
 pub fn json_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
+    json_escaped(out, s);
+    out.push('"');
+}
+
+/// Appends `"key":"<parts joined>"` without building the joined string first.
+pub fn json_concat(out: &mut String, key: &str, parts: &[&str]) {
+    json_key(out, key);
+    out.push('"');
+    for part in parts {
+        json_escaped(out, part);
     }
     out.push('"');
+}
+
+fn json_escaped(out: &mut String, s: &str) {
+    // Copy runs of plain text at once; the bytes that need escaping are all ASCII, so every
+    // split point is a char boundary.
+    let mut start = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
 }
 
 /// Appends `"key":"value"` (with a leading comma unless the object is just opened).
@@ -121,12 +144,13 @@ mod tests {
     fn json_is_escaped_and_ordered() {
         let mut out = String::from("{");
         json_field(&mut out, "name", "Tuyau d'arrosage \"pro\"\n");
+        json_field(&mut out, "c", "é\u{1}\\");
         json_raw(&mut out, "price", Euros(1299));
         json_opt(&mut out, "category", None);
         out.push('}');
         assert_eq!(
             out,
-            r#"{"name":"Tuyau d'arrosage \"pro\"\n","price":12.99,"category":null}"#
+            r#"{"name":"Tuyau d'arrosage \"pro\"\n","c":"é\u0001\\","price":12.99,"category":null}"#
         );
         let parsed: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
         assert_eq!(parsed["price"], 12.99);

@@ -14,7 +14,7 @@ use super::noise;
 use super::people::{Channel, Device, Person, stream};
 use super::rng::Rng;
 use super::tables::{Event, EventColumns, Truth};
-use super::text::{Euros, json_field, json_opt, json_raw};
+use super::text::{Euros, json_concat, json_field, json_opt, json_raw};
 use super::world::World;
 
 const SITE: &str = "https://www.maisonlumiere.fr";
@@ -402,48 +402,33 @@ impl<'a> Session<'a> {
         self.props_start();
         match device.channel {
             Channel::Web => {
-                let (path, title, category) = match view {
-                    View::Home => (
-                        "/".to_owned(),
-                        "Maison Lumière – maison & jardin".to_owned(),
-                        None,
-                    ),
+                const SUFFIX: &str = " | Maison Lumière";
+                let (path, title, category): ([&str; 2], [&str; 2], _) = match view {
+                    View::Home => (["/", ""], ["Maison Lumière – maison & jardin", ""], None),
                     View::Category(c) => {
                         let cat = &catalog.categories[c];
-                        (
-                            format!("/{}", cat.slug),
-                            format!("{} | Maison Lumière", cat.title),
-                            Some(cat.name),
-                        )
+                        (["/", cat.slug], [cat.title, SUFFIX], Some(cat.name))
                     }
                     View::Product(i) => {
                         let p = &catalog.products[i];
+                        let category = catalog.categories[p.category].name;
                         (
-                            format!("/p/{}", p.slug),
-                            format!("{} | Maison Lumière", p.name),
-                            Some(catalog.categories[p.category].name),
+                            ["/p/", p.slug.as_str()],
+                            [p.name.as_str(), SUFFIX],
+                            Some(category),
                         )
                     }
-                    View::Cart => (
-                        "/panier".to_owned(),
-                        "Mon panier | Maison Lumière".to_owned(),
-                        None,
-                    ),
-                    View::Checkout => (
-                        "/commande".to_owned(),
-                        "Commande | Maison Lumière".to_owned(),
-                        None,
-                    ),
+                    View::Cart => (["/panier", ""], ["Mon panier", SUFFIX], None),
+                    View::Checkout => (["/commande", ""], ["Commande", SUFFIX], None),
                     View::Confirmation => (
-                        "/commande/confirmation".to_owned(),
-                        "Merci pour votre commande | Maison Lumière".to_owned(),
+                        ["/commande/confirmation", ""],
+                        ["Merci pour votre commande", SUFFIX],
                         None,
                     ),
                 };
-                let url = format!("{SITE}{path}");
-                json_field(&mut self.props, "url", &url);
-                json_field(&mut self.props, "path", &path);
-                json_field(&mut self.props, "title", &title);
+                json_concat(&mut self.props, "url", &[SITE, path[0], path[1]]);
+                json_concat(&mut self.props, "path", &path);
+                json_concat(&mut self.props, "title", &title);
                 json_opt(&mut self.props, "category", category);
             }
             Channel::Ios | Channel::Android => {

@@ -30,10 +30,6 @@ fn temp_path(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{name}.tmp"))
 }
 
-fn is_temp_name(name: &str) -> bool {
-    name.starts_with('.') && name.ends_with(".tmp")
-}
-
 /// Streams text (CSV, NDJSON) into a staged file.
 pub struct TextFile {
     file: BufWriter<File>,
@@ -121,12 +117,22 @@ pub fn parquet(dest: &Path, batch: &RecordBatch) -> Result<(Staged, u64)> {
     ))
 }
 
-/// Removes temporary files an interrupted earlier run left in `dirs`.
-pub fn remove_leftovers(dirs: &[PathBuf]) -> Result<()> {
-    for dir in dirs {
-        for entry in fs::read_dir(dir).map_err(|e| C360Error::io(dir, e))? {
-            let entry = entry.map_err(|e| C360Error::io(dir, e))?;
-            if is_temp_name(&entry.file_name().to_string_lossy()) {
+/// Removes the temporary files an interrupted earlier run left: staged parts in `table_dirs`,
+/// and the staged versions of the `files` in `dir`. Nothing else is touched.
+pub fn remove_leftovers(table_dirs: &[PathBuf], dir: &Path, files: &[&str]) -> Result<()> {
+    let ours = |d: &Path, name: &str| {
+        if table_dirs.iter().any(|t| t == d) {
+            name.starts_with(".part-") && name.ends_with(".parquet.tmp")
+        } else {
+            files
+                .iter()
+                .any(|f| name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) == Some(*f))
+        }
+    };
+    for d in table_dirs.iter().map(PathBuf::as_path).chain([dir]) {
+        for entry in fs::read_dir(d).map_err(|e| C360Error::io(d, e))? {
+            let entry = entry.map_err(|e| C360Error::io(d, e))?;
+            if ours(d, &entry.file_name().to_string_lossy()) {
                 fs::remove_file(entry.path()).map_err(|e| C360Error::io(entry.path(), e))?;
             }
         }
