@@ -16,9 +16,9 @@ WHERE type = 'track' AND event = 'Order Completed';
 
 -- Every sale in one place, online and in store, with whatever identifies the buyer.
 CREATE VIEW all_sales AS
-SELECT 'web' AS sales_channel, order_id AS sale_id, NULL AS store_id, user_id, NULL AS loyalty_card,
-       revenue AS amount, ordered_at AS sold_at
+SELECT 'web' AS sales_channel, order_id AS sale_id, message_id, CAST(NULL AS VARCHAR) AS store_id,
+       user_id, CAST(NULL AS VARCHAR) AS loyalty_card, revenue AS amount, ordered_at AS sold_at
 FROM web_orders
 UNION ALL
-SELECT 'store', sale_id, store_id, NULL, loyalty_card, amount, sold_at
+SELECT 'store', sale_id, CAST(NULL AS VARCHAR), store_id, CAST(NULL AS VARCHAR), loyalty_card, amount, sold_at
 FROM pos_sales;

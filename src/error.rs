@@ -29,6 +29,11 @@ pub enum C360Error {
         source: std::io::Error,
     },
 
+    #[error(
+        "storage root {path} is in use by another c360 process (query the running server with psql, or use another --data)"
+    )]
+    StorageBusy { path: PathBuf },
+
     #[error("invalid storage URL {url}: {message}")]
     StorageUrl { url: String, message: String },
 
@@ -68,6 +73,24 @@ pub enum C360Error {
 
     #[error("{0}")]
     InvalidArgument(String),
+
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+
+    #[error("{0} does not exist")]
+    NotFound(String),
+
+    /// A c360 statement that does not parse.
+    #[error("{0}")]
+    Syntax(String),
+
+    /// A definition or rule of an identity graph that cannot be used, or a failed build.
+    #[error("{0}")]
+    Identity(String),
+
+    /// State in the storage root that c360 cannot read back.
+    #[error("corrupt state: {0}")]
+    Corrupt(String),
 }
 
 impl C360Error {

@@ -11,5 +11,6 @@ use crate::error::Result;
 pub fn register_all(registry: &mut dyn FunctionRegistry) -> Result<()> {
     // JSON columns (event properties, traits, context) with Postgres-style `->`, `->>`.
     datafusion_functions_json::register_all(registry)?;
+    crate::identity::normalize::register(registry)?;
     Ok(())
 }

@@ -6,9 +6,11 @@
 
 pub mod collect;
 pub mod config;
+pub mod ddl;
 pub mod error;
 pub mod functions;
 pub mod generate;
+pub mod identity;
 pub mod pg;
 pub mod render;
 pub mod server;
@@ -35,6 +37,14 @@ pub struct QueryResult {
 }
 
 impl QueryResult {
+    /// The result of a statement that returns no rows (DDL).
+    pub fn empty() -> QueryResult {
+        QueryResult {
+            schema: std::sync::Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+            batches: Vec::new(),
+        }
+    }
+
     pub fn row_count(&self) -> usize {
         self.batches.iter().map(RecordBatch::num_rows).sum()
     }
@@ -45,6 +55,7 @@ pub struct Engine {
     storage: Storage,
     settings: Settings,
     workspace: workspace::Applied,
+    identity: identity::manager::IdentityGraphs,
 }
 
 impl Engine {
@@ -53,19 +64,22 @@ impl Engine {
         let storage = Storage::open(&settings.data, &settings.storage_options).await?;
         let ctx = new_session(&settings.pg.database)?;
         storage.register(&ctx);
-        let workspace = workspace::apply(&ctx, &settings.workspace, &settings.variables).await?;
-        tracing::info!(
-            files = workspace.files,
-            statements = workspace.statements,
-            dir = %settings.workspace.display(),
-            "workspace applied"
-        );
-        Ok(Engine {
+        let mut engine = Engine {
             ctx,
+            identity: identity::manager::IdentityGraphs::new(storage.clone()),
             storage,
             settings,
-            workspace,
-        })
+            workspace: workspace::Applied::default(),
+        };
+        let dir = engine.settings.workspace.clone();
+        engine.workspace = workspace::apply(&engine, &dir, &engine.settings.variables).await?;
+        tracing::info!(
+            files = engine.workspace.files,
+            statements = engine.workspace.statements,
+            dir = %dir.display(),
+            "workspace applied"
+        );
+        Ok(engine)
     }
 
     pub fn context(&self) -> &SessionContext {
@@ -88,16 +102,63 @@ impl Engine {
         &self.workspace
     }
 
+    pub fn identity_graphs(&self) -> &identity::manager::IdentityGraphs {
+        &self.identity
+    }
+
     /// Runs one or more `;`-separated statements and returns each one's result.
     pub async fn query(&self, sql: &str) -> Result<Vec<QueryResult>> {
         let mut results = Vec::new();
         for statement in workspace::split_statements(sql) {
-            let frame = self.ctx.sql(&statement.sql).await?;
-            let schema = frame.schema().inner().clone();
-            let batches = frame.collect().await?;
-            results.push(QueryResult { schema, batches });
+            results.push(self.execute(&statement.sql).await?);
         }
         Ok(results)
+    }
+
+    /// Runs one statement: c360's own (see [`ddl`]) or DataFusion's.
+    pub async fn execute(&self, sql: &str) -> Result<QueryResult> {
+        match ddl::parse(sql).map_err(|e| C360Error::Syntax(e.0))? {
+            Some(statement) => self.execute_c360(statement, false).await,
+            None => {
+                let frame = self.ctx.sql(sql).await?;
+                let schema = frame.schema().inner().clone();
+                let batches = frame.collect().await?;
+                Ok(QueryResult { schema, batches })
+            }
+        }
+    }
+
+    /// Runs one of c360's statements. `declarative` is set while a workspace is applied: an
+    /// unchanged definition is then kept (and refreshed) rather than refused as existing.
+    pub async fn execute_c360(
+        &self,
+        statement: ddl::Statement,
+        declarative: bool,
+    ) -> Result<QueryResult> {
+        let report = match statement {
+            ddl::Statement::CreateIdentityGraph(definition) => {
+                self.identity.create(&self.ctx, definition, declarative).await?
+            }
+            ddl::Statement::RefreshIdentityGraph { name } => {
+                self.identity.refresh(&self.ctx, &name).await?
+            }
+            ddl::Statement::DropIdentityGraph { name, if_exists } => {
+                self.identity.drop_graph(&self.ctx, &name, if_exists).await?;
+                return Ok(QueryResult::empty());
+            }
+        };
+        tracing::info!(
+            graph = %report.graph,
+            full_build = report.full_build,
+            rows = report.rows_read,
+            records = report.summary.records,
+            merges = report.summary.merges,
+            refused = report.summary.refused,
+            profiles = report.profiles,
+            ms = report.duration.as_millis() as u64,
+            "identity graph refreshed"
+        );
+        Ok(QueryResult::empty())
     }
 }
 

@@ -151,7 +151,7 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(http) = http {
                 settings.http.listen = http;
             }
-            c360::server::serve(settings, c360::server::shutdown_signal()).await
+            c360::server::serve(settings, c360::server::shutdown_signal()?).await
         }
         Command::Query {
             engine,

@@ -18,7 +18,7 @@ use crate::{Engine, Settings};
 pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result<()> {
     let pg_addr = settings.pg.listen;
     let http_addr = settings.http.listen;
-    let engine = Engine::open(settings).await?;
+    let engine = std::sync::Arc::new(Engine::open(settings).await?);
     let pg = PgServer::bind(&engine, pg_addr).await?;
     let http = HttpServer::bind(&engine, http_addr).await?;
     print_banner(&engine, &pg, &http)?;
@@ -29,16 +29,46 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let pg_task = tokio::spawn(pg.run(stopped(stop_rx.clone())));
-    let http_task = tokio::spawn(http.run(stopped(stop_rx)));
+    let http_task = tokio::spawn(http.run(stopped(stop_rx.clone())));
+    let scheduler = tokio::spawn(run_schedules(
+        std::sync::Arc::clone(&engine),
+        stopped(stop_rx),
+    ));
 
     stop.await;
     tracing::info!("stopping: no new connections, closing sessions");
     let _ = stop_tx.send(true);
     let joined = |e: tokio::task::JoinError| C360Error::io("server task", std::io::Error::other(e));
     pg_task.await.map_err(joined)?;
+    scheduler.await.map_err(joined)?;
     http_task.await.map_err(joined)??;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Refreshes every identity graph whose `EVERY` period has passed, until `stop`.
+async fn run_schedules(engine: std::sync::Arc<Engine>, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        for name in engine.identity_graphs().due().await {
+            let refreshed = engine
+                .execute_c360(
+                    crate::ddl::Statement::RefreshIdentityGraph { name: name.clone() },
+                    false,
+                )
+                .await;
+            // A failed scheduled refresh keeps the last graph; the next tick tries again.
+            if let Err(e) = refreshed {
+                tracing::warn!(graph = %name, error = %e, "scheduled identity refresh failed");
+            }
+        }
+    }
 }
 
 fn print_banner(engine: &Engine, pg: &PgServer, http: &HttpServer) -> Result<()> {
@@ -65,26 +95,27 @@ fn print_banner(engine: &Engine, pg: &PgServer, http: &HttpServer) -> Result<()>
         .map_err(|e| C360Error::io("stdout", e))
 }
 
-/// Resolves on Ctrl-C or, on Unix, SIGTERM (what service managers send).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (what service managers send).
+///
+/// The handlers are installed when this is called, not when the future is first polled, so
+/// that a signal arriving right after the banner still stops the server cleanly.
+#[cfg(unix)]
+pub fn shutdown_signal() -> Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let install = |kind: SignalKind| signal(kind).map_err(|e| C360Error::io("signal handler", e));
+    let mut terminate = install(SignalKind::terminate())?;
+    let mut interrupt = install(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
-    }
+    })
+}
+
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -11,12 +11,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 
 use crate::error::{C360Error, Result};
+use crate::{Engine, ddl};
 
 /// One statement of a workspace file, with the line it starts on (1-based).
 #[derive(Debug, Clone, PartialEq)]
@@ -35,7 +35,7 @@ pub struct Applied {
 /// Applies every `*.sql` file of `dir` in name order. A missing directory is an error: a
 /// typo in `--workspace` must not start an empty server.
 pub async fn apply(
-    ctx: &SessionContext,
+    engine: &Engine,
     dir: &Path,
     variables: &BTreeMap<String, String>,
 ) -> Result<Applied> {
@@ -48,7 +48,7 @@ pub async fn apply(
 
     let mut applied = Applied::default();
     for file in &files {
-        applied.statements += apply_file(ctx, file, variables).await?;
+        applied.statements += apply_file(engine, file, variables).await?;
         applied.files += 1;
     }
     Ok(applied)
@@ -56,7 +56,7 @@ pub async fn apply(
 
 /// Applies one file and returns how many statements it held.
 pub async fn apply_file(
-    ctx: &SessionContext,
+    engine: &Engine,
     file: &Path,
     variables: &BTreeMap<String, String>,
 ) -> Result<usize> {
@@ -69,6 +69,7 @@ pub async fn apply_file(
         ),
     })?;
     let base_dir = file.parent().unwrap_or(Path::new("."));
+    let ctx = engine.context();
     let statements = split_statements(&text);
     for statement in &statements {
         let at = |message: String| C360Error::Workspace {
@@ -76,6 +77,13 @@ pub async fn apply_file(
             line: statement.line,
             message,
         };
+        if let Some(own) = ddl::parse(&statement.sql).map_err(|e| at(e.0))? {
+            engine
+                .execute_c360(own, true)
+                .await
+                .map_err(|e| at(e.to_string()))?;
+            continue;
+        }
         let parsed = parse_one(&statement.sql).map_err(at)?;
         let declarative = make_declarative(parsed, base_dir);
         let plan = ctx
@@ -360,15 +368,20 @@ mod tests {
     #[tokio::test]
     async fn applying_twice_is_harmless_and_errors_name_file_and_line() {
         let tmp = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
         std::fs::write(
             tmp.path().join("10_t.sql"),
             "CREATE VIEW one AS SELECT 1 AS x;\n",
         )
         .unwrap();
-        let ctx = SessionContext::new();
+        let settings = crate::Settings {
+            data: data.path().display().to_string(),
+            workspace: tmp.path().to_path_buf(),
+            ..crate::Settings::default()
+        };
+        let engine = Engine::open(settings).await.unwrap();
         let vars = BTreeMap::new();
-        apply(&ctx, tmp.path(), &vars).await.unwrap();
-        let applied = apply(&ctx, tmp.path(), &vars).await.unwrap();
+        let applied = apply(&engine, tmp.path(), &vars).await.unwrap();
         assert_eq!(
             applied,
             Applied {
@@ -382,7 +395,7 @@ mod tests {
             "SELECT 1;\n\nSELECT * FROM no_such_table;\n",
         )
         .unwrap();
-        let err = apply(&ctx, tmp.path(), &vars)
+        let err = apply(&engine, tmp.path(), &vars)
             .await
             .unwrap_err()
             .to_string();

@@ -162,3 +162,75 @@ async fn health_answers_over_http() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"status\":\"ok\""), "{response}");
 }
+
+#[tokio::test]
+async fn identity_statements_run_over_the_wire_with_sqlstates() {
+    let server = Server::start_demo();
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE VIEW wire_ids AS SELECT 'r1' AS record_key, 'email' AS id_type, \
+             'a@b.fr' AS id_value, TIMESTAMP '2026-01-01 00:00:00' AS seen_at; \
+             CREATE IDENTITY GRAPH wire FROM wire_ids WITH (priority = 'email')",
+        )
+        .await
+        .unwrap();
+    let records: i64 = client
+        .query_one("SELECT count(*) FROM wire_records", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(records, 1);
+
+    let code = |e: tokio_postgres::Error| e.code().map(|c| c.code().to_string());
+    let again = client
+        .batch_execute("CREATE IDENTITY GRAPH wire FROM wire_ids WITH (priority = 'email')")
+        .await
+        .unwrap_err();
+    assert_eq!(code(again).as_deref(), Some("42P07"));
+    let bad_rule = client
+        .batch_execute(
+            "CREATE IDENTITY GRAPH x FROM wire_ids WITH (priority = 'email', limits = 'phone: 1')",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(bad_rule).as_deref(), Some("22023"));
+    let bad_syntax = client
+        .batch_execute("CREATE IDENTITY GRAPH x wire_ids")
+        .await
+        .unwrap_err();
+    assert_eq!(code(bad_syntax).as_deref(), Some("42601"));
+
+    // The demo's profiles are there, and the session is still usable after the errors.
+    let profiles: i64 = client
+        .query_one("SELECT count(*) FROM profiles", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(profiles > 1000, "{profiles}");
+}
+
+#[test]
+fn profile_ids_survive_a_restart() {
+    let server = Server::start_demo();
+    let query = "SELECT record_key || '=' || profile_id FROM customers_records ORDER BY record_key LIMIT 50";
+    let before = server.psql(&["-At", "-c", query]);
+    assert!(before.status.success(), "{}", stderr_of(&before));
+    let data = server.stop_keeping_data();
+
+    // The committed state is one version and a pointer to it.
+    let graph_dir = data.path().join("identity/customers");
+    let mut entries: Vec<String> = std::fs::read_dir(&graph_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[0], "CURRENT");
+
+    let restarted = Server::start_in(data, &[]);
+    let after = restarted.psql(&["-At", "-c", query]);
+    assert!(after.status.success(), "{}", stderr_of(&after));
+    assert_eq!(stdout_of(&before), stdout_of(&after));
+    assert_eq!(stdout_of(&before).lines().count(), 50);
+}

@@ -16,13 +16,18 @@ use pgwire::api::auth::StartupHandler;
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers};
-use pgwire::error::PgWireError;
+use pgwire::api::results::{Response, Tag};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireServerHandlers,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::Engine;
 use crate::error::{C360Error, Result};
+use crate::{Engine, ddl, workspace};
 
 /// A bound, not yet serving, Postgres listener.
 pub struct PgServer {
@@ -35,7 +40,7 @@ impl PgServer {
     ///
     /// Only loopback addresses are accepted: without authentication (a later issue), anything
     /// else would open every profile to the network.
-    pub async fn bind(engine: &Engine, addr: SocketAddr) -> Result<PgServer> {
+    pub async fn bind(engine: &Arc<Engine>, addr: SocketAddr) -> Result<PgServer> {
         if !addr.ip().is_loopback() {
             return Err(C360Error::UnsafeListen {
                 addr: addr.to_string(),
@@ -54,7 +59,7 @@ impl PgServer {
         tracing::warn!(%addr, "Postgres listener is open without authentication (loopback only)");
         Ok(PgServer {
             listener,
-            handlers: Arc::new(Handlers::new(Arc::new(engine.context().clone()))),
+            handlers: Arc::new(Handlers::new(Arc::clone(engine))),
         })
     }
 
@@ -104,16 +109,22 @@ fn install_catalog(ctx: &SessionContext, database: &str) -> Result<()> {
 }
 
 struct Handlers {
+    simple: Arc<SimpleQueries>,
     session: Arc<DfSessionService>,
     startup: Arc<OpenStartup>,
     cancel: Arc<DefaultCancelHandler>,
 }
 
 impl Handlers {
-    fn new(ctx: Arc<SessionContext>) -> Handlers {
+    fn new(engine: Arc<Engine>) -> Handlers {
         let connections = Arc::new(ConnectionManager::new());
+        let session = Arc::new(DfSessionService::new(Arc::new(engine.context().clone())));
         Handlers {
-            session: Arc::new(DfSessionService::new(ctx)),
+            simple: Arc::new(SimpleQueries {
+                engine,
+                datafusion: Arc::clone(&session),
+            }),
+            session,
             startup: Arc::new(OpenStartup {
                 connections: Arc::clone(&connections),
             }),
@@ -124,7 +135,7 @@ impl Handlers {
 
 impl PgWireServerHandlers for Handlers {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        Arc::clone(&self.session)
+        Arc::clone(&self.simple)
     }
 
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
@@ -142,6 +153,89 @@ impl PgWireServerHandlers for Handlers {
     fn error_handler(&self) -> Arc<impl ErrorHandler> {
         Arc::new(LogErrors)
     }
+}
+
+/// Simple queries: c360's own statements go to the engine, everything else to DataFusion.
+///
+/// c360's statements are not SQL that DataFusion's parser knows, so they are recognised on
+/// the text before it gets there. A query string mixing both runs statement by statement.
+struct SimpleQueries {
+    engine: Arc<Engine>,
+    datafusion: Arc<DfSessionService>,
+}
+
+#[async_trait::async_trait]
+impl SimpleQueryHandler for SimpleQueries {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo
+            + ClientPortalStore
+            + futures::Sink<PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = workspace::split_statements(query);
+        let mut own = Vec::with_capacity(statements.len());
+        for statement in &statements {
+            own.push(ddl::parse(&statement.sql).map_err(|e| user_error("42601", e.0))?);
+        }
+        if own.iter().all(Option::is_none) {
+            return SimpleQueryHandler::do_query(&*self.datafusion, client, query).await;
+        }
+        let mut responses = Vec::new();
+        for (statement, own) in statements.iter().zip(own) {
+            match own {
+                Some(own) => {
+                    let tag = command_tag(&own);
+                    self.engine
+                        .execute_c360(own, false)
+                        .await
+                        .map_err(to_pg_error)?;
+                    responses.push(Response::Execution(Tag::new(tag)));
+                }
+                None => {
+                    responses.extend(
+                        SimpleQueryHandler::do_query(&*self.datafusion, client, &statement.sql)
+                            .await?,
+                    );
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+fn command_tag(statement: &ddl::Statement) -> &'static str {
+    match statement {
+        ddl::Statement::CreateIdentityGraph(_) => "CREATE IDENTITY GRAPH",
+        ddl::Statement::RefreshIdentityGraph { .. } => "REFRESH IDENTITY GRAPH",
+        ddl::Statement::DropIdentityGraph { .. } => "DROP IDENTITY GRAPH",
+    }
+}
+
+fn user_error(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_string(),
+        code.to_string(),
+        message,
+    )))
+}
+
+/// The SQLSTATE a client can act on for each kind of engine error.
+fn to_pg_error(error: C360Error) -> PgWireError {
+    let code = match &error {
+        C360Error::Syntax(_) => "42601",
+        C360Error::AlreadyExists(_) => "42P07",
+        C360Error::NotFound(_) => "42704",
+        C360Error::Identity(_) | C360Error::InvalidArgument(_) => "22023",
+        C360Error::Query(_) => "XX000",
+        _ => "58000",
+    };
+    user_error(code, error.to_string())
 }
 
 /// Accepts every client without a password; registered so that cancel requests find them.

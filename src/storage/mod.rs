@@ -6,11 +6,18 @@
 //! root proves it is writable before the server announces itself, so that a bad `--data`
 //! fails at start-up with the path in the message rather than at the first commit.
 
+pub mod published;
+
 use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -24,6 +31,9 @@ pub struct Storage {
     url: Url,
     store: Arc<dyn ObjectStore>,
     root: Path,
+    /// Held open for the life of the process: the OS lock on it keeps a second c360 from
+    /// committing into the same local root (object stores have no such lock yet).
+    _lock: Option<Arc<std::fs::File>>,
 }
 
 impl Storage {
@@ -61,10 +71,12 @@ impl Storage {
         })?;
         let store = LocalFileSystem::new_with_prefix(&absolute)
             .map_err(|e| not_writable(std::io::Error::other(e.to_string())))?;
+        let lock = lock_root(&absolute)?;
         Ok(Storage {
             url,
             store: Arc::new(store),
             root: Path::default(),
+            _lock: Some(Arc::new(lock)),
         })
     }
 
@@ -79,6 +91,7 @@ impl Storage {
             url,
             store: Arc::from(store),
             root,
+            _lock: None,
         })
     }
 
@@ -113,12 +126,152 @@ impl Storage {
         Arc::clone(&self.store)
     }
 
+    /// Writes `batches` as one Parquet object. The object appears whole or not at all: local
+    /// files are written aside and renamed, object stores publish on completion.
+    pub async fn put_parquet(
+        &self,
+        relative: &str,
+        schema: SchemaRef,
+        batches: &[RecordBatch],
+    ) -> Result<()> {
+        let failed = |message: String| C360Error::StorageUrl {
+            url: format!("{}{relative}", self.url),
+            message,
+        };
+        let mut buffer = Vec::new();
+        let mut writer =
+            ArrowWriter::try_new(&mut buffer, schema, None).map_err(|e| failed(e.to_string()))?;
+        for batch in batches {
+            writer.write(batch).map_err(|e| failed(e.to_string()))?;
+        }
+        writer.close().map_err(|e| failed(e.to_string()))?;
+        self.put(relative, buffer).await
+    }
+
+    /// Reads a Parquet object written by [`Storage::put_parquet`].
+    pub async fn get_parquet(&self, relative: &str) -> Result<Vec<RecordBatch>> {
+        let bytes = self.get(relative).await?;
+        let failed = |message: String| C360Error::StorageUrl {
+            url: format!("{}{relative}", self.url),
+            message,
+        };
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|builder| builder.build())
+            .map_err(|e| failed(e.to_string()))?;
+        reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| failed(e.to_string()))
+    }
+
+    pub async fn put(&self, relative: &str, bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put(&self.path(relative), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| C360Error::StorageUrl {
+                url: format!("{}{relative}", self.url),
+                message: e.to_string(),
+            })
+    }
+
+    /// The object's bytes, or `None` when there is no such object.
+    pub async fn get_if_exists(&self, relative: &str) -> Result<Option<bytes::Bytes>> {
+        match self.store.get(&self.path(relative)).await {
+            Ok(result) => result
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|e| C360Error::StorageUrl {
+                    url: format!("{}{relative}", self.url),
+                    message: e.to_string(),
+                }),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(C360Error::StorageUrl {
+                url: format!("{}{relative}", self.url),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    pub async fn get(&self, relative: &str) -> Result<bytes::Bytes> {
+        self.get_if_exists(relative)
+            .await?
+            .ok_or_else(|| C360Error::StorageUrl {
+                url: format!("{}{relative}", self.url),
+                message: "no such object".to_string(),
+            })
+    }
+
+    /// Deletes every object under `prefix` (a folder of a superseded version).
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<()> {
+        let failed = |e: object_store::Error| C360Error::StorageUrl {
+            url: format!("{}{prefix}", self.url),
+            message: e.to_string(),
+        };
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&self.path(prefix)))
+            .try_collect()
+            .await
+            .map_err(failed)?;
+        for object in listed {
+            self.store.delete(&object.location).await.map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// Names of the direct children of `prefix` (versions of a state folder).
+    pub async fn list_children(&self, prefix: &str) -> Result<Vec<String>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.path(prefix)))
+            .await
+            .map_err(|e| C360Error::StorageUrl {
+                url: format!("{}{prefix}", self.url),
+                message: e.to_string(),
+            })?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
+    }
+
     /// The object path of `relative` under the root.
     pub fn path(&self, relative: &str) -> Path {
         relative
             .split('/')
             .filter(|part| !part.is_empty())
             .fold(self.root.clone(), |path, part| path.join(part))
+    }
+}
+
+/// Takes the exclusive lock of a local root, or says which root is busy.
+fn lock_root(dir: &FsPath) -> Result<std::fs::File> {
+    let lock_dir = dir.join("_c360");
+    std::fs::create_dir_all(&lock_dir).map_err(|source| C360Error::DataDirNotWritable {
+        path: lock_dir.clone(),
+        source,
+    })?;
+    let lock_path = lock_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| C360Error::DataDirNotWritable {
+            path: lock_path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(C360Error::StorageBusy {
+            path: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(C360Error::DataDirNotWritable {
+            path: lock_path,
+            source,
+        }),
     }
 }
 
@@ -135,8 +288,14 @@ mod tests {
             .unwrap();
         assert!(dir.is_dir());
         assert_eq!(storage.url().scheme(), "file");
-        // The probe leaves nothing behind but its folder.
-        assert!(!dir.join("_c360").read_dir().unwrap().any(|_| true));
+        // The probe leaves nothing behind but the lock.
+        let left: Vec<_> = dir
+            .join("_c360")
+            .read_dir()
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("lock")]);
     }
 
     #[tokio::test]
@@ -150,6 +309,17 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, C360Error::DataDirNotWritable { .. }));
         assert!(err.to_string().contains("plain-file"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_local_root_serves_one_process_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_str().unwrap();
+        let first = Storage::open(root, &BTreeMap::new()).await.unwrap();
+        let err = Storage::open(root, &BTreeMap::new()).await.unwrap_err();
+        assert!(matches!(err, C360Error::StorageBusy { .. }), "{err}");
+        drop(first);
+        Storage::open(root, &BTreeMap::new()).await.unwrap();
     }
 
     #[tokio::test]

@@ -15,12 +15,16 @@ pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
-/// Runs `c360 ARGS` from the repository root and waits for it.
+/// Runs `c360 ARGS` from the repository root and waits for it. Each run gets its own
+/// storage root (through C360_DATA, which a `--data` argument overrides), so that tests
+/// running in parallel never share state.
 pub fn run_c360(args: &[&str]) -> Output {
+    let data = tempfile::tempdir().expect("tempdir");
     Command::new(c360_bin())
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("C360_LOG")
+        .env("C360_DATA", data.path())
         .output()
         .expect("the c360 binary runs")
 }
@@ -41,7 +45,11 @@ impl Server {
     }
 
     pub fn start(extra_args: &[&str]) -> Server {
-        let data = tempfile::tempdir().expect("tempdir");
+        Server::start_in(tempfile::tempdir().expect("tempdir"), extra_args)
+    }
+
+    /// Starts on an existing storage root, as a restart does.
+    pub fn start_in(data: tempfile::TempDir, extra_args: &[&str]) -> Server {
         let data_arg = data.path().display().to_string();
         let mut args = vec![
             "serve",
@@ -152,6 +160,16 @@ impl Server {
             assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Server {
+    /// Stops the server with SIGTERM and hands back its storage root.
+    pub fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        let status = self.terminate();
+        assert!(status.success(), "exit status {status:?}");
+        let placeholder = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.data, placeholder)
     }
 }
 

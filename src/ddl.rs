@@ -1,0 +1,296 @@
+//! c360's own statements, recognised before DataFusion sees the SQL.
+//!
+//! They read like Postgres DDL so that they sit naturally in `sql/` files and psql:
+//!
+//! ```sql
+//! CREATE [OR REPLACE] IDENTITY GRAPH [IF NOT EXISTS] customers FROM identifiers
+//!   WITH (priority = 'user_id, email, phone', limits = 'user_id: 1, email: 5',
+//!         blocked = '^test@', hub_threshold = 10)
+//!   [EVERY '5 minutes'];
+//! REFRESH IDENTITY GRAPH customers;
+//! DROP IDENTITY GRAPH [IF EXISTS] customers;
+//! ```
+//!
+//! [`parse`] answers `Ok(None)` for anything else, which then goes to DataFusion unchanged.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Token, Word};
+
+/// A statement c360 executes itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    CreateIdentityGraph(IdentityGraphDefinition),
+    RefreshIdentityGraph { name: String },
+    DropIdentityGraph { name: String, if_exists: bool },
+}
+
+/// `CREATE IDENTITY GRAPH`, as written: the rules are validated by the identity module.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IdentityGraphDefinition {
+    pub name: String,
+    /// The view or table with `(record_key, id_type, id_value, seen_at)` rows.
+    pub source: String,
+    /// Option name → value, as written in `WITH (…)`.
+    pub options: BTreeMap<String, String>,
+    /// Refresh period, from `EVERY '…'`.
+    pub every: Option<Duration>,
+    #[serde(skip)]
+    pub or_replace: bool,
+    #[serde(skip)]
+    pub if_not_exists: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct DdlError(pub String);
+
+impl From<ParserError> for DdlError {
+    fn from(e: ParserError) -> Self {
+        DdlError(e.to_string())
+    }
+}
+
+/// Recognises and parses one of c360's statements; `Ok(None)` when `sql` is not one.
+pub fn parse(sql: &str) -> Result<Option<Statement>, DdlError> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
+    let statement = if word_is(&parser, 0, "CREATE") {
+        let or_replace = word_is(&parser, 1, "OR") && word_is(&parser, 2, "REPLACE");
+        let at = if or_replace { 3 } else { 1 };
+        if !(word_is(&parser, at, "IDENTITY") && word_is(&parser, at + 1, "GRAPH")) {
+            return Ok(None);
+        }
+        for _ in 0..at + 2 {
+            parser.next_token();
+        }
+        let if_not_exists = words(&mut parser, &["IF", "NOT", "EXISTS"]);
+        let name = parse_name(&mut parser)?;
+        expect_word(&mut parser, "FROM")?;
+        let source = parse_name(&mut parser)?;
+        let options = if words(&mut parser, &["WITH"]) {
+            parse_options(&mut parser)?
+        } else {
+            BTreeMap::new()
+        };
+        let every = if words(&mut parser, &["EVERY"]) {
+            Some(parse_interval(&parser.parse_literal_string()?)?)
+        } else {
+            None
+        };
+        Statement::CreateIdentityGraph(IdentityGraphDefinition {
+            name,
+            source,
+            options,
+            every,
+            or_replace,
+            if_not_exists,
+        })
+    } else if word_is(&parser, 0, "REFRESH")
+        && word_is(&parser, 1, "IDENTITY")
+        && word_is(&parser, 2, "GRAPH")
+    {
+        words(&mut parser, &["REFRESH", "IDENTITY", "GRAPH"]);
+        Statement::RefreshIdentityGraph {
+            name: parse_name(&mut parser)?,
+        }
+    } else if word_is(&parser, 0, "DROP")
+        && word_is(&parser, 1, "IDENTITY")
+        && word_is(&parser, 2, "GRAPH")
+    {
+        words(&mut parser, &["DROP", "IDENTITY", "GRAPH"]);
+        let if_exists = words(&mut parser, &["IF", "EXISTS"]);
+        Statement::DropIdentityGraph {
+            name: parse_name(&mut parser)?,
+            if_exists,
+        }
+    } else {
+        return Ok(None);
+    };
+    let _ = parser.consume_token(&Token::SemiColon);
+    let rest = parser.peek_token();
+    if rest.token != Token::EOF {
+        return Err(DdlError(format!(
+            "unexpected {} after the end of the statement at {}",
+            rest.token, rest.span.start
+        )));
+    }
+    Ok(Some(statement))
+}
+
+fn word_is(parser: &Parser, nth: usize, expected: &str) -> bool {
+    matches!(&parser.peek_nth_token(nth).token, Token::Word(Word { value, quote_style: None, .. }) if value.eq_ignore_ascii_case(expected))
+}
+
+/// Consumes `expected` words if they all come next; consumes nothing otherwise.
+fn words(parser: &mut Parser, expected: &[&str]) -> bool {
+    let all = expected
+        .iter()
+        .enumerate()
+        .all(|(i, word)| word_is(parser, i, word));
+    if all {
+        for _ in expected {
+            parser.next_token();
+        }
+    }
+    all
+}
+
+fn expect_word(parser: &mut Parser, expected: &str) -> Result<(), DdlError> {
+    if words(parser, &[expected]) {
+        Ok(())
+    } else {
+        let found = parser.peek_token();
+        Err(DdlError(format!(
+            "expected {expected}, found {} at {}",
+            found.token, found.span.start
+        )))
+    }
+}
+
+/// A table-like name: lower-cased unless quoted, as Postgres does.
+fn parse_name(parser: &mut Parser) -> Result<String, DdlError> {
+    let ident = parser.parse_identifier()?;
+    Ok(match ident.quote_style {
+        Some(_) => ident.value,
+        None => ident.value.to_lowercase(),
+    })
+}
+
+/// `( name = 'value' | number | word, … )`
+fn parse_options(parser: &mut Parser) -> Result<BTreeMap<String, String>, DdlError> {
+    parser.expect_token(&Token::LParen)?;
+    let mut options = BTreeMap::new();
+    loop {
+        let name = parse_name(parser)?;
+        parser.expect_token(&Token::Eq)?;
+        let value = parser.next_token();
+        let value = match value.token {
+            Token::SingleQuotedString(s) => s,
+            Token::Number(n, _) => n,
+            Token::Word(w) => w.value,
+            other => {
+                return Err(DdlError(format!(
+                    "option {name}: expected a quoted string or a number, found {other} at {}",
+                    value.span.start
+                )));
+            }
+        };
+        if options.insert(name.clone(), value).is_some() {
+            return Err(DdlError(format!("option {name} is given twice")));
+        }
+        if parser.consume_token(&Token::RParen) {
+            return Ok(options);
+        }
+        parser.expect_token(&Token::Comma)?;
+    }
+}
+
+/// `'30 seconds'`, `'5 minutes'`, `'1 hour'`, `'2 days'`, `'90s'`, `'5m'`, `'1h'`.
+pub fn parse_interval(text: &str) -> Result<Duration, DdlError> {
+    let bad = || {
+        DdlError(format!(
+            "cannot read '{text}' as an interval: write e.g. '30 seconds', '5 minutes', '1 hour', '1 day'"
+        ))
+    };
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let count: u64 = number.parse().map_err(|_| bad())?;
+    let seconds_per_unit = match unit.trim().to_ascii_lowercase().as_str() {
+        "s" | "sec" | "secs" | "second" | "seconds" => 1,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60,
+        "h" | "hour" | "hours" => 3_600,
+        "d" | "day" | "days" => 86_400,
+        _ => return Err(bad()),
+    };
+    if count == 0 {
+        return Err(DdlError(format!(
+            "interval '{text}' must be longer than zero"
+        )));
+    }
+    count
+        .checked_mul(seconds_per_unit)
+        .map(Duration::from_secs)
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_sql_is_not_ours() {
+        for sql in [
+            "SELECT 1",
+            "CREATE VIEW v AS SELECT 1",
+            "CREATE TABLE graph (x int)",
+            "DROP VIEW v",
+        ] {
+            assert_eq!(parse(sql).unwrap(), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn create_identity_graph_with_everything() {
+        let sql = "create or replace identity graph Customers from identifiers with (\n\
+                   priority = 'user_id, email', limits = 'user_id: 1', hub_threshold = 10)\n\
+                   every '5 minutes';";
+        let Some(Statement::CreateIdentityGraph(def)) = parse(sql).unwrap() else {
+            panic!("not parsed as CREATE IDENTITY GRAPH");
+        };
+        assert_eq!(def.name, "customers");
+        assert_eq!(def.source, "identifiers");
+        assert!(def.or_replace && !def.if_not_exists);
+        assert_eq!(def.options["priority"], "user_id, email");
+        assert_eq!(def.options["hub_threshold"], "10");
+        assert_eq!(def.every, Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn refresh_and_drop() {
+        assert_eq!(
+            parse("REFRESH IDENTITY GRAPH customers").unwrap(),
+            Some(Statement::RefreshIdentityGraph {
+                name: "customers".into()
+            })
+        );
+        assert_eq!(
+            parse("drop identity graph if exists customers").unwrap(),
+            Some(Statement::DropIdentityGraph {
+                name: "customers".into(),
+                if_exists: true
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_statements_say_what_is_wrong() {
+        let err = parse("CREATE IDENTITY GRAPH g identifiers").unwrap_err();
+        assert!(err.0.contains("expected FROM"), "{err}");
+        let err = parse("CREATE IDENTITY GRAPH g FROM v WITH (a = 1, a = 2)").unwrap_err();
+        assert!(err.0.contains("given twice"), "{err}");
+        let err = parse("CREATE IDENTITY GRAPH g FROM v EVERY 'often'").unwrap_err();
+        assert!(err.0.contains("'often'"), "{err}");
+        let err = parse("REFRESH IDENTITY GRAPH g extra").unwrap_err();
+        assert!(err.0.contains("unexpected"), "{err}");
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("1 second").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_interval("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_interval(" 2 Hours ").unwrap(),
+            Duration::from_secs(7200)
+        );
+        assert!(parse_interval("0 minutes").is_err());
+        assert!(parse_interval("5 fortnights").is_err());
+        assert!(parse_interval("").is_err());
+    }
+}

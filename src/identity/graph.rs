@@ -1,0 +1,1176 @@
+//! The stitch: links identifier rows into one profile per person, under rules, deterministically.
+//!
+//! **Input.** Rows `(record_key, id_type, id_value, seen_at)`: a source record (a CRM contact,
+//! an order, a web session) and one identifier it carries. Identifiers on the same record belong
+//! to the same person, and records that carry the same identifier (same type *and* value,
+//! compared byte for byte, so normalize upstream) belong to the same person. Followed blindly,
+//! those two facts fuse strangers: one `test@test.com`, one family tablet, one `0000000000`
+//! typed at a till joins everyone who touched it. So the graph follows them under [`Rules`]:
+//!
+//! - **priority**: identifier types, most trusted first (`user_id, email, phone, …`);
+//! - **limits**: at most N distinct values of a type per profile (one `user_id`, five emails);
+//! - **blocked**: regular expressions; a matching value is refused (`reason = 'blocked'`);
+//! - **hubs**: a value seen on records with more than `hub_threshold` distinct values of some
+//!   *limited* type (one email with 300 loyalty cards) is refused (`reason = 'hub'`) and links
+//!   nothing. The graph decides this over all data it has seen, before stitching each batch;
+//! - rows of a type not in priority are refused (`reason = 'unknown_type'`); rows whose value or
+//!   record key is empty or only whitespace (pass `""` for SQL NULL) are ignored: they are
+//!   noise, not evidence, and listing them would drown the refusals worth reading.
+//!
+//! **Algorithm** (Segment's). Records are processed in `(seen_at, record_key)` order, where a
+//! record's `seen_at` is the earliest of its rows in the batch. A record's usable identifiers
+//! are sorted by type priority, then value. The first one *anchors* the record: its profile, or
+//! a new profile it founds. Each further identifier, in order: already in the anchor's profile,
+//! nothing to do; in another profile P, the two merge if and only if every limited type still
+//! fits (each value belongs to exactly one profile, so counts add), otherwise this record's link
+//! through it is refused (`reason = 'limit'`); in no profile yet, it joins the anchor's profile if
+//! its type has room, else it is refused. So when a link would break a limit, the *lower
+//! priority* identifier is the one dropped: a shared tablet (`anonymous_id`) seen with user A
+//! and later user B does not fuse A and B under `user_id: 1`; B's login anchors on B.
+//!
+//! **Outputs**, as Arrow batches the SQL layer registers as tables: [`IdentityGraph::identities`]
+//! (which values make up each profile), [`IdentityGraph::records`] (each source record's current
+//! profile), [`IdentityGraph::merges`] (the merge log) and [`IdentityGraph::refused`] (every
+//! refused identifier and why).
+//!
+//! **Guarantees.**
+//! - *Deterministic*: the same rows, in any order and any batch sizes, give the same tables
+//!   (row order included) as long as later batches only add records that are later in
+//!   `seen_at` order. The exceptions: a value that becomes a hub in a later batch keeps the
+//!   links it made before (profiles merged through it stay merged: merges are never undone);
+//!   and rows added to an already-known record are stitched as that record's next step, not
+//!   re-sorted into its past.
+//! - *Stable ids*: a profile id is `p_` and 16 hex digits of [`stable_hash`] of its founding
+//!   identifier, the same across runs, machines and versions. When two profiles merge, the
+//!   older one (earlier founding `seen_at`, then smaller id) survives with its id, and the merge
+//!   is logged so that downstream systems can follow it.
+//! - *Incremental and idempotent*: [`IdentityGraph::apply`] takes only the new rows; a record
+//!   key seen before gets the new identifiers added to it, and re-applying rows already applied
+//!   changes nothing. [`IdentityGraph::to_state`] / [`IdentityGraph::from_state`] persist
+//!   everything needed to continue after a restart.
+//!
+//! **Cost.** Memory is about 70 bytes per distinct identifier value and 35 per record, plus
+//! their text and 4 bytes per identifier on a record; hub detection keeps at most
+//! `hub_threshold + 1` co-occurring values per limited type and value. While a batch is
+//! applied it takes about 30 bytes more per row. Time is a few hash lookups per row and a
+//! few cache misses per record: the memory layout (dense ids, batched lookups, the batch laid
+//! out in processing order) is what the code is organised around.
+//!
+//! **Limits.** Up to 2^31 distinct values and records and 4 GiB of text each (32-bit indexes),
+//! 64 identifier types. Profile ids are 64-bit hashes: two founders colliding (odds about
+//! 1 in 400 000 at 10 million profiles) would share an id.
+
+use std::collections::HashMap;
+
+use regex::{Regex, RegexSet};
+
+use super::intern::{FastMap, FastSet, Interner};
+pub use super::output::{identities_schema, merges_schema, records_schema, refused_schema};
+
+/// The default `hub_threshold`.
+pub const DEFAULT_HUB_THRESHOLD: u32 = 10;
+/// The largest `hub_threshold` accepted.
+pub const MAX_HUB_THRESHOLD: u32 = 10_000;
+/// Most identifier types a graph supports (a type is one byte in every interned value).
+pub const MAX_TYPES: usize = 64;
+
+/// "No profile" / "no entry" in the graph's index vectors.
+pub(super) const NONE: u32 = u32::MAX;
+/// Top bit of an id in a record's identifier list: this record's link through it was refused.
+pub(super) const REFUSED_BIT: u32 = 1 << 31;
+/// A value's meta byte: its type index, and two flags.
+pub(super) const TYPE_MASK: u8 = 0x3F;
+pub(super) const BLOCKED: u8 = 0x40;
+pub(super) const HUB: u8 = 0x80;
+const NO_SLOT: u8 = u8::MAX;
+
+/// What can go wrong: rules that make no sense (caught when the graph is defined), persisted
+/// state that does not fit the rules or is damaged, and a graph past its 32-bit indexes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphError {
+    #[error("rules: priority names no identifier type")]
+    EmptyPriority,
+    #[error(
+        "rules: {0:?} is not a valid identifier type name (use letters, digits, '_', '.', ':' or '-')"
+    )]
+    BadTypeName(String),
+    #[error("rules: identifier type {0:?} appears twice in priority")]
+    DuplicateType(String),
+    #[error("rules: priority lists {0} identifier types, at most 64 are supported")]
+    TooManyTypes(usize),
+    #[error("rules: limits name {id_type:?}, which is not in priority ({priority})")]
+    LimitOnUnknownType { id_type: String, priority: String },
+    #[error(
+        "rules: the limit on {0:?} is 0; a limit must be at least 1 (to ignore a type, leave it out of priority)"
+    )]
+    ZeroLimit(String),
+    #[error(
+        "rules: blocked pattern {pattern:?} is not a valid regular expression: {message}"
+    )]
+    BadPattern { pattern: String, message: String },
+    #[error("rules: hub_threshold {0} is out of range (1 to 10000)")]
+    BadHubThreshold(u32),
+    #[error("identity graph state, part {part:?}: {message}")]
+    State { part: String, message: String },
+    #[error(
+        "identity graph state was built with other rules ({stored}) than the graph's ({given}); rebuild the graph from its source"
+    )]
+    RulesChanged { stored: String, given: String },
+    #[error(
+        "identity graph is full: too many {what} for its 32-bit indexes; reload the graph from its last state"
+    )]
+    Capacity { what: &'static str },
+    #[error("identity graph: building table {table}: {message}")]
+    Arrow { table: String, message: String },
+}
+
+/// Why an identifier was refused, as shown in the `reason` column of [`IdentityGraph::refused`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Blocked,
+    Hub,
+    Limit,
+    UnknownType,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Blocked => "blocked",
+            Reason::Hub => "hub",
+            Reason::Limit => "limit",
+            Reason::UnknownType => "unknown_type",
+        }
+    }
+
+    pub(super) fn parse(text: &str) -> Option<Reason> {
+        [
+            Reason::Blocked,
+            Reason::Hub,
+            Reason::Limit,
+            Reason::UnknownType,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == text)
+    }
+}
+
+/// The stitching rules, validated. See the module documentation for what each rule does.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    priority: Vec<String>,
+    /// By type index (position in `priority`).
+    limits: Vec<Option<u32>>,
+    /// By type index: the type's position in a profile's count array, or `NO_SLOT`.
+    count_slot: Vec<u8>,
+    /// By count slot: the limited type's index, in priority order.
+    limited: Vec<u8>,
+    blocked: Vec<String>,
+    blocked_set: RegexSet,
+    hub_threshold: u32,
+}
+
+impl PartialEq for Rules {
+    fn eq(&self, other: &Rules) -> bool {
+        self.priority == other.priority
+            && self.limits == other.limits
+            && self.blocked == other.blocked
+            && self.hub_threshold == other.hub_threshold
+    }
+}
+
+impl Rules {
+    /// Validates the rules. `limits` maps a type to the most distinct values of it one profile
+    /// may hold (types absent are unlimited); `blocked` holds regular expressions matched
+    /// against values (unanchored: write `^…$` to match whole values); `hub_threshold` is
+    /// usually [`DEFAULT_HUB_THRESHOLD`].
+    pub fn new(
+        priority: Vec<String>,
+        limits: HashMap<String, u32>,
+        blocked: Vec<String>,
+        hub_threshold: u32,
+    ) -> Result<Rules, GraphError> {
+        if priority.is_empty() {
+            return Err(GraphError::EmptyPriority);
+        }
+        if priority.len() > MAX_TYPES {
+            return Err(GraphError::TooManyTypes(priority.len()));
+        }
+        for (i, name) in priority.iter().enumerate() {
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'));
+            if !valid {
+                return Err(GraphError::BadTypeName(name.clone()));
+            }
+            if priority[..i].contains(name) {
+                return Err(GraphError::DuplicateType(name.clone()));
+            }
+        }
+        let mut limits_by_type = vec![None; priority.len()];
+        // Check limits in a fixed order so that the error named is the same on every run.
+        let mut named: Vec<(&String, &u32)> = limits.iter().collect();
+        named.sort();
+        for (name, &limit) in named {
+            let Some(index) = priority.iter().position(|p| p == name) else {
+                return Err(GraphError::LimitOnUnknownType {
+                    id_type: name.clone(),
+                    priority: priority.join(", "),
+                });
+            };
+            if limit == 0 {
+                return Err(GraphError::ZeroLimit(name.clone()));
+            }
+            limits_by_type[index] = Some(limit);
+        }
+        let mut count_slot = vec![NO_SLOT; priority.len()];
+        let mut limited = Vec::new();
+        for (index, limit) in limits_by_type.iter().enumerate() {
+            if limit.is_some() {
+                count_slot[index] = limited.len() as u8;
+                limited.push(index as u8);
+            }
+        }
+        // Compile each pattern alone first so that the error names the one that is wrong.
+        for pattern in &blocked {
+            Regex::new(pattern).map_err(|e| GraphError::BadPattern {
+                pattern: pattern.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        let blocked_set = RegexSet::new(&blocked).map_err(|e| GraphError::BadPattern {
+            pattern: blocked.join(" | "),
+            message: e.to_string(),
+        })?;
+        // Hub detection keeps up to `hub_threshold + 1` values per type and value: the bound
+        // keeps that memory bounded.
+        if !(1..=MAX_HUB_THRESHOLD).contains(&hub_threshold) {
+            return Err(GraphError::BadHubThreshold(hub_threshold));
+        }
+        Ok(Rules {
+            priority,
+            limits: limits_by_type,
+            count_slot,
+            limited,
+            blocked,
+            blocked_set,
+            hub_threshold,
+        })
+    }
+
+    pub fn priority(&self) -> &[String] {
+        &self.priority
+    }
+
+    /// The limit on `id_type`, if it has one.
+    pub fn limit(&self, id_type: &str) -> Option<u32> {
+        self.type_index(id_type)
+            .and_then(|t| self.limits[t as usize])
+    }
+
+    pub fn blocked(&self) -> &[String] {
+        &self.blocked
+    }
+
+    pub fn hub_threshold(&self) -> u32 {
+        self.hub_threshold
+    }
+
+    /// The rules as canonical JSON (limits in priority order): what persisted state records,
+    /// and what an operator sees when state and rules disagree.
+    pub fn describe(&self) -> String {
+        let limits: Vec<serde_json::Value> = self
+            .limited
+            .iter()
+            .map(|&t| serde_json::json!([self.priority[t as usize], self.limits[t as usize]]))
+            .collect();
+        serde_json::json!({
+            "priority": self.priority,
+            "limits": limits,
+            "blocked": self.blocked,
+            "hub_threshold": self.hub_threshold,
+        })
+        .to_string()
+    }
+
+    pub(super) fn type_index(&self, id_type: &str) -> Option<u8> {
+        self.priority
+            .iter()
+            .position(|p| p == id_type)
+            .map(|i| i as u8)
+    }
+
+    pub(super) fn type_name(&self, t: u8) -> &str {
+        self.priority
+            .get(t as usize)
+            .map(String::as_str)
+            .unwrap_or("?")
+    }
+
+    /// The type's position in a profile's count array, if the type is limited.
+    pub(super) fn slot_of(&self, t: u8) -> Option<usize> {
+        let slot = *self.count_slot.get(t as usize)?;
+        (slot != NO_SLOT).then_some(slot as usize)
+    }
+
+    pub(super) fn counted_types(&self) -> usize {
+        self.limited.len()
+    }
+}
+
+/// One identifier on one source record. Pass `""` as `id_value` for SQL NULL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentityRow<'a> {
+    pub record_key: &'a str,
+    pub id_type: &'a str,
+    pub id_value: &'a str,
+    /// Microseconds since the Unix epoch.
+    pub seen_at: i64,
+}
+
+/// What one [`IdentityGraph::apply`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplySummary {
+    /// Rows given.
+    pub rows: u64,
+    /// Rows with an empty value or record key.
+    pub ignored: u64,
+    /// Records that carried identifiers not seen on them before.
+    pub records: u64,
+    pub new_profiles: u64,
+    pub merges: u64,
+    /// New entries in the refused table.
+    pub refused: u64,
+    /// Values found to be hubs in this batch.
+    pub new_hubs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// An interned value of a type in priority.
+    Value(u32),
+    /// An entry of the unknown-type interner.
+    Unknown(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Refusal {
+    pub(super) record: u32,
+    pub(super) what: Refused,
+    pub(super) reason: Reason,
+    pub(super) seen_at: i64,
+    pub(super) detail: Option<Box<str>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Merge {
+    pub(super) from: u32,
+    pub(super) into: u32,
+    pub(super) at: i64,
+    pub(super) via: u32,
+}
+
+/// The identity graph: interned values and records, a union-find forest of profiles, and logs.
+///
+/// Vectors prefixed `v_` are indexed by value id, `r_` by record id, `p_` by profile slot.
+/// Ids are dense and only meaningful inside one graph; all ordering decisions compare keys,
+/// times and stable hashes, never ids, which is what makes the result independent of input
+/// order.
+pub struct IdentityGraph {
+    pub(super) rules: Rules,
+    /// Key: one byte of type index, then the value's bytes.
+    pub(super) values: Interner,
+    /// Type index (`TYPE_MASK`) and the `BLOCKED` / `HUB` flags: one byte, so that the whole
+    /// vector stays in cache while records are stitched.
+    pub(super) v_meta: Vec<u8>,
+    /// The profile slot the value joined (follow `p_parent` to its current profile).
+    pub(super) v_profile: Vec<u32>,
+    /// First and last `seen_at` of any row carrying the value.
+    pub(super) v_seen: Vec<(i64, i64)>,
+    /// `(start, len)` in `co_pool` of the distinct limited-type values seen on a record with
+    /// this one (hub detection). A list lives in a block of `block_size(len)` entries.
+    pub(super) v_co: Vec<(u32, u32)>,
+    pub(super) co_pool: Vec<u32>,
+    /// Values in the order they joined a profile: the row order of `identities`.
+    pub(super) linked: Vec<u32>,
+    pub(super) records: Interner,
+    /// By record id: one entry, so that stitching a record costs one cache miss, not three.
+    pub(super) r: Vec<RecordEntry>,
+    /// Record identifier lists (see [`RecordEntry`]), each id flagged with
+    /// `REFUSED_BIT` if the record's link through it was refused.
+    pub(super) r_ids: Vec<u32>,
+    /// Records in the order first stitched: the row order of `records`.
+    pub(super) record_order: Vec<u32>,
+    pub(super) p_parent: Vec<u32>,
+    pub(super) p_founder: Vec<u32>,
+    /// When the profile was founded (its founding record's `seen_at`): older survives a merge.
+    pub(super) p_born: Vec<i64>,
+    pub(super) p_hash: Vec<u64>,
+    /// `counted_types()` counts per slot, valid at roots: values of each limited type.
+    pub(super) p_counts: Vec<u32>,
+    pub(super) merges: Vec<Merge>,
+    pub(super) refusals: Vec<Refusal>,
+    /// Key: type, 0x1F, value, for rows whose type is not in priority.
+    pub(super) unknown: Interner,
+    /// `(record << 32) | unknown id` already refused, so that re-applied rows add nothing.
+    pub(super) unknown_seen: FastSet<u64>,
+}
+
+/// What the graph keeps per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RecordEntry {
+    /// The profile slot of the record's anchor when last stitched, or `NONE` if nothing on
+    /// the record linked.
+    pub(super) profile: u32,
+    /// The record's identifiers are `r_ids[start..start + len]`.
+    pub(super) start: u32,
+    pub(super) len: u32,
+}
+
+impl Default for RecordEntry {
+    fn default() -> Self {
+        RecordEntry { profile: NONE, start: 0, len: 0 }
+    }
+}
+
+/// Rows hashed and looked up together, so that their cache misses overlap (see `Interner`).
+const CHUNK: usize = 32;
+/// `load`'s marker for a row whose type is not in priority.
+const NO_TYPE: u8 = u8::MAX;
+
+/// The capacity of the `co_pool` block holding a list of `len` entries: blocks double, so
+/// appending is amortised O(1) and a list's entries stay contiguous (one cache miss to scan).
+pub(super) fn block_size(len: u32) -> u32 {
+    if len == 0 { 0 } else { len.next_power_of_two().max(2) }
+}
+
+/// Rows being loaded: what the chunks of `load` accumulate.
+struct Loader<'a> {
+    old_records: u32,
+    old_local: FastMap<u32, u32>,
+    old_ids: Vec<u32>,
+    /// Earliest `seen_at` in the batch, for new records (by `record - old_records`) and for
+    /// known ones (by `old_local`).
+    new_seen: Vec<i64>,
+    old_seen: Vec<i64>,
+    pairs: Vec<(u32, u32)>,
+    unknown: Vec<(u32, u32)>,
+    last_type: (&'a str, u8),
+}
+
+/// One batch's rows, grouped by record and laid out in processing order, so that both passes
+/// read the batch front to back.
+struct Batch {
+    /// Records known before the batch: ids below this are "old".
+    old_records: u32,
+    /// By position in processing order: the record's earliest `seen_at` in the batch, and id.
+    order: Vec<(i64, u32)>,
+    /// The record at position `p` has values `values[offsets[p]..offsets[p + 1]]`.
+    offsets: Vec<u32>,
+    values: Vec<u32>,
+    /// `(position, unknown id)` rows, sorted.
+    unknown: Vec<(u32, u32)>,
+}
+
+impl Batch {
+    fn range(&self, position: usize) -> std::ops::Range<usize> {
+        self.offsets[position] as usize..self.offsets[position + 1] as usize
+    }
+}
+
+impl IdentityGraph {
+    pub fn new(rules: Rules) -> Self {
+        IdentityGraph {
+            rules,
+            values: Interner::new(),
+            v_meta: Vec::new(),
+            v_profile: Vec::new(),
+            v_seen: Vec::new(),
+            v_co: Vec::new(),
+            co_pool: Vec::new(),
+            linked: Vec::new(),
+            records: Interner::new(),
+            r: Vec::new(),
+            r_ids: Vec::new(),
+            record_order: Vec::new(),
+            p_parent: Vec::new(),
+            p_founder: Vec::new(),
+            p_born: Vec::new(),
+            p_hash: Vec::new(),
+            p_counts: Vec::new(),
+            merges: Vec::new(),
+            refusals: Vec::new(),
+            unknown: Interner::new(),
+            unknown_seen: FastSet::default(),
+        }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// Number of profiles (current, after merges).
+    pub fn profile_count(&self) -> usize {
+        (0..self.p_parent.len()).filter(|&p| self.p_parent[p] == p as u32).count()
+    }
+
+    /// Applies a batch of rows: all of them for a full build, only new ones for a refresh.
+    ///
+    /// Rows are consumed once, as they come: feed them straight from the source's batches
+    /// rather than collecting them first. The only error is [`GraphError::Capacity`] (over two
+    /// billion distinct values or records, or 4 GiB of their text); it is raised before any
+    /// stitching, but values and records interned up to that point stay as unlinked entries,
+    /// so the graph should be reloaded from its last state.
+    pub fn apply<'a>(
+        &mut self,
+        rows: impl IntoIterator<Item = IdentityRow<'a>>,
+    ) -> Result<ApplySummary, GraphError> {
+        let mut summary = ApplySummary::default();
+        let mut batch = self.load(rows, &mut summary)?;
+        self.observe(&mut batch, &mut summary);
+        self.stitch(&batch, &mut summary);
+        self.flatten();
+        Ok(summary)
+    }
+
+    /// Interns every row and groups the rows by record. The only pass that can fail.
+    /// Returns the batch and each local record's earliest `seen_at`.
+    fn load<'a>(
+        &mut self,
+        rows: impl IntoIterator<Item = IdentityRow<'a>>,
+        summary: &mut ApplySummary,
+    ) -> Result<Batch, GraphError> {
+        let mut loader = Loader {
+            old_records: self.records.len() as u32,
+            old_local: FastMap::default(),
+            old_ids: Vec::new(),
+            new_seen: Vec::new(),
+            old_seen: Vec::new(),
+            pairs: Vec::new(),
+            unknown: Vec::new(),
+            last_type: ("", NO_TYPE),
+        };
+        let mut rows = rows.into_iter();
+        let (hint, _) = rows.size_hint();
+        loader.pairs.reserve(hint);
+        // A full build interns mostly new records: size the table once instead of doubling.
+        if self.records.len() == 0 {
+            self.records.reserve(hint);
+        }
+        let mut chunk: Vec<IdentityRow<'a>> = Vec::with_capacity(CHUNK);
+        loop {
+            chunk.clear();
+            chunk.extend(rows.by_ref().take(CHUNK));
+            if chunk.is_empty() {
+                break;
+            }
+            self.load_chunk(&chunk, &mut loader, summary)?;
+        }
+        let Loader { old_records, old_local, old_ids, new_seen, old_seen, pairs, unknown, .. } =
+            loader;
+        let grown: usize = old_ids.iter().map(|&r| self.r[r as usize].len as usize).sum();
+        if pairs.len() >= u32::MAX as usize
+            || self.r_ids.len() + pairs.len() + grown >= u32::MAX as usize
+        {
+            return Err(GraphError::Capacity { what: "identifier rows" });
+        }
+        // Local indices: new records by id, then known ones in order of appearance.
+        let new_records = new_seen.len();
+        let local_of = |record: u32| -> usize {
+            if record >= old_records {
+                (record - old_records) as usize
+            } else {
+                new_records + old_local.get(&record).copied().unwrap_or(0) as usize
+            }
+        };
+        let new_ids = (0..new_records as u32).map(|i| old_records + i);
+        let mut order: Vec<(i64, u32)> =
+            new_seen.iter().chain(&old_seen).copied().zip(new_ids.chain(old_ids.iter().copied())).collect();
+        drop((new_seen, old_seen));
+        self.sort_into_processing_order(&mut order);
+        let mut rank = vec![0u32; order.len()];
+        for (position, &(_, record)) in order.iter().enumerate() {
+            rank[local_of(record)] = position as u32;
+        }
+        // Counting sort of the rows by position: O(rows), no comparison sort of 20M pairs.
+        let mut offsets = vec![0u32; order.len() + 1];
+        for &(record, _) in &pairs {
+            offsets[rank[local_of(record)] as usize] += 1;
+        }
+        let mut total = 0u32;
+        for offset in offsets.iter_mut() {
+            total += *offset;
+            *offset = total;
+        }
+        let mut values = vec![0u32; pairs.len()];
+        for &(record, value) in &pairs {
+            let position = rank[local_of(record)] as usize;
+            offsets[position] -= 1;
+            values[offsets[position] as usize] = value;
+        }
+        drop(pairs);
+        let mut unknown: Vec<(u32, u32)> =
+            unknown.into_iter().map(|(record, id)| (rank[local_of(record)], id)).collect();
+        unknown.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| self.unknown.key(a.1).cmp(self.unknown.key(b.1)))
+        });
+        unknown.dedup();
+        Ok(Batch { old_records, order, offsets, values, unknown })
+    }
+
+    /// Loads up to `CHUNK` rows in stages, each a loop of independent memory accesses.
+    fn load_chunk<'a>(
+        &mut self,
+        chunk: &[IdentityRow<'a>],
+        loader: &mut Loader<'a>,
+        summary: &mut ApplySummary,
+    ) -> Result<(), GraphError> {
+        // Stage 0: drop empty rows, resolve types, hash keys (no memory traffic).
+        let mut keep = [(0usize, NO_TYPE, 0u32, 0u32); CHUNK];
+        let mut n = 0;
+        for (i, row) in chunk.iter().enumerate() {
+            summary.rows += 1;
+            if row.id_value.trim().is_empty() || row.record_key.trim().is_empty() {
+                summary.ignored += 1;
+                continue;
+            }
+            // Rows arrive in long runs of one type (a UNION ALL per identifier column).
+            if loader.last_type.0 != row.id_type {
+                let t = self.rules.type_index(row.id_type).unwrap_or(NO_TYPE);
+                loader.last_type = (row.id_type, t);
+            }
+            let t = loader.last_type.1;
+            let record_tag = self.records.tag_of(&[], row.record_key.as_bytes());
+            let value_tag =
+                if t == NO_TYPE { 0 } else { self.values.tag_of(&[t], row.id_value.as_bytes()) };
+            keep[n] = (i, t, record_tag, value_tag);
+            n += 1;
+        }
+        let keep = &keep[..n];
+        // Stages 1-3: touch slots, then key offsets, then key bytes, for all rows at once.
+        let mut probe = [(0u64, 0u64); CHUNK];
+        for (k, &(_, t, record_tag, value_tag)) in keep.iter().enumerate() {
+            let value_slot = if t == NO_TYPE { 0 } else { self.values.touch_slot(value_tag) };
+            probe[k] = (self.records.touch_slot(record_tag), value_slot);
+        }
+        for entry in probe.iter_mut().take(n) {
+            *entry = (
+                u64::from(self.records.touch_end(entry.0)),
+                u64::from(self.values.touch_end(entry.1)),
+            );
+        }
+        let mut touched = 0u8;
+        for &(record_end, value_end) in probe.iter().take(n) {
+            touched ^= self.records.touch_bytes(record_end as u32);
+            touched ^= self.values.touch_bytes(value_end as u32);
+        }
+        std::hint::black_box(touched);
+        // Stage 4: intern, now that the cache lines are in.
+        let mut ids = [(0u32, NONE); CHUNK];
+        for (k, &(i, t, record_tag, value_tag)) in keep.iter().enumerate() {
+            let row = &chunk[i];
+            let (record, new) = self
+                .records
+                .intern_tagged(record_tag, &[], row.record_key.as_bytes())
+                .ok_or(GraphError::Capacity { what: "records" })?;
+            if new {
+                self.r.push(RecordEntry::default());
+                loader.new_seen.push(row.seen_at);
+            }
+            if t == NO_TYPE {
+                let body = [&[0x1F], row.id_value.as_bytes()].concat();
+                let (id, _) = self
+                    .unknown
+                    .intern(row.id_type.as_bytes(), &body)
+                    .ok_or(GraphError::Capacity { what: "unknown-type identifiers" })?;
+                loader.unknown.push((record, id));
+                ids[k] = (record, NONE);
+                continue;
+            }
+            let (value, new) = self
+                .values
+                .intern_tagged(value_tag, &[t], row.id_value.as_bytes())
+                .ok_or(GraphError::Capacity { what: "identifier values" })?;
+            if new {
+                // Patterns are matched once per distinct value, not per row.
+                let blocked =
+                    !self.rules.blocked.is_empty() && self.rules.blocked_set.is_match(row.id_value);
+                self.v_meta.push(if blocked { t | BLOCKED } else { t });
+                self.v_profile.push(NONE);
+                self.v_seen.push((row.seen_at, row.seen_at));
+                self.v_co.push((0, 0));
+            }
+            ids[k] = (record, value);
+        }
+        // Stage 5: times, one independent update per row.
+        for (k, &(i, ..)) in keep.iter().enumerate() {
+            let (record, value) = ids[k];
+            let seen_at = chunk[i].seen_at;
+            if value != NONE {
+                let seen = &mut self.v_seen[value as usize];
+                *seen = (seen.0.min(seen_at), seen.1.max(seen_at));
+                loader.pairs.push((record, value));
+            }
+            let seen = if record >= loader.old_records {
+                &mut loader.new_seen[(record - loader.old_records) as usize]
+            } else {
+                let local = *loader.old_local.entry(record).or_insert_with(|| {
+                    loader.old_ids.push(record);
+                    loader.old_seen.push(seen_at);
+                    loader.old_ids.len() as u32 - 1
+                });
+                &mut loader.old_seen[local as usize]
+            };
+            *seen = (*seen).min(seen_at);
+        }
+        Ok(())
+    }
+
+    /// Sorts `(seen_at, record)` into processing order: by time, then record key.
+    fn sort_into_processing_order(&self, order: &mut [(i64, u32)]) {
+        // Sort by time first (integers, fast); only records that share a time need their keys
+        // compared, and record ids (which follow input order) must not decide.
+        order.sort_unstable();
+        let mut start = 0;
+        while start < order.len() {
+            let at = order[start].0;
+            let end = start + order[start..].iter().take_while(|(t, _)| *t == at).count();
+            if end - start > 1 {
+                order[start..end]
+                    .sort_unstable_by(|a, b| self.records.key(a.1).cmp(self.records.key(b.1)));
+            }
+            start = end;
+        }
+    }
+
+    pub(super) fn type_of(&self, value: u32) -> u8 {
+        self.v_meta[value as usize] & TYPE_MASK
+    }
+
+    pub(super) fn value_text(&self, value: u32) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.values.key(value).get(1..).unwrap_or_default())
+    }
+
+    /// Priority order: type, then value bytes (the key's first byte is the type index, so a
+    /// key comparison is the whole order; comparing types first avoids most key reads).
+    fn priority_order(&self, a: u32, b: u32) -> std::cmp::Ordering {
+        self.type_of(a).cmp(&self.type_of(b)).then_with(|| self.values.key(a).cmp(self.values.key(b)))
+    }
+
+    /// The record's identifier list (ids flagged with `REFUSED_BIT`).
+    fn record_ids(&self, record: u32) -> &[u32] {
+        let entry = self.r[record as usize];
+        &self.r_ids[entry.start as usize..(entry.start + entry.len) as usize]
+    }
+
+    /// Pass 1: sorts and dedups each record's new identifiers (dropping those already on the
+    /// record, marking the end with `NONE`), and records co-occurrences for hub detection, so
+    /// that hubs are known before any record of the batch links through them.
+    fn observe(&mut self, batch: &mut Batch, summary: &mut ApplySummary) {
+        let mut existing = Vec::new();
+        let mut existing_set: FastSet<u32> = FastSet::default();
+        for position in 0..batch.order.len() {
+            let record = batch.order[position].1;
+            let range = batch.range(position);
+            let slice = &mut batch.values[range];
+            if slice.len() > 1 {
+                slice.sort_unstable_by(|&a, &b| self.priority_order(a, b));
+            }
+            existing.clear();
+            if record < batch.old_records {
+                existing.extend(self.record_ids(record).iter().map(|id| id & !REFUSED_BIT));
+            }
+            // Lists are short; a set only pays for a record re-applied with many identifiers.
+            let use_set = existing.len() > 32;
+            if use_set {
+                existing_set.clear();
+                existing_set.extend(existing.iter().copied());
+            }
+            let mut kept = 0;
+            let mut previous = NONE;
+            for i in 0..slice.len() {
+                let value = slice[i];
+                let known = if use_set {
+                    existing_set.contains(&value)
+                } else {
+                    existing.contains(&value)
+                };
+                if value != previous && !known {
+                    slice[kept] = value;
+                    kept += 1;
+                }
+                previous = value;
+            }
+            slice[kept..].fill(NONE);
+            let fresh = &slice[..kept];
+            for (i, &v) in fresh.iter().enumerate() {
+                if self.v_meta[v as usize] & BLOCKED != 0 {
+                    continue;
+                }
+                for &w in fresh[i + 1..].iter().chain(existing.iter()) {
+                    if self.v_meta[w as usize] & BLOCKED == 0 {
+                        self.co_occur(v, w, summary);
+                        self.co_occur(w, v, summary);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Notes that `value` was seen on a record with `other`; flags `value` a hub once it has
+    /// been seen with more than `hub_threshold` distinct values of `other`'s (limited) type.
+    fn co_occur(&mut self, value: u32, other: u32, summary: &mut ApplySummary) {
+        let other_type = self.type_of(other);
+        if self.rules.count_slot[other_type as usize] == NO_SLOT
+            || self.v_meta[value as usize] & HUB != 0
+        {
+            return;
+        }
+        let (start, len) = self.v_co[value as usize];
+        let mut same_type = 0;
+        for &seen_with in &self.co_pool[start as usize..(start + len) as usize] {
+            if seen_with == other {
+                return;
+            }
+            if self.type_of(seen_with) == other_type {
+                same_type += 1;
+            }
+        }
+        let mut start = start;
+        if len == block_size(len) {
+            let size = block_size(len + 1);
+            // Past 4G entries hub detection stops growing lists rather than wrap an index.
+            if self.co_pool.len() + size as usize >= u32::MAX as usize {
+                return;
+            }
+            if len > 0 && (start + len) as usize == self.co_pool.len() {
+                self.co_pool.resize((start + size) as usize, NONE);
+            } else {
+                let moved = self.co_pool.len() as u32;
+                self.co_pool.extend_from_within(start as usize..(start + len) as usize);
+                self.co_pool.resize((moved + size) as usize, NONE);
+                start = moved;
+            }
+        }
+        self.co_pool[(start + len) as usize] = other;
+        self.v_co[value as usize] = (start, len + 1);
+        if same_type + 1 > self.rules.hub_threshold {
+            self.v_meta[value as usize] |= HUB;
+            summary.new_hubs += 1;
+        }
+    }
+
+    /// Pass 2: Segment's algorithm, record by record in processing order.
+    fn stitch(&mut self, batch: &Batch, summary: &mut ApplySummary) {
+        let mut unknown_at = 0;
+        let mut candidates: Vec<u32> = Vec::new();
+        let mut additions: Vec<u32> = Vec::new();
+        for (position, &(seen_at, record)) in batch.order.iter().enumerate() {
+            let fresh = &batch.values[batch.range(position)];
+            let fresh = &fresh[..fresh.iter().position(|&v| v == NONE).unwrap_or(fresh.len())];
+            let mut changed = !fresh.is_empty();
+            while let Some(&(at, u)) = batch.unknown.get(unknown_at) {
+                if at as usize != position {
+                    break;
+                }
+                unknown_at += 1;
+                if self.unknown_seen.insert((u64::from(record) << 32) | u64::from(u)) {
+                    changed = true;
+                    let detail =
+                        format!("not one of the graph's types ({})", self.rules.priority.join(", "));
+                    let what = Refused::Unknown(u);
+                    self.refuse(record, what, Reason::UnknownType, seen_at, Some(detail), summary);
+                }
+            }
+            if !changed {
+                continue;
+            }
+            summary.records += 1;
+            if record >= batch.old_records {
+                self.record_order.push(record);
+            }
+            candidates.clear();
+            additions.clear();
+            for &value in fresh {
+                let meta = self.v_meta[value as usize];
+                let what = Refused::Value(value);
+                if meta & BLOCKED != 0 {
+                    let detail = self.blocked_detail(value);
+                    self.refuse(record, what, Reason::Blocked, seen_at, detail, summary);
+                    additions.push(value | REFUSED_BIT);
+                } else if meta & HUB != 0 {
+                    let detail = self.hub_detail(value);
+                    self.refuse(record, what, Reason::Hub, seen_at, detail, summary);
+                    additions.push(value | REFUSED_BIT);
+                } else {
+                    candidates.push(value);
+                    additions.push(value);
+                }
+            }
+            // Identifiers the record already had take part again: a new, higher-priority one
+            // may now anchor it. Hubs found since stop linking.
+            if record < batch.old_records {
+                let before = candidates.len();
+                for &id in self.record_ids(record) {
+                    if id & REFUSED_BIT == 0 && self.v_meta[id as usize] & HUB == 0 {
+                        candidates.push(id);
+                    }
+                }
+                if candidates.len() > before {
+                    candidates.sort_unstable_by(|&a, &b| self.priority_order(a, b));
+                }
+            }
+            let mut profile = NONE;
+            if let Some((&anchor, rest)) = candidates.split_first() {
+                profile = match self.v_profile[anchor as usize] {
+                    NONE => self.found(anchor, seen_at, summary),
+                    slot => self.find(slot),
+                };
+                for &value in rest {
+                    if let Some(detail) = self.link(&mut profile, value, seen_at, summary) {
+                        let what = Refused::Value(value);
+                        self.refuse(record, what, Reason::Limit, seen_at, Some(detail), summary);
+                        self.mark_refused(record, value, &mut additions);
+                    }
+                }
+            }
+            if record >= batch.old_records {
+                // A new record's entry is written whole, never read: a store does not wait
+                // for its cache line the way a load does.
+                let start = self.r_ids.len() as u32;
+                self.r_ids.extend_from_slice(&additions);
+                let len = additions.len() as u32;
+                self.r[record as usize] = RecordEntry { profile, start, len };
+            } else {
+                if profile != NONE {
+                    self.r[record as usize].profile = profile;
+                }
+                self.append_ids(record, &additions);
+            }
+        }
+    }
+
+    /// Links `value` into `profile` (merging its own profile in if limits allow); on refusal,
+    /// returns the detail for the refused table.
+    fn link(
+        &mut self,
+        profile: &mut u32,
+        value: u32,
+        at: i64,
+        summary: &mut ApplySummary,
+    ) -> Option<String> {
+        let t = self.type_of(value);
+        let n = self.rules.counted_types();
+        match self.v_profile[value as usize] {
+            NONE => {
+                if let Some(slot) = self.rules.slot_of(t) {
+                    let limit = self.rules.limits[t as usize].unwrap_or(u32::MAX);
+                    if self.p_counts[*profile as usize * n + slot] >= limit {
+                        return Some(format!(
+                            "{} limit {limit} reached in {}",
+                            self.rules.type_name(t),
+                            self.profile_id(*profile)
+                        ));
+                    }
+                }
+                self.join(value, *profile);
+                None
+            }
+            slot => {
+                let other = self.find(slot);
+                if other == *profile {
+                    return None;
+                }
+                for (i, &limited) in self.rules.limited.iter().enumerate() {
+                    let limit = self.rules.limits[limited as usize].unwrap_or(u32::MAX);
+                    let sum = u64::from(self.p_counts[*profile as usize * n + i])
+                        + u64::from(self.p_counts[other as usize * n + i]);
+                    if sum > u64::from(limit) {
+                        return Some(format!(
+                            "merging {} with {} would exceed {} limit {limit}",
+                            self.profile_id(other),
+                            self.profile_id(*profile),
+                            self.rules.type_name(limited)
+                        ));
+                    }
+                }
+                *profile = self.union(*profile, other, at, value);
+                summary.merges += 1;
+                None
+            }
+        }
+    }
+
+    fn found(&mut self, founder: u32, born: i64, summary: &mut ApplySummary) -> u32 {
+        let slot = self.p_parent.len() as u32;
+        let hash = stable_hash(self.rules.type_name(self.type_of(founder)), &self.value_text(founder));
+        self.p_parent.push(slot);
+        self.p_founder.push(founder);
+        self.p_born.push(born);
+        self.p_hash.push(hash);
+        self.p_counts.extend(std::iter::repeat_n(0, self.rules.counted_types()));
+        self.join(founder, slot);
+        summary.new_profiles += 1;
+        slot
+    }
+
+    fn join(&mut self, value: u32, profile: u32) {
+        self.v_profile[value as usize] = profile;
+        if let Some(slot) = self.rules.slot_of(self.type_of(value)) {
+            self.p_counts[profile as usize * self.rules.counted_types() + slot] += 1;
+        }
+        self.linked.push(value);
+    }
+
+    /// Merges two roots; the older survives. Returns the survivor.
+    fn union(&mut self, a: u32, b: u32, at: i64, via: u32) -> u32 {
+        let age = |p: u32| (self.p_born[p as usize], self.p_hash[p as usize], p);
+        let (into, from) = if age(a) <= age(b) { (a, b) } else { (b, a) };
+        self.p_parent[from as usize] = into;
+        let n = self.rules.counted_types();
+        for i in 0..n {
+            self.p_counts[into as usize * n + i] += self.p_counts[from as usize * n + i];
+        }
+        self.merges.push(Merge { from, into, at, via });
+        into
+    }
+
+    pub(super) fn find(&mut self, slot: u32) -> u32 {
+        let root = self.root(slot);
+        let mut node = slot;
+        while node != root {
+            let next = self.p_parent[node as usize];
+            self.p_parent[node as usize] = root;
+            node = next;
+        }
+        root
+    }
+
+    /// The current profile of a slot without path compression (for `&self` readers; after
+    /// `apply` every slot points straight at its root).
+    pub(super) fn root(&self, slot: u32) -> u32 {
+        let mut root = slot;
+        while self.p_parent[root as usize] != root {
+            root = self.p_parent[root as usize];
+        }
+        root
+    }
+
+    fn flatten(&mut self) {
+        for slot in 0..self.p_parent.len() as u32 {
+            self.find(slot);
+        }
+    }
+
+    fn refuse(
+        &mut self,
+        record: u32,
+        what: Refused,
+        reason: Reason,
+        seen_at: i64,
+        detail: Option<String>,
+        summary: &mut ApplySummary,
+    ) {
+        let detail = detail.map(String::into_boxed_str);
+        self.refusals.push(Refusal { record, what, reason, seen_at, detail });
+        summary.refused += 1;
+    }
+
+    /// Flags `value` refused on `record`, whether it is being added now or was already there.
+    fn mark_refused(&mut self, record: u32, value: u32, additions: &mut [u32]) {
+        if let Some(id) = additions.iter_mut().find(|id| **id == value) {
+            *id |= REFUSED_BIT;
+            return;
+        }
+        let entry = self.r[record as usize];
+        let list = &mut self.r_ids[entry.start as usize..(entry.start + entry.len) as usize];
+        if let Some(id) = list.iter_mut().find(|id| **id == value) {
+            *id |= REFUSED_BIT;
+        }
+    }
+
+    /// Appends to a record's identifier list, moving the list to the end of `r_ids` unless it
+    /// is already there (records rarely grow, so the holes left behind stay few).
+    fn append_ids(&mut self, record: u32, ids: &[u32]) {
+        if ids.is_empty() {
+            return;
+        }
+        let entry = &mut self.r[record as usize];
+        let (start, len) = (entry.start as usize, entry.len as usize);
+        if len > 0 && start + len != self.r_ids.len() {
+            self.r_ids.extend_from_within(start..start + len);
+        }
+        // `load` checked that `r_ids` stays below u32::MAX entries.
+        entry.start = (self.r_ids.len() - len) as u32;
+        entry.len = (len + ids.len()) as u32;
+        self.r_ids.extend_from_slice(ids);
+    }
+
+    fn blocked_detail(&self, value: u32) -> Option<String> {
+        let text = self.value_text(value);
+        let pattern = self.rules.blocked_set.matches(&text).iter().next()?;
+        Some(format!("matches blocked pattern {:?}", self.rules.blocked.get(pattern)?))
+    }
+
+    fn hub_detail(&self, value: u32) -> Option<String> {
+        let mut counts = vec![0u32; self.rules.priority.len()];
+        let (start, len) = self.v_co[value as usize];
+        for &other in &self.co_pool[start as usize..(start + len) as usize] {
+            counts[self.type_of(other) as usize] += 1;
+        }
+        let t = counts.iter().position(|&c| c > self.rules.hub_threshold)?;
+        Some(format!(
+            "seen with more than {} {} values",
+            self.rules.hub_threshold,
+            self.rules.type_name(t as u8)
+        ))
+    }
+
+    pub(super) fn profile_id(&self, slot: u32) -> String {
+        format_profile_id(self.p_hash[slot as usize])
+    }
+
+    pub(super) fn unknown_parts(&self, id: u32) -> (String, String) {
+        let key = self.unknown.key(id);
+        let split = key.iter().position(|&b| b == 0x1F).unwrap_or(key.len());
+        (
+            String::from_utf8_lossy(&key[..split]).into_owned(),
+            String::from_utf8_lossy(key.get(split + 1..).unwrap_or_default()).into_owned(),
+        )
+    }
+}
+
+/// The stable 64-bit hash behind profile ids. Fixed forever, because ids are shown to users and
+/// stored downstream: FNV-1a 64 over the type's bytes, one 0x1F byte and the value's bytes,
+/// then the SplitMix64 finalizer (FNV alone leaves similar keys with similar high bits).
+pub fn stable_hash(id_type: &str, id_value: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in id_type
+        .as_bytes()
+        .iter()
+        .chain(&[0x1F])
+        .chain(id_value.as_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31)
+}
+
+/// The id of the profile founded by `(id_type, id_value)`: `p_` and 16 lower-case hex digits.
+pub fn profile_id_for(id_type: &str, id_value: &str) -> String {
+    format_profile_id(stable_hash(id_type, id_value))
+}
+
+pub(super) fn format_profile_id(hash: u64) -> String {
+    format!("p_{hash:016x}")
+}
+
+#[cfg(test)]
+#[path = "graph_tests.rs"]
+mod tests;

@@ -1,0 +1,257 @@
+//! Fast hashing and byte-string interning for the identity graph (in memory only).
+//!
+//! The stitch touches every identifier row once or twice, so its hash tables are on the hot
+//! path: std's SipHash costs several times what a multiply-fold hash does, and a
+//! `HashMap<String, u32>` costs one heap allocation and ~50 bytes per key. The [`Interner`]
+//! here keeps every key in one byte arena and maps it to a dense `u32` id through an
+//! open-addressing table of ids, about 20 bytes per key plus the key itself.
+//!
+//! Nothing here is persisted or shown to users: ids are reassigned identically on reload
+//! (keys are re-interned in id order), and the hash is seeded per process so that crafted
+//! identifiers cannot be chosen to collide. The stable hash behind profile ids lives in
+//! `graph.rs` and is a different, fixed function.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Multiplies as 128 bits and folds the halves: one instruction pair that mixes every input
+/// bit into every output bit well enough for hash tables (the core of foldhash/wyhash).
+#[inline]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = (a as u128).wrapping_mul(b as u128);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+#[inline]
+fn hash_bytes(seed: u64, parts: [&[u8]; 2]) -> u64 {
+    let mut h = seed ^ (parts[0].len() as u64).wrapping_add((parts[1].len() as u64) << 32);
+    for bytes in parts {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            h = fold_mul(h ^ u64::from_le_bytes(word), K);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            h = fold_mul(h ^ u64::from_le_bytes(word) ^ 0xFF, K);
+        }
+    }
+    fold_mul(h, 0x2D35_8DCC_AA6C_78A5)
+}
+
+/// A small Fx-style hasher for std maps keyed by integers (record and value ids): SipHash's
+/// DoS resistance buys nothing for keys the graph assigned itself.
+#[derive(Default, Clone, Copy)]
+pub(super) struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = hash_bytes(self.0, [bytes, &[]]);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = fold_mul(self.0 ^ u64::from(n), K);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = fold_mul(self.0 ^ n, K);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = fold_mul(self.0 ^ n as u64, K);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(super) type FastMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FastHasher>>;
+pub(super) type FastSet<K> = std::collections::HashSet<K, BuildHasherDefault<FastHasher>>;
+
+/// Largest id an interner hands out. Ids stay below 2^31 because the graph keeps a flag in
+/// the top bit of ids it stores in per-record lists.
+pub(super) const MAX_ID: u32 = (1 << 31) - 2;
+
+/// Interns byte strings (given as a prefix and a body, so callers need not concatenate) to
+/// dense ids `0, 1, 2, …` in insertion order.
+pub(super) struct Interner {
+    seed: u64,
+    bytes: Vec<u8>,
+    /// `ends[i]` is where key `i` ends in `bytes`; it starts where key `i - 1` ends. 32 bits
+    /// keep this array small; past 4 GiB of keys the interner reports itself full.
+    ends: Vec<u32>,
+    /// Open addressing with linear probing, at most 70% full. An entry is `0` (empty) or
+    /// `tag << 32 | (id + 1)`, where the tag is 32 bits of the key's hash: probing compares
+    /// tags in the table itself and touches the arena only on a tag match (one cache miss
+    /// per lookup instead of one per probe), and growing rehashes from the tags alone.
+    table: Vec<u64>,
+    /// `64 - log2(table.len())`: slots are the top bits of `tag × K` (Fibonacci hashing).
+    shift: u32,
+}
+
+impl Interner {
+    pub(super) fn new() -> Self {
+        Interner {
+            seed: RandomState::new().hash_one(0x5EED_u64),
+            bytes: Vec::new(),
+            ends: Vec::new(),
+            table: vec![0; 1024],
+            shift: 64 - 10,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The key of `id` (prefix and body together).
+    #[inline]
+    pub(super) fn key(&self, id: u32) -> &[u8] {
+        let i = id as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.bytes[start..self.ends[i] as usize]
+    }
+
+    #[inline]
+    fn tag(&self, prefix: &[u8], body: &[u8]) -> u32 {
+        hash_bytes(self.seed, [prefix, body]) as u32
+    }
+
+    #[inline]
+    fn home(&self, tag: u32) -> usize {
+        (u64::from(tag).wrapping_mul(K) >> self.shift) as usize
+    }
+
+    /// Finds the key: `Ok(id)`, or `Err(slot)` where it would be inserted.
+    #[inline]
+    fn probe(&self, tag: u32, prefix: &[u8], body: &[u8]) -> Result<u32, usize> {
+        let mask = self.table.len() - 1;
+        let mut slot = self.home(tag);
+        loop {
+            let entry = self.table[slot];
+            if entry == 0 {
+                return Err(slot);
+            }
+            if (entry >> 32) as u32 == tag {
+                let id = entry as u32 - 1;
+                let key = self.key(id);
+                if key.len() == prefix.len() + body.len()
+                    && &key[..prefix.len()] == prefix
+                    && &key[prefix.len()..] == body
+                {
+                    return Ok(id);
+                }
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+
+    /// The id of `prefix ++ body`, if interned.
+    #[cfg(test)]
+    pub(super) fn get(&self, prefix: &[u8], body: &[u8]) -> Option<u32> {
+        self.probe(self.tag(prefix, body), prefix, body).ok()
+    }
+
+    /// The id of `prefix ++ body`, interning it if new; the flag says whether it was new.
+    /// `None` when the interner is full (more than [`MAX_ID`] keys or 4 GiB of key bytes).
+    pub(super) fn intern(&mut self, prefix: &[u8], body: &[u8]) -> Option<(u32, bool)> {
+        self.intern_tagged(self.tag(prefix, body), prefix, body)
+    }
+
+    // Batched lookups. A lookup in a large table is a chain of dependent cache misses (slot,
+    // then the key's end offset, then its bytes), each ~100-200 ns on a loaded server. Callers
+    // with many keys at hand compute tags first, then touch every key's slot, then every
+    // candidate's offset, then its bytes, each stage a loop of independent loads that the CPU
+    // overlaps, and only then intern: the misses of a whole chunk cost about one miss.
+
+    /// The tag to pass to the `touch_*` functions and [`Interner::intern_tagged`].
+    #[inline]
+    pub(super) fn tag_of(&self, prefix: &[u8], body: &[u8]) -> u32 {
+        self.tag(prefix, body)
+    }
+
+    /// Stage 1: loads the key's home slot; returns it for stage 2.
+    #[inline]
+    pub(super) fn touch_slot(&self, tag: u32) -> u64 {
+        self.table[self.home(tag)]
+    }
+
+    /// Stage 2: loads the end offset of the entry found in stage 1; returns it for stage 3.
+    #[inline]
+    pub(super) fn touch_end(&self, entry: u64) -> u32 {
+        if entry == 0 { 0 } else { self.ends.get((entry as u32 - 1) as usize).copied().unwrap_or(0) }
+    }
+
+    /// Stage 3: loads the last byte of that entry's key.
+    #[inline]
+    pub(super) fn touch_bytes(&self, end: u32) -> u8 {
+        self.bytes.get((end as usize).wrapping_sub(1)).copied().unwrap_or(0)
+    }
+
+    /// [`Interner::intern`] with the tag already computed by [`Interner::tag_of`].
+    pub(super) fn intern_tagged(&mut self, tag: u32, prefix: &[u8], body: &[u8]) -> Option<(u32, bool)> {
+        let slot = match self.probe(tag, prefix, body) {
+            Ok(id) => return Some((id, false)),
+            Err(slot) => slot,
+        };
+        let id = u32::try_from(self.ends.len()).ok().filter(|id| *id <= MAX_ID)?;
+        let end = u32::try_from(self.bytes.len() + prefix.len() + body.len()).ok()?;
+        self.bytes.extend_from_slice(prefix);
+        self.bytes.extend_from_slice(body);
+        self.ends.push(end);
+        self.table[slot] = (u64::from(tag) << 32) | u64::from(id + 1);
+        if self.ends.len() * 10 > self.table.len() * 7 {
+            self.grow();
+        }
+        Some((id, true))
+    }
+
+    /// Makes room for `additional` more keys without growing the table on the way.
+    pub(super) fn reserve(&mut self, additional: usize) {
+        self.ends.reserve(additional);
+        while (self.ends.len() + additional) * 10 > self.table.len() * 7 {
+            self.grow();
+        }
+    }
+
+    fn grow(&mut self) {
+        let size = self.table.len() * 2;
+        let old = std::mem::replace(&mut self.table, vec![0; size]);
+        self.shift -= 1;
+        let mask = self.table.len() - 1;
+        for entry in old.into_iter().filter(|&e| e != 0) {
+            let mut slot = self.home((entry >> 32) as u32);
+            while self.table[slot] != 0 {
+                slot = (slot + 1) & mask;
+            }
+            self.table[slot] = entry;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interns_densely_and_finds_again() {
+        let mut interner = Interner::new();
+        let mut ids = Vec::new();
+        for i in 0..5000 {
+            let body = format!("value-{i}");
+            let (id, new) = interner.intern(&[1], body.as_bytes()).unwrap();
+            assert!(new);
+            ids.push(id);
+        }
+        assert_eq!(ids, (0..5000).collect::<Vec<u32>>());
+        for i in 0..5000u32 {
+            let body = format!("value-{i}");
+            assert_eq!(interner.get(&[1], body.as_bytes()), Some(i));
+            assert_eq!(interner.intern(&[1], body.as_bytes()), Some((i, false)));
+            assert_eq!(interner.get(&[2], body.as_bytes()), None);
+            assert_eq!(&interner.key(i)[1..], body.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The identity graph's four output tables (identities, records, merges, refused) as Arrow.
+//!
+//! Rows come out in the order the graph made them (values in the order they joined a profile,
+//! records in the order first stitched, merges and refusals as they happened), which depends
+//! only on the data, so the same rows always give byte-identical tables.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use super::batch::{OUTPUT_ROWS, TableWriter};
+use super::graph::{GraphError, IdentityGraph, NONE, Refused};
+
+fn timestamp() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+pub fn identities_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("profile_id", DataType::Utf8, false),
+        Field::new("id_type", DataType::Utf8, false),
+        Field::new("id_value", DataType::Utf8, false),
+        Field::new("first_seen", timestamp(), false),
+        Field::new("last_seen", timestamp(), false),
+    ]))
+}
+
+pub fn records_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("record_key", DataType::Utf8, false),
+        Field::new("profile_id", DataType::Utf8, false),
+    ]))
+}
+
+pub fn merges_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("from_profile", DataType::Utf8, false),
+        Field::new("into_profile", DataType::Utf8, false),
+        Field::new("merged_at", timestamp(), false),
+        Field::new("via_type", DataType::Utf8, false),
+        Field::new("via_value", DataType::Utf8, false),
+    ]))
+}
+
+pub fn refused_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("record_key", DataType::Utf8, false),
+        Field::new("id_type", DataType::Utf8, false),
+        Field::new("id_value", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("seen_at", timestamp(), false),
+        Field::new("detail", DataType::Utf8, true),
+    ]))
+}
+
+/// Formats profile ids into one reused buffer: millions of rows, no allocation each.
+struct IdFormatter(String);
+
+impl IdFormatter {
+    fn format(&mut self, hash: u64) -> &str {
+        self.0.clear();
+        // Writing to a String cannot fail.
+        let _ = write!(self.0, "p_{hash:016x}");
+        &self.0
+    }
+}
+
+impl IdentityGraph {
+    /// `profile_id, id_type, id_value, first_seen, last_seen`: every linked value and the
+    /// profile it belongs to now, in the order values joined profiles. `first_seen` and
+    /// `last_seen` span every row that carried the value, refused or not.
+    pub fn identities(&self) -> Result<Vec<RecordBatch>, GraphError> {
+        let mut out = TableWriter::new("identities", identities_schema(), OUTPUT_ROWS)?;
+        let mut ids = IdFormatter(String::new());
+        for &value in &self.linked {
+            let v = value as usize;
+            out.str(0, ids.format(self.p_hash[self.root(self.v_profile[v]) as usize]));
+            out.str(1, self.rules.type_name(self.type_of(value)));
+            out.str(2, &self.value_text(value));
+            out.i64(3, self.v_seen[v].0);
+            out.i64(4, self.v_seen[v].1);
+            out.end_row()?;
+        }
+        out.finish()
+    }
+
+    /// `record_key, profile_id`: each record's current profile. Records none of whose
+    /// identifiers linked (all refused) have no profile and are left out.
+    pub fn records(&self) -> Result<Vec<RecordBatch>, GraphError> {
+        let mut out = TableWriter::new("records", records_schema(), OUTPUT_ROWS)?;
+        let mut ids = IdFormatter(String::new());
+        for &record in &self.record_order {
+            let profile = self.r[record as usize].profile;
+            if profile == NONE {
+                continue;
+            }
+            out.str(0, &String::from_utf8_lossy(self.records.key(record)));
+            out.str(1, ids.format(self.p_hash[self.root(profile) as usize]));
+            out.end_row()?;
+        }
+        out.finish()
+    }
+
+    /// `from_profile, into_profile, merged_at, via_type, via_value`, in merge order.
+    pub fn merges(&self) -> Result<Vec<RecordBatch>, GraphError> {
+        let mut out = TableWriter::new("merges", merges_schema(), OUTPUT_ROWS)?;
+        let mut ids = IdFormatter(String::new());
+        for merge in &self.merges {
+            out.str(0, ids.format(self.p_hash[merge.from as usize]));
+            out.str(1, ids.format(self.p_hash[merge.into as usize]));
+            out.i64(2, merge.at);
+            out.str(3, self.rules.type_name(self.type_of(merge.via)));
+            out.str(4, &self.value_text(merge.via));
+            out.end_row()?;
+        }
+        out.finish()
+    }
+
+    /// `record_key, id_type, id_value, reason, seen_at, detail`: identifiers refused on a
+    /// record, in the order refused. `seen_at` is the record's.
+    pub fn refused(&self) -> Result<Vec<RecordBatch>, GraphError> {
+        let mut out = TableWriter::new("refused", refused_schema(), OUTPUT_ROWS)?;
+        for refusal in &self.refusals {
+            out.str(0, &String::from_utf8_lossy(self.records.key(refusal.record)));
+            match refusal.what {
+                Refused::Value(value) => {
+                    out.str(1, self.rules.type_name(self.type_of(value)));
+                    out.str(2, &self.value_text(value));
+                }
+                Refused::Unknown(id) => {
+                    let (id_type, id_value) = self.unknown_parts(id);
+                    out.str(1, &id_type);
+                    out.str(2, &id_value);
+                }
+            }
+            out.str(3, refusal.reason.as_str());
+            out.i64(4, refusal.seen_at);
+            out.opt_str(5, refusal.detail.as_deref());
+            out.end_row()?;
+        }
+        out.finish()
+    }
+}

@@ -1,0 +1,595 @@
+//! Persisted identity-graph state: the graph as named Arrow tables and back, to continue
+//! incrementally after a restart.
+//!
+//! Each part is a plain table whose row `i` is entity `i` (value, record, profile slot, …), so
+//! ids are positions and reloading re-interns keys in the same order to get the same ids.
+//! Everything derivable (hash tables, profile hashes and counts) is rebuilt on load, and every
+//! reference is range-checked: corrupt state is an error naming the part, never a panic.
+
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use std::sync::Arc;
+
+use super::batch::{ColumnReader, STATE_ROWS, TableWriter};
+use super::graph::{
+    GraphError, IdentityGraph, Merge, NONE, REFUSED_BIT, Reason, RecordEntry, Refusal, Refused, Rules,
+    block_size, stable_hash,
+};
+
+/// Where a value's flags sit in its meta byte (above the type index).
+const FLAGS_SHIFT: u32 = 6;
+
+/// Bumped whenever the layout of a part changes; older state then needs a rebuild.
+pub const STATE_VERSION: u32 = 1;
+
+/// The parts [`IdentityGraph::to_state`] writes, in the order [`IdentityGraph::from_state`]
+/// reads them.
+pub const STATE_PARTS: [&str; 9] = [
+    "meta",
+    "profiles",
+    "values",
+    "cooccur",
+    "records",
+    "record_ids",
+    "merges",
+    "unknown",
+    "refused",
+];
+
+type Parts = Vec<(String, Vec<RecordBatch>)>;
+
+fn schema(fields: &[(&str, DataType, bool)]) -> SchemaRef {
+    Arc::new(Schema::new(
+        fields
+            .iter()
+            .map(|(name, data_type, nullable)| Field::new(*name, data_type.clone(), *nullable))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn part_schema(part: &str) -> SchemaRef {
+    use DataType::{Boolean, Int64, UInt8, UInt32, Utf8};
+    match part {
+        "meta" => schema(&[("version", UInt32, false), ("rules", Utf8, false)]),
+        "profiles" => schema(&[
+            ("founder", UInt32, false),
+            ("born", Int64, false),
+            ("parent", UInt32, false),
+        ]),
+        "values" => schema(&[
+            ("id_type", Utf8, false),
+            ("id_value", Utf8, false),
+            ("flags", UInt8, false),
+            ("profile", UInt32, true),
+            ("first_seen", Int64, false),
+            ("last_seen", Int64, false),
+            ("linked_rank", UInt32, true),
+        ]),
+        "cooccur" => schema(&[("value", UInt32, false), ("other", UInt32, false)]),
+        "records" => schema(&[
+            ("record_key", Utf8, false),
+            ("profile", UInt32, true),
+            ("rank", UInt32, true),
+        ]),
+        "record_ids" => schema(&[
+            ("record", UInt32, false),
+            ("value", UInt32, false),
+            ("refused", Boolean, false),
+        ]),
+        "merges" => schema(&[
+            ("from", UInt32, false),
+            ("into", UInt32, false),
+            ("at", Int64, false),
+            ("via", UInt32, false),
+        ]),
+        "unknown" => schema(&[("id_type", Utf8, false), ("id_value", Utf8, false)]),
+        _ => schema(&[
+            ("record", UInt32, false),
+            ("value", UInt32, true),
+            ("unknown", UInt32, true),
+            ("reason", Utf8, false),
+            ("seen_at", Int64, false),
+            ("detail", Utf8, true),
+        ]),
+    }
+}
+
+fn writer(part: &'static str) -> Result<TableWriter, GraphError> {
+    TableWriter::new(part, part_schema(part), STATE_ROWS)
+}
+
+fn some(x: u32) -> Option<u32> {
+    (x != NONE).then_some(x)
+}
+
+/// Inverts an order list into ranks by id.
+fn ranks(order: &[u32], len: usize) -> Vec<u32> {
+    let mut rank = vec![NONE; len];
+    for (i, &id) in order.iter().enumerate() {
+        rank[id as usize] = i as u32;
+    }
+    rank
+}
+
+impl IdentityGraph {
+    /// Everything needed to continue incrementally, as named tables (see [`STATE_PARTS`]).
+    /// Each part has at least one batch, so its schema is known even when it is empty. Commit
+    /// all parts together (one atomic step): they reference each other by position.
+    pub fn to_state(&self) -> Result<Vec<(String, Vec<RecordBatch>)>, GraphError> {
+        let mut parts: Parts = Vec::new();
+
+        let mut out = writer("meta")?;
+        out.u32(0, Some(STATE_VERSION));
+        out.str(1, &self.rules.describe());
+        out.end_row()?;
+        parts.push(("meta".into(), out.finish()?));
+
+        let mut out = writer("profiles")?;
+        for slot in 0..self.p_parent.len() {
+            out.u32(0, Some(self.p_founder[slot]));
+            out.i64(1, self.p_born[slot]);
+            out.u32(2, Some(self.root(slot as u32)));
+            out.end_row()?;
+        }
+        parts.push(("profiles".into(), out.finish()?));
+
+        let linked_rank = ranks(&self.linked, self.v_meta.len());
+        let mut out = writer("values")?;
+        for v in 0..self.v_meta.len() {
+            out.str(0, self.rules.type_name(self.type_of(v as u32)));
+            out.str(1, &self.value_text(v as u32));
+            out.u8(2, self.v_meta[v] >> FLAGS_SHIFT);
+            out.u32(3, some(self.v_profile[v]));
+            out.i64(4, self.v_seen[v].0);
+            out.i64(5, self.v_seen[v].1);
+            out.u32(6, some(linked_rank[v]));
+            out.end_row()?;
+        }
+        parts.push(("values".into(), out.finish()?));
+
+        let mut out = writer("cooccur")?;
+        for (v, &(start, len)) in self.v_co.iter().enumerate() {
+            for &other in &self.co_pool[start as usize..(start + len) as usize] {
+                out.u32(0, Some(v as u32));
+                out.u32(1, Some(other));
+                out.end_row()?;
+            }
+        }
+        parts.push(("cooccur".into(), out.finish()?));
+
+        let record_rank = ranks(&self.record_order, self.r.len());
+        let mut out = writer("records")?;
+        for (r, entry) in self.r.iter().enumerate() {
+            out.str(0, &String::from_utf8_lossy(self.records.key(r as u32)));
+            out.u32(1, some(entry.profile));
+            out.u32(2, some(record_rank[r]));
+            out.end_row()?;
+        }
+        parts.push(("records".into(), out.finish()?));
+
+        let mut out = writer("record_ids")?;
+        for (r, entry) in self.r.iter().enumerate() {
+            for &id in &self.r_ids[entry.start as usize..(entry.start + entry.len) as usize] {
+                out.u32(0, Some(r as u32));
+                out.u32(1, Some(id & !REFUSED_BIT));
+                out.bool(2, id & REFUSED_BIT != 0);
+                out.end_row()?;
+            }
+        }
+        parts.push(("record_ids".into(), out.finish()?));
+
+        let mut out = writer("merges")?;
+        for merge in &self.merges {
+            out.u32(0, Some(merge.from));
+            out.u32(1, Some(merge.into));
+            out.i64(2, merge.at);
+            out.u32(3, Some(merge.via));
+            out.end_row()?;
+        }
+        parts.push(("merges".into(), out.finish()?));
+
+        let mut out = writer("unknown")?;
+        for u in 0..self.unknown.len() {
+            let (id_type, id_value) = self.unknown_parts(u as u32);
+            out.str(0, &id_type);
+            out.str(1, &id_value);
+            out.end_row()?;
+        }
+        parts.push(("unknown".into(), out.finish()?));
+
+        let mut out = writer("refused")?;
+        for refusal in &self.refusals {
+            let (value, unknown) = match refusal.what {
+                Refused::Value(v) => (Some(v), None),
+                Refused::Unknown(u) => (None, Some(u)),
+            };
+            out.u32(0, Some(refusal.record));
+            out.u32(1, value);
+            out.u32(2, unknown);
+            out.str(3, refusal.reason.as_str());
+            out.i64(4, refusal.seen_at);
+            out.opt_str(5, refusal.detail.as_deref());
+            out.end_row()?;
+        }
+        parts.push(("refused".into(), out.finish()?));
+        Ok(parts)
+    }
+
+    /// Rebuilds a graph from [`IdentityGraph::to_state`]'s parts. The rules must be the ones
+    /// the state was built with ([`GraphError::RulesChanged`] otherwise: a rule change needs a
+    /// full rebuild, since past links were decided under the old rules).
+    pub fn from_state(
+        rules: Rules,
+        parts: Vec<(String, Vec<RecordBatch>)>,
+    ) -> Result<Self, GraphError> {
+        for (name, _) in &parts {
+            if !STATE_PARTS.contains(&name.as_str()) {
+                return Err(GraphError::State {
+                    part: name.clone(),
+                    message: "not a part of identity graph state".into(),
+                });
+            }
+        }
+        let part = |name: &'static str| readers(&parts, name);
+        let rows = |name: &str| -> usize {
+            let batches = parts.iter().filter(|(n, _)| n == name).flat_map(|(_, b)| b);
+            batches.map(RecordBatch::num_rows).sum()
+        };
+        let mut graph = IdentityGraph::new(rules);
+        // Size the hash tables once: growing them re-places every key, several times over.
+        graph.values.reserve(rows("values"));
+        graph.records.reserve(rows("records"));
+
+        let mut meta_rows = 0;
+        for reader in part("meta")? {
+            let version = reader.u32("version", false)?;
+            let stored = reader.str("rules", false)?;
+            for i in 0..reader.batch.num_rows() {
+                meta_rows += 1;
+                if version.value(i) != STATE_VERSION {
+                    return Err(reader.error(format!(
+                        "state version {} is not {STATE_VERSION}; rebuild the graph from its source",
+                        version.value(i)
+                    )));
+                }
+                let given = graph.rules.describe();
+                if stored.value(i) != given {
+                    return Err(GraphError::RulesChanged {
+                        stored: stored.value(i).to_string(),
+                        given,
+                    });
+                }
+            }
+        }
+        if meta_rows != 1 {
+            return Err(GraphError::State {
+                part: "meta".into(),
+                message: format!("{meta_rows} rows, expected 1"),
+            });
+        }
+
+        let profiles = part("profiles")?;
+        let mut founders = Vec::new();
+        for reader in &profiles {
+            let (founder, born, parent) = (
+                reader.u32("founder", false)?,
+                reader.i64("born")?,
+                reader.u32("parent", false)?,
+            );
+            for i in 0..reader.batch.num_rows() {
+                founders.push(founder.value(i));
+                graph.p_born.push(born.value(i));
+                graph.p_parent.push(parent.value(i));
+            }
+        }
+        let n_profiles = graph.p_parent.len();
+        for slot in 0..n_profiles {
+            let parent = graph.p_parent[slot] as usize;
+            if parent >= n_profiles || graph.p_parent[parent] as usize != parent {
+                return Err(GraphError::State {
+                    part: "profiles".into(),
+                    message: format!("slot {slot}: parent is not a root"),
+                });
+            }
+        }
+        let check_profile = |reader: &ColumnReader, p: u32| {
+            if (p as usize) < n_profiles {
+                Ok(())
+            } else {
+                Err(reader.error(format!("profile slot {p} out of range")))
+            }
+        };
+
+        let mut linked_rank: Vec<(u32, u32)> = Vec::new();
+        for reader in part("values")? {
+            let id_type = reader.str("id_type", false)?;
+            let id_value = reader.str("id_value", false)?;
+            let flags = reader.u8("flags")?;
+            let profile = reader.u32("profile", true)?;
+            let (first, last) = (reader.i64("first_seen")?, reader.i64("last_seen")?);
+            let rank = reader.u32("linked_rank", true)?;
+            for i in 0..reader.batch.num_rows() {
+                let t = graph.rules.type_index(id_type.value(i)).ok_or_else(|| {
+                    reader.error(format!("type {:?} is not in priority", id_type.value(i)))
+                })?;
+                let id = graph.values.len() as u32;
+                match graph.values.intern(&[t], id_value.value(i).as_bytes()) {
+                    Some((got, true)) if got == id => {}
+                    _ => {
+                        return Err(
+                            reader.error(format!("value {:?} is duplicated", id_value.value(i)))
+                        );
+                    }
+                }
+                if flags.value(i) > (u8::MAX >> FLAGS_SHIFT) {
+                    return Err(reader.error(format!("unknown flags {}", flags.value(i))));
+                }
+                let p = if profile.is_null(i) {
+                    NONE
+                } else {
+                    profile.value(i)
+                };
+                if p != NONE {
+                    check_profile(&reader, p)?;
+                }
+                if !rank.is_null(i) {
+                    if p == NONE {
+                        return Err(reader.error(format!(
+                            "value {:?} is linked without a profile",
+                            id_value.value(i)
+                        )));
+                    }
+                    linked_rank.push((rank.value(i), id));
+                }
+                graph.v_meta.push(t | (flags.value(i) << FLAGS_SHIFT));
+                graph.v_profile.push(p);
+                graph.v_seen.push((first.value(i), last.value(i)));
+                graph.v_co.push((0, 0));
+            }
+        }
+        let n_values = graph.v_meta.len();
+        graph.linked = from_ranks("values", linked_rank)?;
+        let check_value = |reader: &ColumnReader, v: u32| {
+            if (v as usize) < n_values {
+                Ok(())
+            } else {
+                Err(reader.error(format!("value id {v} out of range")))
+            }
+        };
+
+        for &founder in &founders {
+            if founder as usize >= n_values {
+                return Err(GraphError::State {
+                    part: "profiles".into(),
+                    message: format!("founder {founder} out of range"),
+                });
+            }
+            let t = graph.type_of(founder);
+            graph.p_hash.push(stable_hash(
+                graph.rules.type_name(t),
+                &graph.value_text(founder),
+            ));
+        }
+        graph.p_founder = founders;
+        let n = graph.rules.counted_types();
+        graph.p_counts = vec![0; n_profiles * n];
+        for v in 0..n_values {
+            let p = graph.v_profile[v];
+            if p == NONE {
+                continue;
+            }
+            let root = graph.p_parent[p as usize] as usize;
+            if let Some(slot) = graph.rules.slot_of(graph.type_of(v as u32)) {
+                graph.p_counts[root * n + slot] += 1;
+            }
+        }
+
+        // Each value's list is contiguous in the part (as written), and reloads compacted
+        // into blocks of the size `co_occur` expects.
+        for reader in part("cooccur")? {
+            let (value, other) = (reader.u32("value", false)?, reader.u32("other", false)?);
+            for i in 0..reader.batch.num_rows() {
+                let (v, w) = (value.value(i), other.value(i));
+                check_value(&reader, v)?;
+                check_value(&reader, w)?;
+                let (start, len) = graph.v_co[v as usize];
+                if len == 0 {
+                    if graph.co_pool.len() + 2 >= u32::MAX as usize {
+                        return Err(reader.error("too many rows"));
+                    }
+                    let start = graph.co_pool.len() as u32;
+                    graph.co_pool.resize(start as usize + 2, NONE);
+                    graph.v_co[v as usize] = (start, 0);
+                } else if (start + block_size(len)) as usize != graph.co_pool.len() {
+                    return Err(reader.error(format!("entries of value {v} are not contiguous")));
+                } else if len == block_size(len) {
+                    graph.co_pool.resize((start + block_size(len + 1)) as usize, NONE);
+                }
+                let (start, len) = graph.v_co[v as usize];
+                graph.co_pool[(start + len) as usize] = w;
+                graph.v_co[v as usize] = (start, len + 1);
+            }
+        }
+
+        let mut record_rank: Vec<(u32, u32)> = Vec::new();
+        for reader in part("records")? {
+            let (key, profile, rank) = (
+                reader.str("record_key", false)?,
+                reader.u32("profile", true)?,
+                reader.u32("rank", true)?,
+            );
+            for i in 0..reader.batch.num_rows() {
+                let id = graph.records.len() as u32;
+                match graph.records.intern(&[], key.value(i).as_bytes()) {
+                    Some((got, true)) if got == id => {}
+                    _ => {
+                        return Err(reader.error(format!("record {:?} is duplicated", key.value(i))));
+                    }
+                }
+                let p = if profile.is_null(i) {
+                    NONE
+                } else {
+                    profile.value(i)
+                };
+                if p != NONE {
+                    check_profile(&reader, p)?;
+                }
+                if !rank.is_null(i) {
+                    record_rank.push((rank.value(i), id));
+                }
+                graph.r.push(RecordEntry { profile: p, start: 0, len: 0 });
+            }
+        }
+        let n_records = graph.r.len();
+        graph.record_order = from_ranks("records", record_rank)?;
+        let check_record = |reader: &ColumnReader, r: u32| {
+            if (r as usize) < n_records {
+                Ok(())
+            } else {
+                Err(reader.error(format!("record id {r} out of range")))
+            }
+        };
+
+        let mut current = NONE;
+        for reader in part("record_ids")? {
+            let (record, value, refused) = (
+                reader.u32("record", false)?,
+                reader.u32("value", false)?,
+                reader.bool("refused")?,
+            );
+            for i in 0..reader.batch.num_rows() {
+                let (r, v) = (record.value(i), value.value(i));
+                check_record(&reader, r)?;
+                check_value(&reader, v)?;
+                if r != current {
+                    if graph.r[r as usize].len != 0 {
+                        return Err(
+                            reader.error(format!("identifiers of record {r} are not contiguous"))
+                        );
+                    }
+                    current = r;
+                    graph.r[r as usize].start = u32::try_from(graph.r_ids.len())
+                        .map_err(|_| reader.error("too many rows"))?;
+                }
+                graph
+                    .r_ids
+                    .push(if refused.value(i) { v | REFUSED_BIT } else { v });
+                graph.r[r as usize].len += 1;
+            }
+        }
+
+        for reader in part("merges")? {
+            let (from, into, at, via) = (
+                reader.u32("from", false)?,
+                reader.u32("into", false)?,
+                reader.i64("at")?,
+                reader.u32("via", false)?,
+            );
+            for i in 0..reader.batch.num_rows() {
+                check_profile(&reader, from.value(i))?;
+                check_profile(&reader, into.value(i))?;
+                check_value(&reader, via.value(i))?;
+                graph.merges.push(Merge {
+                    from: from.value(i),
+                    into: into.value(i),
+                    at: at.value(i),
+                    via: via.value(i),
+                });
+            }
+        }
+
+        for reader in part("unknown")? {
+            let (id_type, id_value) = (
+                reader.str("id_type", false)?,
+                reader.str("id_value", false)?,
+            );
+            for i in 0..reader.batch.num_rows() {
+                let id = graph.unknown.len() as u32;
+                let body = [&[0x1F], id_value.value(i).as_bytes()].concat();
+                match graph.unknown.intern(id_type.value(i).as_bytes(), &body) {
+                    Some((got, true)) if got == id => {}
+                    _ => {
+                        return Err(reader
+                            .error(format!("identifier {:?} is duplicated", id_value.value(i))));
+                    }
+                }
+            }
+        }
+        let n_unknown = graph.unknown.len();
+
+        for reader in part("refused")? {
+            let record = reader.u32("record", false)?;
+            let (value, unknown) = (reader.u32("value", true)?, reader.u32("unknown", true)?);
+            let (reason, seen_at, detail) = (
+                reader.str("reason", false)?,
+                reader.i64("seen_at")?,
+                reader.str("detail", true)?,
+            );
+            for i in 0..reader.batch.num_rows() {
+                let r = record.value(i);
+                check_record(&reader, r)?;
+                let what = match (value.is_null(i), unknown.is_null(i)) {
+                    (false, true) => {
+                        check_value(&reader, value.value(i))?;
+                        Refused::Value(value.value(i))
+                    }
+                    (true, false) if (unknown.value(i) as usize) < n_unknown => {
+                        graph
+                            .unknown_seen
+                            .insert((u64::from(r) << 32) | u64::from(unknown.value(i)));
+                        Refused::Unknown(unknown.value(i))
+                    }
+                    _ => {
+                        return Err(reader.error(format!(
+                            "row {i}: needs exactly one valid value or unknown id"
+                        )));
+                    }
+                };
+                let reason = Reason::parse(reason.value(i))
+                    .ok_or_else(|| reader.error(format!("unknown reason {:?}", reason.value(i))))?;
+                let detail = (!detail.is_null(i)).then(|| detail.value(i).into());
+                graph.refusals.push(Refusal {
+                    record: r,
+                    what,
+                    reason,
+                    seen_at: seen_at.value(i),
+                    detail,
+                });
+            }
+        }
+        Ok(graph)
+    }
+}
+
+fn readers<'p>(parts: &'p Parts, name: &'static str) -> Result<Vec<ColumnReader<'p>>, GraphError> {
+    let (_, batches) = parts
+        .iter()
+        .find(|(n, _)| n == name)
+        .ok_or_else(|| GraphError::State {
+            part: name.to_string(),
+            message: "missing".into(),
+        })?;
+    Ok(batches
+        .iter()
+        .map(|batch| ColumnReader { part: name, batch })
+        .collect())
+}
+
+/// Rebuilds an order list from `(rank, id)` pairs, checking the ranks are `0..n` exactly once.
+fn from_ranks(part: &str, mut pairs: Vec<(u32, u32)>) -> Result<Vec<u32>, GraphError> {
+    pairs.sort_unstable();
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, &(rank, id))| {
+            if rank as usize == i {
+                Ok(id)
+            } else {
+                Err(GraphError::State {
+                    part: part.to_string(),
+                    message: format!("ranks are not 0..{} exactly once", pairs.len()),
+                })
+            }
+        })
+        .collect()
+}
