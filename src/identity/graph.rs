@@ -34,12 +34,13 @@
 //! refused identifier and why).
 //!
 //! **Guarantees.**
-//! - *Deterministic*: the same rows, in any order and any batch sizes, give the same tables
-//!   (row order included) as long as later batches only add records that are later in
-//!   `seen_at` order. The exceptions: a value that becomes a hub in a later batch keeps the
-//!   links it made before (profiles merged through it stay merged: merges are never undone);
-//!   and rows added to an already-known record are stitched as that record's next step, not
-//!   re-sorted into its past.
+//! - *Deterministic*: the same rows in any order give the same tables, row order included.
+//!   Split into batches, they give the same tables as one full build as long as each batch's
+//!   new records come after the previous batches' in `(seen_at, record_key)` order, with two
+//!   exceptions that are limitations, not accidents: a value that becomes a hub in a later
+//!   batch keeps the links it made before (profiles merged through it stay merged, since
+//!   merges are never undone, only logged); and rows added to an already-known record are
+//!   stitched as that record's next step, not re-sorted into its past.
 //! - *Stable ids*: a profile id is `p_` and 16 hex digits of [`stable_hash`] of its founding
 //!   identifier, the same across runs, machines and versions. When two profiles merge, the
 //!   older one (earlier founding `seen_at`, then smaller id) survives with its id, and the merge
@@ -60,19 +61,10 @@
 //! 64 identifier types. Profile ids are 64-bit hashes: two founders colliding (odds about
 //! 1 in 400 000 at 10 million profiles) would share an id.
 
-use std::collections::HashMap;
-
-use regex::{Regex, RegexSet};
-
-use super::intern::{FastMap, FastSet, Interner};
+use super::intern::{FastSet, Interner};
+use super::load::Batch;
 pub use super::output::{identities_schema, merges_schema, records_schema, refused_schema};
-
-/// The default `hub_threshold`.
-pub const DEFAULT_HUB_THRESHOLD: u32 = 10;
-/// The largest `hub_threshold` accepted.
-pub const MAX_HUB_THRESHOLD: u32 = 10_000;
-/// Most identifier types a graph supports (a type is one byte in every interned value).
-pub const MAX_TYPES: usize = 64;
+pub use super::rules::{DEFAULT_HUB_THRESHOLD, MAX_HUB_THRESHOLD, MAX_TYPES, Rules};
 
 /// "No profile" / "no entry" in the graph's index vectors.
 pub(super) const NONE: u32 = u32::MAX;
@@ -82,7 +74,6 @@ pub(super) const REFUSED_BIT: u32 = 1 << 31;
 pub(super) const TYPE_MASK: u8 = 0x3F;
 pub(super) const BLOCKED: u8 = 0x40;
 pub(super) const HUB: u8 = 0x80;
-const NO_SLOT: u8 = u8::MAX;
 
 /// What can go wrong: rules that make no sense (caught when the graph is defined), persisted
 /// state that does not fit the rules or is damaged, and a graph past its 32-bit indexes.
@@ -104,9 +95,7 @@ pub enum GraphError {
         "rules: the limit on {0:?} is 0; a limit must be at least 1 (to ignore a type, leave it out of priority)"
     )]
     ZeroLimit(String),
-    #[error(
-        "rules: blocked pattern {pattern:?} is not a valid regular expression: {message}"
-    )]
+    #[error("rules: blocked pattern {pattern:?} is not a valid regular expression: {message}")]
     BadPattern { pattern: String, message: String },
     #[error("rules: hub_threshold {0} is out of range (1 to 10000)")]
     BadHubThreshold(u32),
@@ -152,170 +141,6 @@ impl Reason {
         ]
         .into_iter()
         .find(|r| r.as_str() == text)
-    }
-}
-
-/// The stitching rules, validated. See the module documentation for what each rule does.
-#[derive(Debug, Clone)]
-pub struct Rules {
-    priority: Vec<String>,
-    /// By type index (position in `priority`).
-    limits: Vec<Option<u32>>,
-    /// By type index: the type's position in a profile's count array, or `NO_SLOT`.
-    count_slot: Vec<u8>,
-    /// By count slot: the limited type's index, in priority order.
-    limited: Vec<u8>,
-    blocked: Vec<String>,
-    blocked_set: RegexSet,
-    hub_threshold: u32,
-}
-
-impl PartialEq for Rules {
-    fn eq(&self, other: &Rules) -> bool {
-        self.priority == other.priority
-            && self.limits == other.limits
-            && self.blocked == other.blocked
-            && self.hub_threshold == other.hub_threshold
-    }
-}
-
-impl Rules {
-    /// Validates the rules. `limits` maps a type to the most distinct values of it one profile
-    /// may hold (types absent are unlimited); `blocked` holds regular expressions matched
-    /// against values (unanchored: write `^…$` to match whole values); `hub_threshold` is
-    /// usually [`DEFAULT_HUB_THRESHOLD`].
-    pub fn new(
-        priority: Vec<String>,
-        limits: HashMap<String, u32>,
-        blocked: Vec<String>,
-        hub_threshold: u32,
-    ) -> Result<Rules, GraphError> {
-        if priority.is_empty() {
-            return Err(GraphError::EmptyPriority);
-        }
-        if priority.len() > MAX_TYPES {
-            return Err(GraphError::TooManyTypes(priority.len()));
-        }
-        for (i, name) in priority.iter().enumerate() {
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'));
-            if !valid {
-                return Err(GraphError::BadTypeName(name.clone()));
-            }
-            if priority[..i].contains(name) {
-                return Err(GraphError::DuplicateType(name.clone()));
-            }
-        }
-        let mut limits_by_type = vec![None; priority.len()];
-        // Check limits in a fixed order so that the error named is the same on every run.
-        let mut named: Vec<(&String, &u32)> = limits.iter().collect();
-        named.sort();
-        for (name, &limit) in named {
-            let Some(index) = priority.iter().position(|p| p == name) else {
-                return Err(GraphError::LimitOnUnknownType {
-                    id_type: name.clone(),
-                    priority: priority.join(", "),
-                });
-            };
-            if limit == 0 {
-                return Err(GraphError::ZeroLimit(name.clone()));
-            }
-            limits_by_type[index] = Some(limit);
-        }
-        let mut count_slot = vec![NO_SLOT; priority.len()];
-        let mut limited = Vec::new();
-        for (index, limit) in limits_by_type.iter().enumerate() {
-            if limit.is_some() {
-                count_slot[index] = limited.len() as u8;
-                limited.push(index as u8);
-            }
-        }
-        // Compile each pattern alone first so that the error names the one that is wrong.
-        for pattern in &blocked {
-            Regex::new(pattern).map_err(|e| GraphError::BadPattern {
-                pattern: pattern.clone(),
-                message: e.to_string(),
-            })?;
-        }
-        let blocked_set = RegexSet::new(&blocked).map_err(|e| GraphError::BadPattern {
-            pattern: blocked.join(" | "),
-            message: e.to_string(),
-        })?;
-        // Hub detection keeps up to `hub_threshold + 1` values per type and value: the bound
-        // keeps that memory bounded.
-        if !(1..=MAX_HUB_THRESHOLD).contains(&hub_threshold) {
-            return Err(GraphError::BadHubThreshold(hub_threshold));
-        }
-        Ok(Rules {
-            priority,
-            limits: limits_by_type,
-            count_slot,
-            limited,
-            blocked,
-            blocked_set,
-            hub_threshold,
-        })
-    }
-
-    pub fn priority(&self) -> &[String] {
-        &self.priority
-    }
-
-    /// The limit on `id_type`, if it has one.
-    pub fn limit(&self, id_type: &str) -> Option<u32> {
-        self.type_index(id_type)
-            .and_then(|t| self.limits[t as usize])
-    }
-
-    pub fn blocked(&self) -> &[String] {
-        &self.blocked
-    }
-
-    pub fn hub_threshold(&self) -> u32 {
-        self.hub_threshold
-    }
-
-    /// The rules as canonical JSON (limits in priority order): what persisted state records,
-    /// and what an operator sees when state and rules disagree.
-    pub fn describe(&self) -> String {
-        let limits: Vec<serde_json::Value> = self
-            .limited
-            .iter()
-            .map(|&t| serde_json::json!([self.priority[t as usize], self.limits[t as usize]]))
-            .collect();
-        serde_json::json!({
-            "priority": self.priority,
-            "limits": limits,
-            "blocked": self.blocked,
-            "hub_threshold": self.hub_threshold,
-        })
-        .to_string()
-    }
-
-    pub(super) fn type_index(&self, id_type: &str) -> Option<u8> {
-        self.priority
-            .iter()
-            .position(|p| p == id_type)
-            .map(|i| i as u8)
-    }
-
-    pub(super) fn type_name(&self, t: u8) -> &str {
-        self.priority
-            .get(t as usize)
-            .map(String::as_str)
-            .unwrap_or("?")
-    }
-
-    /// The type's position in a profile's count array, if the type is limited.
-    pub(super) fn slot_of(&self, t: u8) -> Option<usize> {
-        let slot = *self.count_slot.get(t as usize)?;
-        (slot != NO_SLOT).then_some(slot as usize)
-    }
-
-    pub(super) fn counted_types(&self) -> usize {
-        self.limited.len()
     }
 }
 
@@ -430,52 +255,21 @@ pub(super) struct RecordEntry {
 
 impl Default for RecordEntry {
     fn default() -> Self {
-        RecordEntry { profile: NONE, start: 0, len: 0 }
+        RecordEntry {
+            profile: NONE,
+            start: 0,
+            len: 0,
+        }
     }
 }
-
-/// Rows hashed and looked up together, so that their cache misses overlap (see `Interner`).
-const CHUNK: usize = 32;
-/// `load`'s marker for a row whose type is not in priority.
-const NO_TYPE: u8 = u8::MAX;
 
 /// The capacity of the `co_pool` block holding a list of `len` entries: blocks double, so
 /// appending is amortised O(1) and a list's entries stay contiguous (one cache miss to scan).
 pub(super) fn block_size(len: u32) -> u32 {
-    if len == 0 { 0 } else { len.next_power_of_two().max(2) }
-}
-
-/// Rows being loaded: what the chunks of `load` accumulate.
-struct Loader<'a> {
-    old_records: u32,
-    old_local: FastMap<u32, u32>,
-    old_ids: Vec<u32>,
-    /// Earliest `seen_at` in the batch, for new records (by `record - old_records`) and for
-    /// known ones (by `old_local`).
-    new_seen: Vec<i64>,
-    old_seen: Vec<i64>,
-    pairs: Vec<(u32, u32)>,
-    unknown: Vec<(u32, u32)>,
-    last_type: (&'a str, u8),
-}
-
-/// One batch's rows, grouped by record and laid out in processing order, so that both passes
-/// read the batch front to back.
-struct Batch {
-    /// Records known before the batch: ids below this are "old".
-    old_records: u32,
-    /// By position in processing order: the record's earliest `seen_at` in the batch, and id.
-    order: Vec<(i64, u32)>,
-    /// The record at position `p` has values `values[offsets[p]..offsets[p + 1]]`.
-    offsets: Vec<u32>,
-    values: Vec<u32>,
-    /// `(position, unknown id)` rows, sorted.
-    unknown: Vec<(u32, u32)>,
-}
-
-impl Batch {
-    fn range(&self, position: usize) -> std::ops::Range<usize> {
-        self.offsets[position] as usize..self.offsets[position + 1] as usize
+    if len == 0 {
+        0
+    } else {
+        len.next_power_of_two().max(2)
     }
 }
 
@@ -512,7 +306,9 @@ impl IdentityGraph {
 
     /// Number of profiles (current, after merges).
     pub fn profile_count(&self) -> usize {
-        (0..self.p_parent.len()).filter(|&p| self.p_parent[p] == p as u32).count()
+        (0..self.p_parent.len())
+            .filter(|&p| self.p_parent[p] == p as u32)
+            .count()
     }
 
     /// Applies a batch of rows: all of them for a full build, only new ones for a refresh.
@@ -522,6 +318,10 @@ impl IdentityGraph {
     /// billion distinct values or records, or 4 GiB of their text); it is raised before any
     /// stitching, but values and records interned up to that point stay as unlinked entries,
     /// so the graph should be reloaded from its last state.
+    ///
+    /// Three steps: `load` interns the rows and lays them out by record in processing order;
+    /// `observe` drops identifiers a record already had and updates hub detection; `stitch`
+    /// runs the algorithm of the module documentation.
     pub fn apply<'a>(
         &mut self,
         rows: impl IntoIterator<Item = IdentityRow<'a>>,
@@ -532,216 +332,6 @@ impl IdentityGraph {
         self.stitch(&batch, &mut summary);
         self.flatten();
         Ok(summary)
-    }
-
-    /// Interns every row and groups the rows by record. The only pass that can fail.
-    /// Returns the batch and each local record's earliest `seen_at`.
-    fn load<'a>(
-        &mut self,
-        rows: impl IntoIterator<Item = IdentityRow<'a>>,
-        summary: &mut ApplySummary,
-    ) -> Result<Batch, GraphError> {
-        let mut loader = Loader {
-            old_records: self.records.len() as u32,
-            old_local: FastMap::default(),
-            old_ids: Vec::new(),
-            new_seen: Vec::new(),
-            old_seen: Vec::new(),
-            pairs: Vec::new(),
-            unknown: Vec::new(),
-            last_type: ("", NO_TYPE),
-        };
-        let mut rows = rows.into_iter();
-        let (hint, _) = rows.size_hint();
-        loader.pairs.reserve(hint);
-        // A full build interns mostly new records: size the table once instead of doubling.
-        if self.records.len() == 0 {
-            self.records.reserve(hint);
-        }
-        let mut chunk: Vec<IdentityRow<'a>> = Vec::with_capacity(CHUNK);
-        loop {
-            chunk.clear();
-            chunk.extend(rows.by_ref().take(CHUNK));
-            if chunk.is_empty() {
-                break;
-            }
-            self.load_chunk(&chunk, &mut loader, summary)?;
-        }
-        let Loader { old_records, old_local, old_ids, new_seen, old_seen, pairs, unknown, .. } =
-            loader;
-        let grown: usize = old_ids.iter().map(|&r| self.r[r as usize].len as usize).sum();
-        if pairs.len() >= u32::MAX as usize
-            || self.r_ids.len() + pairs.len() + grown >= u32::MAX as usize
-        {
-            return Err(GraphError::Capacity { what: "identifier rows" });
-        }
-        // Local indices: new records by id, then known ones in order of appearance.
-        let new_records = new_seen.len();
-        let local_of = |record: u32| -> usize {
-            if record >= old_records {
-                (record - old_records) as usize
-            } else {
-                new_records + old_local.get(&record).copied().unwrap_or(0) as usize
-            }
-        };
-        let new_ids = (0..new_records as u32).map(|i| old_records + i);
-        let mut order: Vec<(i64, u32)> =
-            new_seen.iter().chain(&old_seen).copied().zip(new_ids.chain(old_ids.iter().copied())).collect();
-        drop((new_seen, old_seen));
-        self.sort_into_processing_order(&mut order);
-        let mut rank = vec![0u32; order.len()];
-        for (position, &(_, record)) in order.iter().enumerate() {
-            rank[local_of(record)] = position as u32;
-        }
-        // Counting sort of the rows by position: O(rows), no comparison sort of 20M pairs.
-        let mut offsets = vec![0u32; order.len() + 1];
-        for &(record, _) in &pairs {
-            offsets[rank[local_of(record)] as usize] += 1;
-        }
-        let mut total = 0u32;
-        for offset in offsets.iter_mut() {
-            total += *offset;
-            *offset = total;
-        }
-        let mut values = vec![0u32; pairs.len()];
-        for &(record, value) in &pairs {
-            let position = rank[local_of(record)] as usize;
-            offsets[position] -= 1;
-            values[offsets[position] as usize] = value;
-        }
-        drop(pairs);
-        let mut unknown: Vec<(u32, u32)> =
-            unknown.into_iter().map(|(record, id)| (rank[local_of(record)], id)).collect();
-        unknown.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0).then_with(|| self.unknown.key(a.1).cmp(self.unknown.key(b.1)))
-        });
-        unknown.dedup();
-        Ok(Batch { old_records, order, offsets, values, unknown })
-    }
-
-    /// Loads up to `CHUNK` rows in stages, each a loop of independent memory accesses.
-    fn load_chunk<'a>(
-        &mut self,
-        chunk: &[IdentityRow<'a>],
-        loader: &mut Loader<'a>,
-        summary: &mut ApplySummary,
-    ) -> Result<(), GraphError> {
-        // Stage 0: drop empty rows, resolve types, hash keys (no memory traffic).
-        let mut keep = [(0usize, NO_TYPE, 0u32, 0u32); CHUNK];
-        let mut n = 0;
-        for (i, row) in chunk.iter().enumerate() {
-            summary.rows += 1;
-            if row.id_value.trim().is_empty() || row.record_key.trim().is_empty() {
-                summary.ignored += 1;
-                continue;
-            }
-            // Rows arrive in long runs of one type (a UNION ALL per identifier column).
-            if loader.last_type.0 != row.id_type {
-                let t = self.rules.type_index(row.id_type).unwrap_or(NO_TYPE);
-                loader.last_type = (row.id_type, t);
-            }
-            let t = loader.last_type.1;
-            let record_tag = self.records.tag_of(&[], row.record_key.as_bytes());
-            let value_tag =
-                if t == NO_TYPE { 0 } else { self.values.tag_of(&[t], row.id_value.as_bytes()) };
-            keep[n] = (i, t, record_tag, value_tag);
-            n += 1;
-        }
-        let keep = &keep[..n];
-        // Stages 1-3: touch slots, then key offsets, then key bytes, for all rows at once.
-        let mut probe = [(0u64, 0u64); CHUNK];
-        for (k, &(_, t, record_tag, value_tag)) in keep.iter().enumerate() {
-            let value_slot = if t == NO_TYPE { 0 } else { self.values.touch_slot(value_tag) };
-            probe[k] = (self.records.touch_slot(record_tag), value_slot);
-        }
-        for entry in probe.iter_mut().take(n) {
-            *entry = (
-                u64::from(self.records.touch_end(entry.0)),
-                u64::from(self.values.touch_end(entry.1)),
-            );
-        }
-        let mut touched = 0u8;
-        for &(record_end, value_end) in probe.iter().take(n) {
-            touched ^= self.records.touch_bytes(record_end as u32);
-            touched ^= self.values.touch_bytes(value_end as u32);
-        }
-        std::hint::black_box(touched);
-        // Stage 4: intern, now that the cache lines are in.
-        let mut ids = [(0u32, NONE); CHUNK];
-        for (k, &(i, t, record_tag, value_tag)) in keep.iter().enumerate() {
-            let row = &chunk[i];
-            let (record, new) = self
-                .records
-                .intern_tagged(record_tag, &[], row.record_key.as_bytes())
-                .ok_or(GraphError::Capacity { what: "records" })?;
-            if new {
-                self.r.push(RecordEntry::default());
-                loader.new_seen.push(row.seen_at);
-            }
-            if t == NO_TYPE {
-                let body = [&[0x1F], row.id_value.as_bytes()].concat();
-                let (id, _) = self
-                    .unknown
-                    .intern(row.id_type.as_bytes(), &body)
-                    .ok_or(GraphError::Capacity { what: "unknown-type identifiers" })?;
-                loader.unknown.push((record, id));
-                ids[k] = (record, NONE);
-                continue;
-            }
-            let (value, new) = self
-                .values
-                .intern_tagged(value_tag, &[t], row.id_value.as_bytes())
-                .ok_or(GraphError::Capacity { what: "identifier values" })?;
-            if new {
-                // Patterns are matched once per distinct value, not per row.
-                let blocked =
-                    !self.rules.blocked.is_empty() && self.rules.blocked_set.is_match(row.id_value);
-                self.v_meta.push(if blocked { t | BLOCKED } else { t });
-                self.v_profile.push(NONE);
-                self.v_seen.push((row.seen_at, row.seen_at));
-                self.v_co.push((0, 0));
-            }
-            ids[k] = (record, value);
-        }
-        // Stage 5: times, one independent update per row.
-        for (k, &(i, ..)) in keep.iter().enumerate() {
-            let (record, value) = ids[k];
-            let seen_at = chunk[i].seen_at;
-            if value != NONE {
-                let seen = &mut self.v_seen[value as usize];
-                *seen = (seen.0.min(seen_at), seen.1.max(seen_at));
-                loader.pairs.push((record, value));
-            }
-            let seen = if record >= loader.old_records {
-                &mut loader.new_seen[(record - loader.old_records) as usize]
-            } else {
-                let local = *loader.old_local.entry(record).or_insert_with(|| {
-                    loader.old_ids.push(record);
-                    loader.old_seen.push(seen_at);
-                    loader.old_ids.len() as u32 - 1
-                });
-                &mut loader.old_seen[local as usize]
-            };
-            *seen = (*seen).min(seen_at);
-        }
-        Ok(())
-    }
-
-    /// Sorts `(seen_at, record)` into processing order: by time, then record key.
-    fn sort_into_processing_order(&self, order: &mut [(i64, u32)]) {
-        // Sort by time first (integers, fast); only records that share a time need their keys
-        // compared, and record ids (which follow input order) must not decide.
-        order.sort_unstable();
-        let mut start = 0;
-        while start < order.len() {
-            let at = order[start].0;
-            let end = start + order[start..].iter().take_while(|(t, _)| *t == at).count();
-            if end - start > 1 {
-                order[start..end]
-                    .sort_unstable_by(|a, b| self.records.key(a.1).cmp(self.records.key(b.1)));
-            }
-            start = end;
-        }
     }
 
     pub(super) fn type_of(&self, value: u32) -> u8 {
@@ -755,7 +345,9 @@ impl IdentityGraph {
     /// Priority order: type, then value bytes (the key's first byte is the type index, so a
     /// key comparison is the whole order; comparing types first avoids most key reads).
     fn priority_order(&self, a: u32, b: u32) -> std::cmp::Ordering {
-        self.type_of(a).cmp(&self.type_of(b)).then_with(|| self.values.key(a).cmp(self.values.key(b)))
+        self.type_of(a)
+            .cmp(&self.type_of(b))
+            .then_with(|| self.values.key(a).cmp(self.values.key(b)))
     }
 
     /// The record's identifier list (ids flagged with `REFUSED_BIT`).
@@ -770,6 +362,8 @@ impl IdentityGraph {
     fn observe(&mut self, batch: &mut Batch, summary: &mut ApplySummary) {
         let mut existing = Vec::new();
         let mut existing_set: FastSet<u32> = FastSet::default();
+        let mut limited: Vec<u32> = Vec::new();
+        let mut counts: Vec<u32> = Vec::new();
         for position in 0..batch.order.len() {
             let record = batch.order[position].1;
             let range = batch.range(position);
@@ -804,15 +398,58 @@ impl IdentityGraph {
             }
             slice[kept..].fill(NONE);
             let fresh = &slice[..kept];
-            for (i, &v) in fresh.iter().enumerate() {
-                if self.v_meta[v as usize] & BLOCKED != 0 {
+            if fresh.is_empty() {
+                continue;
+            }
+            let usable = |graph: &Self, v: u32| graph.v_meta[v as usize] & BLOCKED == 0;
+            // The record's limited-type values (the new ones first), counted per type.
+            limited.clear();
+            counts.clear();
+            counts.resize(self.rules.counted_types(), 0);
+            let mut overflow = false;
+            let mut fresh_limited = 0;
+            for (i, &v) in fresh.iter().chain(existing.iter()).enumerate() {
+                if let (true, Some(slot)) = (usable(self, v), self.rules.slot_of(self.type_of(v))) {
+                    limited.push(v);
+                    counts[slot] += 1;
+                    overflow |= counts[slot] > self.rules.hub_threshold + 1;
+                    if i < fresh.len() {
+                        fresh_limited += 1;
+                    }
+                }
+            }
+            if overflow {
+                // More than `hub_threshold + 1` values of one limited type on one record: each
+                // value here is seen with more than `hub_threshold` of them, whatever else it
+                // was seen with, so all are hubs. Deciding that without comparing pairs keeps
+                // a junk record with thousands of identifiers from costing quadratic time.
+                for &v in fresh.iter().chain(existing.iter()) {
+                    if usable(self, v) && self.v_meta[v as usize] & HUB == 0 {
+                        self.v_meta[v as usize] |= HUB;
+                        summary.new_hubs += 1;
+                    }
+                }
+                continue;
+            }
+            // Each pair with at least one new value: a value's list takes the other if the
+            // other's type is limited. `limited` is short here (at most `hub_threshold + 1`
+            // per type), so this is linear in the record's size.
+            for &v in fresh {
+                if !usable(self, v) {
                     continue;
                 }
-                for &w in fresh[i + 1..].iter().chain(existing.iter()) {
-                    if self.v_meta[w as usize] & BLOCKED == 0 {
+                for &w in &limited {
+                    if w != v {
                         self.co_occur(v, w, summary);
-                        self.co_occur(w, v, summary);
                     }
+                }
+            }
+            for &a in &existing {
+                if !usable(self, a) {
+                    continue;
+                }
+                for &b in &limited[..fresh_limited] {
+                    self.co_occur(a, b, summary);
                 }
             }
         }
@@ -822,9 +459,7 @@ impl IdentityGraph {
     /// been seen with more than `hub_threshold` distinct values of `other`'s (limited) type.
     fn co_occur(&mut self, value: u32, other: u32, summary: &mut ApplySummary) {
         let other_type = self.type_of(other);
-        if self.rules.count_slot[other_type as usize] == NO_SLOT
-            || self.v_meta[value as usize] & HUB != 0
-        {
+        if self.rules.slot_of(other_type).is_none() || self.v_meta[value as usize] & HUB != 0 {
             return;
         }
         let (start, len) = self.v_co[value as usize];
@@ -848,7 +483,8 @@ impl IdentityGraph {
                 self.co_pool.resize((start + size) as usize, NONE);
             } else {
                 let moved = self.co_pool.len() as u32;
-                self.co_pool.extend_from_within(start as usize..(start + len) as usize);
+                self.co_pool
+                    .extend_from_within(start as usize..(start + len) as usize);
                 self.co_pool.resize((moved + size) as usize, NONE);
                 start = moved;
             }
@@ -875,12 +511,24 @@ impl IdentityGraph {
                     break;
                 }
                 unknown_at += 1;
-                if self.unknown_seen.insert((u64::from(record) << 32) | u64::from(u)) {
+                if self
+                    .unknown_seen
+                    .insert((u64::from(record) << 32) | u64::from(u))
+                {
                     changed = true;
-                    let detail =
-                        format!("not one of the graph's types ({})", self.rules.priority.join(", "));
+                    let detail = format!(
+                        "not one of the graph's types ({})",
+                        self.rules.priority.join(", ")
+                    );
                     let what = Refused::Unknown(u);
-                    self.refuse(record, what, Reason::UnknownType, seen_at, Some(detail), summary);
+                    self.refuse(
+                        record,
+                        what,
+                        Reason::UnknownType,
+                        seen_at,
+                        Some(detail),
+                        summary,
+                    );
                 }
             }
             if !changed {
@@ -941,7 +589,11 @@ impl IdentityGraph {
                 let start = self.r_ids.len() as u32;
                 self.r_ids.extend_from_slice(&additions);
                 let len = additions.len() as u32;
-                self.r[record as usize] = RecordEntry { profile, start, len };
+                self.r[record as usize] = RecordEntry {
+                    profile,
+                    start,
+                    len,
+                };
             } else {
                 if profile != NONE {
                     self.r[record as usize].profile = profile;
@@ -1004,12 +656,16 @@ impl IdentityGraph {
 
     fn found(&mut self, founder: u32, born: i64, summary: &mut ApplySummary) -> u32 {
         let slot = self.p_parent.len() as u32;
-        let hash = stable_hash(self.rules.type_name(self.type_of(founder)), &self.value_text(founder));
+        let hash = stable_hash(
+            self.rules.type_name(self.type_of(founder)),
+            &self.value_text(founder),
+        );
         self.p_parent.push(slot);
         self.p_founder.push(founder);
         self.p_born.push(born);
         self.p_hash.push(hash);
-        self.p_counts.extend(std::iter::repeat_n(0, self.rules.counted_types()));
+        self.p_counts
+            .extend(std::iter::repeat_n(0, self.rules.counted_types()));
         self.join(founder, slot);
         summary.new_profiles += 1;
         slot
@@ -1032,7 +688,12 @@ impl IdentityGraph {
         for i in 0..n {
             self.p_counts[into as usize * n + i] += self.p_counts[from as usize * n + i];
         }
-        self.merges.push(Merge { from, into, at, via });
+        self.merges.push(Merge {
+            from,
+            into,
+            at,
+            via,
+        });
         into
     }
 
@@ -1073,7 +734,13 @@ impl IdentityGraph {
         summary: &mut ApplySummary,
     ) {
         let detail = detail.map(String::into_boxed_str);
-        self.refusals.push(Refusal { record, what, reason, seen_at, detail });
+        self.refusals.push(Refusal {
+            record,
+            what,
+            reason,
+            seen_at,
+            detail,
+        });
         summary.refused += 1;
     }
 
@@ -1110,7 +777,10 @@ impl IdentityGraph {
     fn blocked_detail(&self, value: u32) -> Option<String> {
         let text = self.value_text(value);
         let pattern = self.rules.blocked_set.matches(&text).iter().next()?;
-        Some(format!("matches blocked pattern {:?}", self.rules.blocked.get(pattern)?))
+        Some(format!(
+            "matches blocked pattern {:?}",
+            self.rules.blocked.get(pattern)?
+        ))
     }
 
     fn hub_detail(&self, value: u32) -> Option<String> {
@@ -1119,12 +789,15 @@ impl IdentityGraph {
         for &other in &self.co_pool[start as usize..(start + len) as usize] {
             counts[self.type_of(other) as usize] += 1;
         }
-        let t = counts.iter().position(|&c| c > self.rules.hub_threshold)?;
-        Some(format!(
-            "seen with more than {} {} values",
-            self.rules.hub_threshold,
-            self.rules.type_name(t as u8)
-        ))
+        let threshold = self.rules.hub_threshold;
+        Some(match counts.iter().position(|&c| c > threshold) {
+            Some(t) => format!(
+                "seen with more than {threshold} {} values",
+                self.rules.type_name(t as u8)
+            ),
+            // Found on one record carrying too many values of a type (see `observe`).
+            None => format!("seen on a record with more than {threshold} values of a limited type"),
+        })
     }
 
     pub(super) fn profile_id(&self, slot: u32) -> String {

@@ -374,6 +374,63 @@ fn hub_found_in_a_later_batch_stops_linking_from_then_on() {
 }
 
 #[test]
+fn junk_record_with_thousands_of_identifiers_makes_hubs_without_quadratic_work() {
+    // A till that files every sale under one default customer record.
+    let mut spec: Vec<Row> = (0..20_000)
+        .map(|i| ("pos:0".into(), "loyalty_card".into(), format!("L{i}"), 1))
+        .collect();
+    spec.extend(rows(&[
+        ("pos:0", "anonymous_id", "till", 1),
+        ("pos:1", "loyalty_card", "L1", 2),
+        ("pos:1", "email", "a@x.com", 2),
+    ]));
+    let mut graph = IdentityGraph::new(rules());
+    let summary = apply(&mut graph, &spec);
+    assert_eq!(summary.new_hubs, 20_001);
+    // Decided per record, not per pair: no co-occurrence lists were built.
+    assert!(graph.co_pool.len() < 100, "{}", graph.co_pool.len());
+    assert_eq!(profile_of(&graph, "pos:0"), None);
+    assert_eq!(
+        profile_of(&graph, "pos:1"),
+        Some(profile_id_for("email", "a@x.com"))
+    );
+    let refusals = table(graph.refused().unwrap());
+    assert_eq!(refusals.len(), 20_002);
+    assert_eq!(
+        refusals.last().unwrap()[5],
+        "seen on a record with more than 10 values of a limited type"
+    );
+}
+
+#[test]
+fn hub_detected_through_a_record_that_grows() {
+    // A kiosk session record that collects one more email at each refresh: its device id is
+    // seen with more and more emails, through the identifiers the record already had.
+    let mut graph = IdentityGraph::new(rules_with(&[("email", 50)], &[], DEFAULT_HUB_THRESHOLD));
+    apply(&mut graph, &rows(&[("kiosk", "anonymous_id", "K", 0)]));
+    for i in 0..11 {
+        let summary = apply(
+            &mut graph,
+            &rows(&[("kiosk", "email", &format!("e{i}@x.com"), i)]),
+        );
+        assert_eq!(summary.new_hubs, u64::from(i == 10), "batch {i}");
+    }
+    let summary = apply(
+        &mut graph,
+        &rows(&[
+            ("web:1", "anonymous_id", "K", 20),
+            ("web:1", "email", "z@x.com", 20),
+        ]),
+    );
+    assert_eq!(summary.refused, 1);
+    assert_eq!(refused(&graph).last().unwrap().3, "hub");
+    assert_eq!(
+        profile_of(&graph, "web:1"),
+        Some(profile_id_for("email", "z@x.com"))
+    );
+}
+
+#[test]
 fn empty_values_and_keys_are_ignored() {
     let mut graph = IdentityGraph::new(rules());
     let summary = apply(
@@ -734,13 +791,17 @@ fn stable_hash_is_fixed() {
 fn customers(persons: std::ops::Range<usize>, seed: u64) -> Vec<Row> {
     let mut state = seed;
     let mut next = move |n: u64| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) % n
     };
     let mut rows = Vec::new();
     let mut event = persons.start as u64 * 100;
     for p in persons {
-        let devices: Vec<String> = (0..1 + next(3)).map(|d| format!("a-{p:07}-{d}-{:04x}", next(65536))).collect();
+        let devices: Vec<String> = (0..1 + next(3))
+            .map(|d| format!("a-{p:07}-{d}-{:04x}", next(65536)))
+            .collect();
         let email = format!("first.last{p}@example.com");
         let user = format!("u{p:08}");
         let start = p as i64 * 10_000_000 + next(1_000_000_000) as i64;
@@ -763,7 +824,11 @@ fn customers(persons: std::ops::Range<usize>, seed: u64) -> Vec<Row> {
         for o in 0..1 + next(2) {
             let order = format!("ord:{p}-{o}");
             let at = start + 86_400_000_000 * (o as i64 + 1);
-            let email = if next(50) == 0 { "till@shop.com".to_string() } else { email.clone() };
+            let email = if next(50) == 0 {
+                "till@shop.com".to_string()
+            } else {
+                email.clone()
+            };
             rows.push((order.clone(), "email".into(), email, at));
             rows.push((order, "loyalty_card".into(), format!("L{p:08}"), at));
         }

@@ -4,7 +4,7 @@
 //! path: std's SipHash costs several times what a multiply-fold hash does, and a
 //! `HashMap<String, u32>` costs one heap allocation and ~50 bytes per key. The [`Interner`]
 //! here keeps every key in one byte arena and maps it to a dense `u32` id through an
-//! open-addressing table of ids, about 20 bytes per key plus the key itself.
+//! open-addressing table of ids and hash tags, 15 to 27 bytes per key plus the key itself.
 //!
 //! Nothing here is persisted or shown to users: ids are reassigned identically on reload
 //! (keys are re-interned in id order), and the hash is seeded per process so that crafted
@@ -181,22 +181,39 @@ impl Interner {
     /// Stage 2: loads the end offset of the entry found in stage 1; returns it for stage 3.
     #[inline]
     pub(super) fn touch_end(&self, entry: u64) -> u32 {
-        if entry == 0 { 0 } else { self.ends.get((entry as u32 - 1) as usize).copied().unwrap_or(0) }
+        if entry == 0 {
+            0
+        } else {
+            self.ends
+                .get((entry as u32 - 1) as usize)
+                .copied()
+                .unwrap_or(0)
+        }
     }
 
     /// Stage 3: loads the last byte of that entry's key.
     #[inline]
     pub(super) fn touch_bytes(&self, end: u32) -> u8 {
-        self.bytes.get((end as usize).wrapping_sub(1)).copied().unwrap_or(0)
+        self.bytes
+            .get((end as usize).wrapping_sub(1))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// [`Interner::intern`] with the tag already computed by [`Interner::tag_of`].
-    pub(super) fn intern_tagged(&mut self, tag: u32, prefix: &[u8], body: &[u8]) -> Option<(u32, bool)> {
+    pub(super) fn intern_tagged(
+        &mut self,
+        tag: u32,
+        prefix: &[u8],
+        body: &[u8],
+    ) -> Option<(u32, bool)> {
         let slot = match self.probe(tag, prefix, body) {
             Ok(id) => return Some((id, false)),
             Err(slot) => slot,
         };
-        let id = u32::try_from(self.ends.len()).ok().filter(|id| *id <= MAX_ID)?;
+        let id = u32::try_from(self.ends.len())
+            .ok()
+            .filter(|id| *id <= MAX_ID)?;
         let end = u32::try_from(self.bytes.len() + prefix.len() + body.len()).ok()?;
         self.bytes.extend_from_slice(prefix);
         self.bytes.extend_from_slice(body);

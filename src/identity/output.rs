@@ -76,7 +76,10 @@ impl IdentityGraph {
         let mut ids = IdFormatter(String::new());
         for &value in &self.linked {
             let v = value as usize;
-            out.str(0, ids.format(self.p_hash[self.root(self.v_profile[v]) as usize]));
+            out.str(
+                0,
+                ids.format(self.p_hash[self.root(self.v_profile[v]) as usize]),
+            );
             out.str(1, self.rules.type_name(self.type_of(value)));
             out.str(2, &self.value_text(value));
             out.i64(3, self.v_seen[v].0);
@@ -123,7 +126,10 @@ impl IdentityGraph {
     pub fn refused(&self) -> Result<Vec<RecordBatch>, GraphError> {
         let mut out = TableWriter::new("refused", refused_schema(), OUTPUT_ROWS)?;
         for refusal in &self.refusals {
-            out.str(0, &String::from_utf8_lossy(self.records.key(refusal.record)));
+            out.str(
+                0,
+                &String::from_utf8_lossy(self.records.key(refusal.record)),
+            );
             match refusal.what {
                 Refused::Value(value) => {
                     out.str(1, self.rules.type_name(self.type_of(value)));

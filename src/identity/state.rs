@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use super::batch::{ColumnReader, STATE_ROWS, TableWriter};
 use super::graph::{
-    GraphError, IdentityGraph, Merge, NONE, REFUSED_BIT, Reason, RecordEntry, Refusal, Refused, Rules,
-    block_size, stable_hash,
+    GraphError, IdentityGraph, Merge, NONE, REFUSED_BIT, Reason, RecordEntry, Refusal, Refused,
+    Rules, block_size, stable_hash,
 };
 
 /// Where a value's flags sit in its meta byte (above the type index).
@@ -253,7 +253,10 @@ impl IdentityGraph {
                     )));
                 }
                 let given = graph.rules.describe();
-                if stored.value(i) != given {
+                // Compared as JSON values, not text, so that key order cannot matter.
+                let parsed = serde_json::from_str::<serde_json::Value>(stored.value(i))
+                    .map_err(|e| reader.error(format!("rules are not JSON: {e}")))?;
+                if serde_json::from_str::<serde_json::Value>(&given).ok() != Some(parsed) {
                     return Err(GraphError::RulesChanged {
                         stored: stored.value(i).to_string(),
                         given,
@@ -403,7 +406,9 @@ impl IdentityGraph {
                 } else if (start + block_size(len)) as usize != graph.co_pool.len() {
                     return Err(reader.error(format!("entries of value {v} are not contiguous")));
                 } else if len == block_size(len) {
-                    graph.co_pool.resize((start + block_size(len + 1)) as usize, NONE);
+                    graph
+                        .co_pool
+                        .resize((start + block_size(len + 1)) as usize, NONE);
                 }
                 let (start, len) = graph.v_co[v as usize];
                 graph.co_pool[(start + len) as usize] = w;
@@ -423,7 +428,9 @@ impl IdentityGraph {
                 match graph.records.intern(&[], key.value(i).as_bytes()) {
                     Some((got, true)) if got == id => {}
                     _ => {
-                        return Err(reader.error(format!("record {:?} is duplicated", key.value(i))));
+                        return Err(
+                            reader.error(format!("record {:?} is duplicated", key.value(i)))
+                        );
                     }
                 }
                 let p = if profile.is_null(i) {
@@ -437,7 +444,11 @@ impl IdentityGraph {
                 if !rank.is_null(i) {
                     record_rank.push((rank.value(i), id));
                 }
-                graph.r.push(RecordEntry { profile: p, start: 0, len: 0 });
+                graph.r.push(RecordEntry {
+                    profile: p,
+                    start: 0,
+                    len: 0,
+                });
             }
         }
         let n_records = graph.r.len();
