@@ -109,7 +109,13 @@ fn memory() -> (u64, u64) {
         status
             .lines()
             .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .map_or(0, |kb| kb * 1024)
     };
     (field("VmHWM:"), field("VmRSS:"))
@@ -149,7 +155,8 @@ struct Fields(HashMap<String, String>);
 
 impl tracing::field::Visit for Fields {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_string(), format!("{value:?}"));
+        self.0
+            .insert(field.name().to_string(), format!("{value:?}"));
     }
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         self.0.insert(field.name().to_string(), value.to_string());
@@ -199,7 +206,10 @@ async fn ensure_data(dir: &Path, customers: u64) -> Result<()> {
         let _ = std::fs::remove_file(dir.join(file));
     }
     std::fs::create_dir_all(dir)?;
-    println!("data: generating {customers} customers into {} …", dir.display());
+    println!(
+        "data: generating {customers} customers into {} …",
+        dir.display()
+    );
     let started = Instant::now();
     let options = c360::generate::GenerateOptions {
         customers,
@@ -292,7 +302,11 @@ fn rows_of(batches: &[RecordBatch]) -> impl Iterator<Item = IdentityRow<'_>> {
             Some(IdentityRow {
                 record_key: keys.value(i),
                 id_type: if types.is_null(i) { "" } else { types.value(i) },
-                id_value: if values.is_null(i) { "" } else { values.value(i) },
+                id_value: if values.is_null(i) {
+                    ""
+                } else {
+                    values.value(i)
+                },
                 seen_at: seen.value(i),
             })
         })
@@ -308,7 +322,10 @@ async fn write_ids_all(engine: &Engine, batches: Vec<RecordBatch>, dir: &Path) -
         .map(RecordBatch::schema)
         .ok_or("the identifiers view is empty")?;
     let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>() as u64;
-    ctx.register_table("bench_ids_mem", Arc::new(MemTable::try_new(schema, vec![batches])?))?;
+    ctx.register_table(
+        "bench_ids_mem",
+        Arc::new(MemTable::try_new(schema, vec![batches])?),
+    )?;
     std::fs::create_dir_all(dir)?;
     engine
         .execute(&format!(
@@ -331,7 +348,9 @@ async fn count(engine: &Engine, sql: &str) -> Result<i64> {
     let result = engine.execute(sql).await?;
     let batch = result.batches.first().ok_or("no rows")?;
     let column = datafusion::arrow::compute::cast(batch.column(0), &DataType::Int64)?;
-    Ok(column.as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0))
+    Ok(column
+        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+        .value(0))
 }
 
 // ---------------------------------------------------------------- quality
@@ -488,7 +507,10 @@ async fn stream_text_pairs(
     let mut stream = frame.execute_stream().await?;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        let (xs, ys) = (batch.column(0).as_string::<i32>(), batch.column(1).as_string::<i32>());
+        let (xs, ys) = (
+            batch.column(0).as_string::<i32>(),
+            batch.column(1).as_string::<i32>(),
+        );
         for i in 0..batch.num_rows() {
             if xs.is_valid(i) && ys.is_valid(i) {
                 each(xs.value(i), ys.value(i));
@@ -510,17 +532,23 @@ async fn quality(engine: &Engine, data: &Path, ids: &[RecordBatch]) -> Result<Qu
             ParquetReadOptions::default(),
         )
         .await?;
-    stream_text_pairs(engine, truth, "record_key", "person_id", |key, person_id| {
-        let next = person_index.len() as u32;
-        let p = *person_index
-            .entry(stable_hash("person", person_id))
-            .or_insert(next);
-        let next = record_index.len() as u32;
-        let r = *record_index.entry(record_hash(key)).or_insert(next);
-        if r as usize == person.len() {
-            person.push(p);
-        }
-    })
+    stream_text_pairs(
+        engine,
+        truth,
+        "record_key",
+        "person_id",
+        |key, person_id| {
+            let next = person_index.len() as u32;
+            let p = *person_index
+                .entry(stable_hash("person", person_id))
+                .or_insert(next);
+            let next = record_index.len() as u32;
+            let r = *record_index.entry(record_hash(key)).or_insert(next);
+            if r as usize == person.len() {
+                person.push(p);
+            }
+        },
+    )
     .await?;
     drop(person_index);
     let n = person.len();
@@ -555,18 +583,24 @@ async fn quality(engine: &Engine, data: &Path, ids: &[RecordBatch]) -> Result<Qu
     let mut predicted = vec![u64::MAX; n];
     let records = ctx.table("customers_records").await?;
     let mut bad_profile_ids = 0u64;
-    stream_text_pairs(engine, records, "record_key", "profile_id", |key, profile| {
-        let Some(&r) = record_index.get(&record_hash(key)) else {
-            return;
-        };
-        match profile
-            .strip_prefix("p_")
-            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-        {
-            Some(id) => predicted[r as usize] = id,
-            None => bad_profile_ids += 1,
-        }
-    })
+    stream_text_pairs(
+        engine,
+        records,
+        "record_key",
+        "profile_id",
+        |key, profile| {
+            let Some(&r) = record_index.get(&record_hash(key)) else {
+                return;
+            };
+            match profile
+                .strip_prefix("p_")
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            {
+                Some(id) => predicted[r as usize] = id,
+                None => bad_profile_ids += 1,
+            }
+        },
+    )
     .await?;
     if bad_profile_ids > 0 {
         println!("quality: {bad_profile_ids} profile ids are not p_<16 hex>");
@@ -654,7 +688,9 @@ async fn sql_baseline(engine: &Engine, source: &str, budget: Duration) -> Result
                  SELECT e.rid, min(v.label) AS label FROM sb_edges e JOIN value_label v ON e.vid = v.vid GROUP BY e.rid"
             ))
             .await?;
-        engine.execute(&format!("DROP TABLE sb_label_{old}")).await?;
+        engine
+            .execute(&format!("DROP TABLE sb_label_{old}"))
+            .await?;
         iterations = new;
         let sum = count(engine, &format!("SELECT sum(label) FROM sb_label_{new}")).await?;
         println!(
@@ -695,7 +731,9 @@ async fn cleanup_sql(engine: &Engine, iteration: u32) {
         "sb_result".into(),
         format!("sb_label_{iteration}"),
     ] {
-        let _ = engine.execute(&format!("DROP TABLE IF EXISTS {table}")).await;
+        let _ = engine
+            .execute(&format!("DROP TABLE IF EXISTS {table}"))
+            .await;
     }
 }
 
@@ -796,10 +834,7 @@ async fn incremental(engine: &Engine) -> Result<Incremental> {
     let refresh_wall = secs(started.elapsed());
     println!(
         "incremental: refresh read {} rows, {} records applied, {} merges, in {:.3} s",
-        refresh.rows_read,
-        refresh.summary.records,
-        refresh.summary.merges,
-        refresh_wall
+        refresh.rows_read, refresh.summary.records, refresh.summary.merges, refresh_wall
     );
     Ok(Incremental {
         build,
@@ -844,7 +879,11 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
     println!(
         "identity bench: {n} customers, data {}, {} build, {} cores, load {load_at_start}",
         data.display(),
-        if cfg!(debug_assertions) { "DEBUG" } else { "release" },
+        if cfg!(debug_assertions) {
+            "DEBUG"
+        } else {
+            "release"
+        },
         nproc()
     );
     ensure_data(&data, n).await?;
@@ -871,7 +910,11 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
         field_u64(&build, "refused"),
         field_u64(&build, "profiles"),
         gb(peak_rss),
-        if peak_reset { "" } else { " (includes generation: clear_refs failed)" },
+        if peak_reset {
+            ""
+        } else {
+            " (includes generation: clear_refs failed)"
+        },
         gb(rss_after),
     );
 
@@ -942,7 +985,10 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
         quality.naive.precision,
         quality.naive.recall,
         if quality.unknown_records > 0 {
-            format!("; {} identifier rows of records unknown to ground_truth", quality.unknown_records)
+            format!(
+                "; {} identifier rows of records unknown to ground_truth",
+                quality.unknown_records
+            )
         } else {
             String::new()
         }
@@ -993,7 +1039,11 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
             c.sql.seconds,
             c.sql.prep_seconds,
             c.sql.iterations,
-            if c.sql.cap_hit { " (CAP HIT: not converged)" } else { "" },
+            if c.sql.cap_hit {
+                " (CAP HIT: not converged)"
+            } else {
+                ""
+            },
             c.sql.components,
             c.c360_seconds,
             c.c360_profiles,
@@ -1016,14 +1066,21 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
     // ---- summary
     let load_at_end = loadavg();
     let target_line = |name: &str, value: String, target: &str, pass: bool| {
-        println!("  {name:<34} {value:>22}   target {target:<10} {}", mark(pass));
+        println!(
+            "  {name:<34} {value:>22}   target {target:<10} {}",
+            mark(pass)
+        );
     };
     println!();
     println!("== identity bench summary ==");
     println!(
         "  {n} customers, {} identifier rows, {} build; machine: {} cores, load avg {load_at_start} at start, {load_at_end} at end",
         id_rows,
-        if cfg!(debug_assertions) { "DEBUG (figures not meaningful)" } else { "release" },
+        if cfg!(debug_assertions) {
+            "DEBUG (figures not meaningful)"
+        } else {
+            "release"
+        },
         nproc()
     );
     target_line(
@@ -1073,7 +1130,11 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
             "",
             "",
             c.c360_profiles,
-            if c.c360_profiles == inc.refresh.profiles { "same" } else { "DIFFERENT" }
+            if c.c360_profiles == inc.refresh.profiles {
+                "same"
+            } else {
+                "DIFFERENT"
+            }
         );
     }
     target_line(
@@ -1090,10 +1151,7 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
     );
     println!(
         "  {:<34} {:>22}   (naive components: precision {:.5}, recall {:.5})",
-        "",
-        "",
-        quality.naive.precision,
-        quality.naive.recall
+        "", "", quality.naive.precision, quality.naive.recall
     );
     match &comparison {
         Some(c) => {
@@ -1113,10 +1171,17 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
                 if c.sql.cap_hit { ", cap hit" } else { "" },
                 c.c360_seconds,
                 c.customers,
-                if sql_note.is_empty() { String::new() } else { format!("; {sql_note}") }
+                if sql_note.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {sql_note}")
+                }
             );
         }
-        None => println!("  {:<34} {:>22}   {sql_note}", "vs SQL label propagation", "—"),
+        None => println!(
+            "  {:<34} {:>22}   {sql_note}",
+            "vs SQL label propagation", "—"
+        ),
     }
     drop(engine);
     Ok(())
