@@ -50,18 +50,21 @@
 //!   changes nothing. [`IdentityGraph::to_state`] / [`IdentityGraph::from_state`] persist
 //!   everything needed to continue after a restart.
 //!
-//! **Cost.** Memory is about 70 bytes per distinct identifier value and 35 per record, plus
-//! their text and 4 bytes per identifier on a record; hub detection keeps at most
-//! `hub_threshold + 1` co-occurring values per limited type and value. While a batch is
-//! applied it takes about 30 bytes more per row. Time is a few hash lookups per row and a
-//! few cache misses per record: the memory layout (dense ids, batched lookups, the batch laid
-//! out in processing order) is what the code is organised around.
+//! **Cost.** Memory is about 70 bytes per distinct identifier value and 30 per record, plus
+//! their text, and 12 bytes plus 4 per identifier for a record with several; hub detection
+//! keeps at most `hub_threshold + 1` co-occurring values per limited type and value. While a
+//! batch is applied it takes about 30 bytes more per row. Time is a few hash lookups per row
+//! and a few cache misses per record: the memory layout (dense ids, batched lookups, the
+//! batch laid out in processing order, one word per single-identifier record) is what the
+//! code is organised around.
 //!
-//! **Limits.** Up to 2^31 distinct values and records and 4 GiB of text each (32-bit indexes),
-//! 64 identifier types. Profile ids are 64-bit hashes: two founders colliding (odds about
+//! **Limits.** Up to 2^30 distinct values and records and 4 GiB of text each (32-bit indexes
+//! with flag bits), 64 identifier types. Profile ids are 64-bit hashes: two founders colliding (odds about
 //! 1 in 400 000 at 10 million profiles) would share an id.
 
-use super::intern::{FastSet, Interner};
+use std::borrow::Cow;
+
+use super::intern::{FastSet, Interner, trim};
 use super::load::Batch;
 pub use super::output::{identities_schema, merges_schema, records_schema, refused_schema};
 pub use super::rules::{DEFAULT_HUB_THRESHOLD, MAX_HUB_THRESHOLD, MAX_TYPES, Rules};
@@ -70,6 +73,10 @@ pub use super::rules::{DEFAULT_HUB_THRESHOLD, MAX_HUB_THRESHOLD, MAX_TYPES, Rule
 pub(super) const NONE: u32 = u32::MAX;
 /// Top bit of an id in a record's identifier list: this record's link through it was refused.
 pub(super) const REFUSED_BIT: u32 = 1 << 31;
+/// In `IdentityGraph::r`: the record has several identifiers (see `multi`).
+pub(super) const MULTI: u32 = 1 << 31;
+/// In `IdentityGraph::r`: the record's one identifier was refused.
+pub(super) const SINGLE_REFUSED: u32 = 1 << 30;
 /// A value's meta byte: its type index, and two flags.
 pub(super) const TYPE_MASK: u8 = 0x3F;
 pub(super) const BLOCKED: u8 = 0x40;
@@ -179,6 +186,7 @@ pub(super) enum Refused {
     Unknown(u32),
 }
 
+/// One row of the refused table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Refusal {
     pub(super) record: u32,
@@ -188,6 +196,7 @@ pub(super) struct Refusal {
     pub(super) detail: Option<Box<str>>,
 }
 
+/// One row of the merges table: profile slots, the record's time, and the value linked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Merge {
     pub(super) from: u32,
@@ -198,7 +207,7 @@ pub(super) struct Merge {
 
 /// The identity graph: interned values and records, a union-find forest of profiles, and logs.
 ///
-/// Vectors prefixed `v_` are indexed by value id, `r_` by record id, `p_` by profile slot.
+/// Vectors prefixed `v_` are indexed by value id, `p_` by profile slot, and `r` by record id.
 /// Ids are dense and only meaningful inside one graph; all ordering decisions compare keys,
 /// times and stable hashes, never ids, which is what makes the result independent of input
 /// order.
@@ -220,10 +229,14 @@ pub struct IdentityGraph {
     /// Values in the order they joined a profile: the row order of `identities`.
     pub(super) linked: Vec<u32>,
     pub(super) records: Interner,
-    /// By record id: one entry, so that stitching a record costs one cache miss, not three.
-    pub(super) r: Vec<RecordEntry>,
-    /// Record identifier lists (see [`RecordEntry`]), each id flagged with
-    /// `REFUSED_BIT` if the record's link through it was refused.
+    /// By record id, one word (most records carry one identifier, and there are tens of
+    /// millions of them): `NONE` for a record with no identifier yet; a value id, flagged
+    /// with `SINGLE_REFUSED` if its link was refused, for a record with exactly that one
+    /// identifier (its profile is the value's); else `MULTI` and an index into `multi`.
+    pub(super) r: Vec<u32>,
+    pub(super) multi: Vec<RecordEntry>,
+    /// Identifier lists of `multi` records, each id flagged with `REFUSED_BIT` if the record's
+    /// link through it was refused.
     pub(super) r_ids: Vec<u32>,
     /// Records in the order first stitched: the row order of `records`.
     pub(super) record_order: Vec<u32>,
@@ -242,7 +255,7 @@ pub struct IdentityGraph {
     pub(super) unknown_seen: FastSet<u64>,
 }
 
-/// What the graph keeps per record.
+/// A record with several identifiers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct RecordEntry {
     /// The profile slot of the record's anchor when last stitched, or `NONE` if nothing on
@@ -253,23 +266,26 @@ pub(super) struct RecordEntry {
     pub(super) len: u32,
 }
 
-impl Default for RecordEntry {
-    fn default() -> Self {
-        RecordEntry {
-            profile: NONE,
-            start: 0,
-            len: 0,
-        }
-    }
+/// A record's identifiers, each flagged with `REFUSED_BIT` if its link was refused.
+pub(super) enum RecordIds<'a> {
+    Single(u32),
+    Multi(&'a [u32]),
 }
 
-/// The capacity of the `co_pool` block holding a list of `len` entries: blocks double, so
-/// appending is amortised O(1) and a list's entries stay contiguous (one cache miss to scan).
-pub(super) fn block_size(len: u32) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        len.next_power_of_two().max(2)
+impl RecordIds<'_> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        let (single, list) = match self {
+            RecordIds::Single(id) => (Some(*id), &[][..]),
+            RecordIds::Multi(list) => (None, *list),
+        };
+        single.into_iter().chain(list.iter().copied())
+    }
+
+    pub(super) fn len(&self) -> usize {
+        match self {
+            RecordIds::Single(_) => 1,
+            RecordIds::Multi(list) => list.len(),
+        }
     }
 }
 
@@ -286,6 +302,7 @@ impl IdentityGraph {
             linked: Vec::new(),
             records: Interner::new(),
             r: Vec::new(),
+            multi: Vec::new(),
             r_ids: Vec::new(),
             record_order: Vec::new(),
             p_parent: Vec::new(),
@@ -311,10 +328,44 @@ impl IdentityGraph {
             .count()
     }
 
+    /// Approximate bytes of heap the graph holds (for logs and system tables).
+    pub fn heap_bytes(&self) -> usize {
+        fn vec<T>(v: &Vec<T>) -> usize {
+            v.capacity() * std::mem::size_of::<T>()
+        }
+        let details: usize = self
+            .refusals
+            .iter()
+            .map(|r| r.detail.as_ref().map_or(0, |d| d.len()))
+            .sum();
+        self.values.heap_bytes()
+            + self.records.heap_bytes()
+            + self.unknown.heap_bytes()
+            + vec(&self.v_meta)
+            + vec(&self.v_profile)
+            + vec(&self.v_seen)
+            + vec(&self.v_co)
+            + vec(&self.co_pool)
+            + vec(&self.linked)
+            + vec(&self.r)
+            + vec(&self.multi)
+            + vec(&self.r_ids)
+            + vec(&self.record_order)
+            + vec(&self.p_parent)
+            + vec(&self.p_founder)
+            + vec(&self.p_born)
+            + vec(&self.p_hash)
+            + vec(&self.p_counts)
+            + vec(&self.merges)
+            + vec(&self.refusals)
+            + details
+            + self.unknown_seen.capacity() * 16
+    }
+
     /// Applies a batch of rows: all of them for a full build, only new ones for a refresh.
     ///
     /// Rows are consumed once, as they come: feed them straight from the source's batches
-    /// rather than collecting them first. The only error is [`GraphError::Capacity`] (over two
+    /// rather than collecting them first. The only error is [`GraphError::Capacity`] (over a
     /// billion distinct values or records, or 4 GiB of their text); it is raised before any
     /// stitching, but values and records interned up to that point stay as unlinked entries,
     /// so the graph should be reloaded from its last state.
@@ -330,170 +381,80 @@ impl IdentityGraph {
         let mut batch = self.load(rows, &mut summary)?;
         self.observe(&mut batch, &mut summary);
         self.stitch(&batch, &mut summary);
+        drop(batch);
         self.flatten();
+        self.trim();
         Ok(summary)
+    }
+
+    fn trim(&mut self) {
+        self.values.trim();
+        self.records.trim();
+        trim(&mut self.v_meta);
+        trim(&mut self.v_profile);
+        trim(&mut self.v_seen);
+        trim(&mut self.v_co);
+        trim(&mut self.co_pool);
+        trim(&mut self.linked);
+        trim(&mut self.r);
+        trim(&mut self.multi);
+        trim(&mut self.r_ids);
+        trim(&mut self.record_order);
+        trim(&mut self.p_parent);
+        trim(&mut self.p_founder);
+        trim(&mut self.p_born);
+        trim(&mut self.p_hash);
+        trim(&mut self.p_counts);
+        trim(&mut self.merges);
+        trim(&mut self.refusals);
     }
 
     pub(super) fn type_of(&self, value: u32) -> u8 {
         self.v_meta[value as usize] & TYPE_MASK
     }
 
-    pub(super) fn value_text(&self, value: u32) -> std::borrow::Cow<'_, str> {
-        String::from_utf8_lossy(self.values.key(value).get(1..).unwrap_or_default())
+    /// A value's text (its key without the type byte). Keys were interned from `&str`, so the
+    /// lossy path never runs; it is there so that nothing can panic.
+    pub(super) fn value_text(&self, value: u32) -> Cow<'_, str> {
+        text(self.values.key(value).get(1..).unwrap_or_default())
+    }
+
+    pub(super) fn record_text(&self, record: u32) -> Cow<'_, str> {
+        text(self.records.key(record))
     }
 
     /// Priority order: type, then value bytes (the key's first byte is the type index, so a
     /// key comparison is the whole order; comparing types first avoids most key reads).
-    fn priority_order(&self, a: u32, b: u32) -> std::cmp::Ordering {
+    pub(super) fn priority_order(&self, a: u32, b: u32) -> std::cmp::Ordering {
         self.type_of(a)
             .cmp(&self.type_of(b))
             .then_with(|| self.values.key(a).cmp(self.values.key(b)))
     }
 
     /// The record's identifier list (ids flagged with `REFUSED_BIT`).
-    fn record_ids(&self, record: u32) -> &[u32] {
-        let entry = self.r[record as usize];
-        &self.r_ids[entry.start as usize..(entry.start + entry.len) as usize]
-    }
-
-    /// Pass 1: sorts and dedups each record's new identifiers (dropping those already on the
-    /// record, marking the end with `NONE`), and records co-occurrences for hub detection, so
-    /// that hubs are known before any record of the batch links through them.
-    fn observe(&mut self, batch: &mut Batch, summary: &mut ApplySummary) {
-        let mut existing = Vec::new();
-        let mut existing_set: FastSet<u32> = FastSet::default();
-        let mut limited: Vec<u32> = Vec::new();
-        let mut counts: Vec<u32> = Vec::new();
-        for position in 0..batch.order.len() {
-            let record = batch.order[position].1;
-            let range = batch.range(position);
-            let slice = &mut batch.values[range];
-            if slice.len() > 1 {
-                slice.sort_unstable_by(|&a, &b| self.priority_order(a, b));
+    pub(super) fn record_ids(&self, record: u32) -> RecordIds<'_> {
+        match self.r[record as usize] {
+            NONE => RecordIds::Multi(&[]),
+            entry if entry & MULTI != 0 => {
+                let entry = self.multi[(entry & !MULTI) as usize];
+                RecordIds::Multi(
+                    &self.r_ids[entry.start as usize..(entry.start + entry.len) as usize],
+                )
             }
-            existing.clear();
-            if record < batch.old_records {
-                existing.extend(self.record_ids(record).iter().map(|id| id & !REFUSED_BIT));
+            value if value & SINGLE_REFUSED != 0 => {
+                RecordIds::Single(value & !SINGLE_REFUSED | REFUSED_BIT)
             }
-            // Lists are short; a set only pays for a record re-applied with many identifiers.
-            let use_set = existing.len() > 32;
-            if use_set {
-                existing_set.clear();
-                existing_set.extend(existing.iter().copied());
-            }
-            let mut kept = 0;
-            let mut previous = NONE;
-            for i in 0..slice.len() {
-                let value = slice[i];
-                let known = if use_set {
-                    existing_set.contains(&value)
-                } else {
-                    existing.contains(&value)
-                };
-                if value != previous && !known {
-                    slice[kept] = value;
-                    kept += 1;
-                }
-                previous = value;
-            }
-            slice[kept..].fill(NONE);
-            let fresh = &slice[..kept];
-            if fresh.is_empty() {
-                continue;
-            }
-            let usable = |graph: &Self, v: u32| graph.v_meta[v as usize] & BLOCKED == 0;
-            // The record's limited-type values (the new ones first), counted per type.
-            limited.clear();
-            counts.clear();
-            counts.resize(self.rules.counted_types(), 0);
-            let mut overflow = false;
-            let mut fresh_limited = 0;
-            for (i, &v) in fresh.iter().chain(existing.iter()).enumerate() {
-                if let (true, Some(slot)) = (usable(self, v), self.rules.slot_of(self.type_of(v))) {
-                    limited.push(v);
-                    counts[slot] += 1;
-                    overflow |= counts[slot] > self.rules.hub_threshold + 1;
-                    if i < fresh.len() {
-                        fresh_limited += 1;
-                    }
-                }
-            }
-            if overflow {
-                // More than `hub_threshold + 1` values of one limited type on one record: each
-                // value here is seen with more than `hub_threshold` of them, whatever else it
-                // was seen with, so all are hubs. Deciding that without comparing pairs keeps
-                // a junk record with thousands of identifiers from costing quadratic time.
-                for &v in fresh.iter().chain(existing.iter()) {
-                    if usable(self, v) && self.v_meta[v as usize] & HUB == 0 {
-                        self.v_meta[v as usize] |= HUB;
-                        summary.new_hubs += 1;
-                    }
-                }
-                continue;
-            }
-            // Each pair with at least one new value: a value's list takes the other if the
-            // other's type is limited. `limited` is short here (at most `hub_threshold + 1`
-            // per type), so this is linear in the record's size.
-            for &v in fresh {
-                if !usable(self, v) {
-                    continue;
-                }
-                for &w in &limited {
-                    if w != v {
-                        self.co_occur(v, w, summary);
-                    }
-                }
-            }
-            for &a in &existing {
-                if !usable(self, a) {
-                    continue;
-                }
-                for &b in &limited[..fresh_limited] {
-                    self.co_occur(a, b, summary);
-                }
-            }
+            value => RecordIds::Single(value),
         }
     }
 
-    /// Notes that `value` was seen on a record with `other`; flags `value` a hub once it has
-    /// been seen with more than `hub_threshold` distinct values of `other`'s (limited) type.
-    fn co_occur(&mut self, value: u32, other: u32, summary: &mut ApplySummary) {
-        let other_type = self.type_of(other);
-        if self.rules.slot_of(other_type).is_none() || self.v_meta[value as usize] & HUB != 0 {
-            return;
-        }
-        let (start, len) = self.v_co[value as usize];
-        let mut same_type = 0;
-        for &seen_with in &self.co_pool[start as usize..(start + len) as usize] {
-            if seen_with == other {
-                return;
-            }
-            if self.type_of(seen_with) == other_type {
-                same_type += 1;
-            }
-        }
-        let mut start = start;
-        if len == block_size(len) {
-            let size = block_size(len + 1);
-            // Past 4G entries hub detection stops growing lists rather than wrap an index.
-            if self.co_pool.len() + size as usize >= u32::MAX as usize {
-                return;
-            }
-            if len > 0 && (start + len) as usize == self.co_pool.len() {
-                self.co_pool.resize((start + size) as usize, NONE);
-            } else {
-                let moved = self.co_pool.len() as u32;
-                self.co_pool
-                    .extend_from_within(start as usize..(start + len) as usize);
-                self.co_pool.resize((moved + size) as usize, NONE);
-                start = moved;
-            }
-        }
-        self.co_pool[(start + len) as usize] = other;
-        self.v_co[value as usize] = (start, len + 1);
-        if same_type + 1 > self.rules.hub_threshold {
-            self.v_meta[value as usize] |= HUB;
-            summary.new_hubs += 1;
+    /// The record's profile slot (follow `p_parent` for its current profile), or `NONE`.
+    pub(super) fn record_profile(&self, record: u32) -> u32 {
+        match self.r[record as usize] {
+            NONE => NONE,
+            entry if entry & MULTI != 0 => self.multi[(entry & !MULTI) as usize].profile,
+            value if value & SINGLE_REFUSED != 0 => NONE,
+            value => self.v_profile[value as usize],
         }
     }
 
@@ -560,7 +521,7 @@ impl IdentityGraph {
             // may now anchor it. Hubs found since stop linking.
             if record < batch.old_records {
                 let before = candidates.len();
-                for &id in self.record_ids(record) {
+                for id in self.record_ids(record).iter() {
                     if id & REFUSED_BIT == 0 && self.v_meta[id as usize] & HUB == 0 {
                         candidates.push(id);
                     }
@@ -586,19 +547,9 @@ impl IdentityGraph {
             if record >= batch.old_records {
                 // A new record's entry is written whole, never read: a store does not wait
                 // for its cache line the way a load does.
-                let start = self.r_ids.len() as u32;
-                self.r_ids.extend_from_slice(&additions);
-                let len = additions.len() as u32;
-                self.r[record as usize] = RecordEntry {
-                    profile,
-                    start,
-                    len,
-                };
+                self.r[record as usize] = self.new_entry(profile, &additions);
             } else {
-                if profile != NONE {
-                    self.r[record as usize].profile = profile;
-                }
-                self.append_ids(record, &additions);
+                self.grow_record(record, profile, &additions);
             }
         }
     }
@@ -750,28 +701,79 @@ impl IdentityGraph {
             *id |= REFUSED_BIT;
             return;
         }
-        let entry = self.r[record as usize];
-        let list = &mut self.r_ids[entry.start as usize..(entry.start + entry.len) as usize];
-        if let Some(id) = list.iter_mut().find(|id| **id == value) {
-            *id |= REFUSED_BIT;
+        match self.r[record as usize] {
+            NONE => {}
+            entry if entry & MULTI != 0 => {
+                let entry = self.multi[(entry & !MULTI) as usize];
+                let list =
+                    &mut self.r_ids[entry.start as usize..(entry.start + entry.len) as usize];
+                if let Some(id) = list.iter_mut().find(|id| **id == value) {
+                    *id |= REFUSED_BIT;
+                }
+            }
+            single if single == value => self.r[record as usize] = value | SINGLE_REFUSED,
+            _ => {}
         }
     }
 
-    /// Appends to a record's identifier list, moving the list to the end of `r_ids` unless it
-    /// is already there (records rarely grow, so the holes left behind stay few).
-    fn append_ids(&mut self, record: u32, ids: &[u32]) {
-        if ids.is_empty() {
-            return;
+    /// The `r` word of a record with these identifiers (flagged with `REFUSED_BIT`), stitched
+    /// into `profile`.
+    pub(super) fn new_entry(&mut self, profile: u32, ids: &[u32]) -> u32 {
+        match *ids {
+            [] => NONE,
+            [id] if id & REFUSED_BIT != 0 => id & !REFUSED_BIT | SINGLE_REFUSED,
+            // The one identifier anchored the record: its profile is the record's.
+            [id] => id,
+            _ => {
+                // `load` checked that `r_ids` stays below u32::MAX entries, and `multi` is
+                // smaller than the records.
+                let entry = RecordEntry {
+                    profile,
+                    start: self.r_ids.len() as u32,
+                    len: ids.len() as u32,
+                };
+                self.r_ids.extend_from_slice(ids);
+                self.multi.push(entry);
+                MULTI | (self.multi.len() - 1) as u32
+            }
         }
-        let entry = &mut self.r[record as usize];
-        let (start, len) = (entry.start as usize, entry.len as usize);
-        if len > 0 && start + len != self.r_ids.len() {
-            self.r_ids.extend_from_within(start..start + len);
+    }
+
+    /// Adds identifiers to a known record and sets its profile (unless `NONE`: nothing new
+    /// linked, it keeps its profile). The list moves to the end of `r_ids` unless it is
+    /// already there; records rarely grow, so the holes left behind stay few.
+    fn grow_record(&mut self, record: u32, profile: u32, additions: &[u32]) {
+        let profile = if profile == NONE {
+            self.record_profile(record)
+        } else {
+            profile
+        };
+        match self.r[record as usize] {
+            entry if entry != NONE && entry & MULTI != 0 => {
+                let at = (entry & !MULTI) as usize;
+                let RecordEntry { start, len, .. } = self.multi[at];
+                let (start, len) = (start as usize, len as usize);
+                if !additions.is_empty() && start + len != self.r_ids.len() {
+                    self.r_ids.extend_from_within(start..start + len);
+                }
+                let start = if additions.is_empty() {
+                    start
+                } else {
+                    self.r_ids.len() - len
+                };
+                self.r_ids.extend_from_slice(additions);
+                self.multi[at] = RecordEntry {
+                    profile,
+                    start: start as u32,
+                    len: (len + additions.len()) as u32,
+                };
+            }
+            _ => {
+                let mut ids: Vec<u32> = self.record_ids(record).iter().collect();
+                ids.extend_from_slice(additions);
+                self.r[record as usize] = self.new_entry(profile, &ids);
+            }
         }
-        // `load` checked that `r_ids` stays below u32::MAX entries.
-        entry.start = (self.r_ids.len() - len) as u32;
-        entry.len = (len + ids.len()) as u32;
-        self.r_ids.extend_from_slice(ids);
     }
 
     fn blocked_detail(&self, value: u32) -> Option<String> {
@@ -781,23 +783,6 @@ impl IdentityGraph {
             "matches blocked pattern {:?}",
             self.rules.blocked.get(pattern)?
         ))
-    }
-
-    fn hub_detail(&self, value: u32) -> Option<String> {
-        let mut counts = vec![0u32; self.rules.priority.len()];
-        let (start, len) = self.v_co[value as usize];
-        for &other in &self.co_pool[start as usize..(start + len) as usize] {
-            counts[self.type_of(other) as usize] += 1;
-        }
-        let threshold = self.rules.hub_threshold;
-        Some(match counts.iter().position(|&c| c > threshold) {
-            Some(t) => format!(
-                "seen with more than {threshold} {} values",
-                self.rules.type_name(t as u8)
-            ),
-            // Found on one record carrying too many values of a type (see `observe`).
-            None => format!("seen on a record with more than {threshold} values of a limited type"),
-        })
     }
 
     pub(super) fn profile_id(&self, slot: u32) -> String {
@@ -838,6 +823,13 @@ pub fn stable_hash(id_type: &str, id_value: &str) -> u64 {
 /// The id of the profile founded by `(id_type, id_value)`: `p_` and 16 lower-case hex digits.
 pub fn profile_id_for(id_type: &str, id_value: &str) -> String {
     format_profile_id(stable_hash(id_type, id_value))
+}
+
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 pub(super) fn format_profile_id(hash: u64) -> String {

@@ -521,6 +521,47 @@ fn known_record_gets_later_identifiers() {
     );
 }
 
+#[test]
+fn a_link_refused_on_a_record_stays_refused_as_the_record_grows() {
+    let mut graph = IdentityGraph::new(rules());
+    apply(
+        &mut graph,
+        &rows(&[
+            ("app:a", "user_id", "alice", 1),
+            ("app:a", "anonymous_id", "tablet", 1),
+        ]),
+    );
+    apply(&mut graph, &rows(&[("app:x", "anonymous_id", "tablet", 2)]));
+    assert_eq!(
+        profile_of(&graph, "app:x"),
+        Some(profile_id_for("user_id", "alice"))
+    );
+    // Bob logs in on the session: it becomes his, and its tablet link to Alice is refused.
+    apply(&mut graph, &rows(&[("app:x", "user_id", "bob", 3)]));
+    assert_eq!(
+        profile_of(&graph, "app:x"),
+        Some(profile_id_for("user_id", "bob"))
+    );
+    assert_eq!(
+        refused(&graph),
+        vec![refused_row("app:x", "anonymous_id", "tablet", "limit")]
+    );
+    // The session grows again: the refused link is not tried (nor reported) again.
+    let summary = apply(&mut graph, &rows(&[("app:x", "email", "bob@x.com", 4)]));
+    assert_eq!(
+        (summary.records, summary.refused, summary.merges),
+        (1, 0, 0)
+    );
+    assert_eq!(refused(&graph).len(), 1);
+    assert_eq!(
+        profile_of(&graph, "app:x"),
+        Some(profile_id_for("user_id", "bob"))
+    );
+    // And all of it survives a reload.
+    let reloaded = IdentityGraph::from_state(rules(), graph.to_state().unwrap()).unwrap();
+    assert_eq!(dump(&reloaded), dump(&graph));
+}
+
 /// Synthetic people: each has a few identifiers and several records carrying subsets of them,
 /// plus the noise that matters: shared tablets, and (with `junk`) a till email seen with many
 /// loyalty cards. Record `seen_at`s collide often, so ties are broken by record key.
@@ -630,7 +671,8 @@ fn reapplying_rows_is_a_no_op() {
 }
 
 fn to_views(parts: Vec<(String, Vec<RecordBatch>)>) -> Vec<(String, Vec<RecordBatch>)> {
-    // As a Parquet reader may hand state back: strings as Utf8View.
+    // As a Parquet reader may hand state back: strings as Utf8View, in small batches (so that
+    // lists cross batch boundaries).
     parts
         .into_iter()
         .map(|(name, batches)| {
@@ -656,12 +698,21 @@ fn to_views(parts: Vec<(String, Vec<RecordBatch>)>) -> Vec<(String, Vec<RecordBa
                         .zip(&fields)
                         .map(|(c, f)| cast(c, f.data_type()).unwrap())
                         .collect();
-                    RecordBatch::try_new(
+                    let batch = RecordBatch::try_new(
                         std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
                         columns,
                     )
-                    .unwrap()
+                    .unwrap();
+                    let n = batch.num_rows();
+                    if n == 0 {
+                        return vec![batch];
+                    }
+                    (0..n)
+                        .step_by(3)
+                        .map(|at| batch.slice(at, 3.min(n - at)))
+                        .collect()
                 })
+                .flatten()
                 .collect();
             (name, batches)
         })
@@ -850,8 +901,9 @@ fn scale_smoke() {
     let state_start = Instant::now();
     let state = graph.to_state().unwrap();
     let saved = state_start.elapsed();
-    let reloaded = IdentityGraph::from_state(rules(), state).unwrap();
+    let reloaded = IdentityGraph::from_state(rules(), state.clone()).unwrap();
     let loaded = state_start.elapsed() - saved;
+    assert!(reloaded.to_state().unwrap() == state, "state round trip");
     // A refresh: 1% more customers, later in time.
     let late = customers(100_000..101_000, 43);
     let mut refreshed = reloaded;
@@ -860,7 +912,7 @@ fn scale_smoke() {
     let refresh = refresh_start.elapsed();
     println!(
         "scale: {} rows, {} records, {} profiles, {} merges, {} refused; apply {:?}, outputs {:?}, \
-         to_state {:?}, from_state {:?}, refresh of {} rows {:?}; output rows {:?}",
+         to_state {:?}, from_state {:?}, refresh of {} rows {:?}; output rows {:?}; graph heap {} MB",
         summary.rows,
         summary.records,
         graph.profile_count(),
@@ -872,7 +924,8 @@ fn scale_smoke() {
         loaded,
         late.len(),
         refresh,
-        outputs
+        outputs,
+        graph.heap_bytes() >> 20
     );
     apply(&mut graph, &late);
     assert_eq!(refreshed.profile_count(), graph.profile_count());

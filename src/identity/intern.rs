@@ -30,18 +30,29 @@ fn hash_bytes(seed: u64, parts: [&[u8]; 2]) -> u64 {
     for bytes in parts {
         let mut chunks = bytes.chunks_exact(8);
         for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            h = fold_mul(h ^ u64::from_le_bytes(word), K);
+            h = fold_mul(h ^ read_u64(chunk), K);
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            h = fold_mul(h ^ u64::from_le_bytes(word) ^ 0xFF, K);
+            h = fold_mul(h ^ tail_word(rest) ^ 0xFF, K);
         }
     }
     fold_mul(h, 0x2D35_8DCC_AA6C_78A5)
+}
+
+#[inline]
+fn read_u64(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(word)
+}
+
+/// 1 to 7 bytes as one word, with shifts rather than a `memcpy` call (most keys end in one).
+#[inline]
+fn tail_word(rest: &[u8]) -> u64 {
+    rest.iter()
+        .rev()
+        .fold(0u64, |word, &b| (word << 8) | u64::from(b))
 }
 
 /// A small Fx-style hasher for std maps keyed by integers (record and value ids): SipHash's
@@ -70,9 +81,9 @@ impl Hasher for FastHasher {
 pub(super) type FastMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FastHasher>>;
 pub(super) type FastSet<K> = std::collections::HashSet<K, BuildHasherDefault<FastHasher>>;
 
-/// Largest id an interner hands out. Ids stay below 2^31 because the graph keeps a flag in
-/// the top bit of ids it stores in per-record lists.
-pub(super) const MAX_ID: u32 = (1 << 31) - 2;
+/// Largest id an interner hands out. Ids stay below 2^30 because the graph keeps flags in
+/// the top two bits of ids it stores per record.
+pub(super) const MAX_ID: u32 = (1 << 30) - 2;
 
 /// Interns byte strings (given as a prefix and a body, so callers need not concatenate) to
 /// dense ids `0, 1, 2, …` in insertion order.
@@ -178,6 +189,20 @@ impl Interner {
         self.table[self.home(tag)]
     }
 
+    /// Stage 1 for keys known to be new (a reload): loads the home slots of `keys`. Returns a
+    /// value to pass to `black_box`, so that the loads stay.
+    pub(super) fn touch_slots<'k>(&self, keys: impl Iterator<Item = (&'k [u8], &'k [u8])>) -> u64 {
+        let mut tags = [0u32; 32];
+        let mut n = 0;
+        for (prefix, body) in keys.take(tags.len()) {
+            tags[n] = self.tag(prefix, body);
+            n += 1;
+        }
+        tags[..n]
+            .iter()
+            .fold(0, |touched, &tag| touched ^ self.touch_slot(tag))
+    }
+
     /// Stage 2: loads the end offset of the entry found in stage 1; returns it for stage 3.
     #[inline]
     pub(super) fn touch_end(&self, entry: u64) -> u32 {
@@ -225,6 +250,17 @@ impl Interner {
         Some((id, true))
     }
 
+    /// Gives back arena space beyond a little headroom (see `IdentityGraph::trim`).
+    pub(super) fn trim(&mut self) {
+        trim(&mut self.bytes);
+        trim(&mut self.ends);
+    }
+
+    /// Bytes of heap held.
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.ends.capacity() * 4 + self.table.capacity() * 8
+    }
+
     /// Makes room for `additional` more keys without growing the table on the way.
     pub(super) fn reserve(&mut self, additional: usize) {
         self.ends.reserve(additional);
@@ -245,6 +281,16 @@ impl Interner {
             }
             self.table[slot] = entry;
         }
+    }
+}
+
+/// Shrinks a vector that doubled past its needs back to its length plus 1/8 headroom: a full
+/// build grows vectors by doubling, which can leave nearly half of a large vector unused.
+/// Large blocks are shrunk in place (the allocator remaps their pages), so this is cheap.
+pub(super) fn trim<T>(v: &mut Vec<T>) {
+    let len = v.len();
+    if v.capacity() > len + len / 4 + 1024 {
+        v.shrink_to(len + len / 8);
     }
 }
 

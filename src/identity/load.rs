@@ -1,9 +1,7 @@
 //! Reading a batch of rows into the graph: interning keys, grouping rows by record, and laying
 //! the batch out in processing order for the two passes of `graph.rs`.
 
-use super::graph::{
-    ApplySummary, BLOCKED, GraphError, IdentityGraph, IdentityRow, NONE, RecordEntry,
-};
+use super::graph::{ApplySummary, BLOCKED, GraphError, IdentityGraph, IdentityRow, NONE};
 use super::intern::FastMap;
 
 /// Rows hashed and looked up together, so that their cache misses overlap (see `Interner`).
@@ -89,10 +87,7 @@ impl IdentityGraph {
             unknown,
             ..
         } = loader;
-        let grown: usize = old_ids
-            .iter()
-            .map(|&r| self.r[r as usize].len as usize)
-            .sum();
+        let grown: usize = old_ids.iter().map(|&r| self.record_ids(r).len()).sum();
         if pairs.len() >= u32::MAX as usize
             || self.r_ids.len() + pairs.len() + grown >= u32::MAX as usize
         {
@@ -220,7 +215,7 @@ impl IdentityGraph {
                 .intern_tagged(record_tag, &[], row.record_key.as_bytes())
                 .ok_or(GraphError::Capacity { what: "records" })?;
             if new {
-                self.r.push(RecordEntry::default());
+                self.r.push(NONE);
                 loader.new_seen.push(row.seen_at);
             }
             if t == NO_TYPE {

@@ -2,6 +2,7 @@
 
 mod batch;
 pub mod graph;
+mod hubs;
 pub mod manager;
 mod intern;
 mod load;

@@ -4,7 +4,6 @@
 //! records in the order first stitched, merges and refusals as they happened), which depends
 //! only on the data, so the same rows always give byte-identical tables.
 
-use std::fmt::Write;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
@@ -55,15 +54,22 @@ pub fn refused_schema() -> SchemaRef {
     ]))
 }
 
-/// Formats profile ids into one reused buffer: millions of rows, no allocation each.
-struct IdFormatter(String);
+/// Formats profile ids (`p_` and 16 hex digits) into one reused buffer: millions of rows, no
+/// allocation and no formatting machinery for each.
+struct IdFormatter([u8; 18]);
 
 impl IdFormatter {
+    fn new() -> Self {
+        IdFormatter(*b"p_0000000000000000")
+    }
+
     fn format(&mut self, hash: u64) -> &str {
-        self.0.clear();
-        // Writing to a String cannot fail.
-        let _ = write!(self.0, "p_{hash:016x}");
-        &self.0
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, digit) in self.0[2..].iter_mut().enumerate() {
+            *digit = HEX[((hash >> (60 - 4 * i)) & 0xF) as usize];
+        }
+        // Only ASCII was written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -73,7 +79,7 @@ impl IdentityGraph {
     /// `last_seen` span every row that carried the value, refused or not.
     pub fn identities(&self) -> Result<Vec<RecordBatch>, GraphError> {
         let mut out = TableWriter::new("identities", identities_schema(), OUTPUT_ROWS)?;
-        let mut ids = IdFormatter(String::new());
+        let mut ids = IdFormatter::new();
         for &value in &self.linked {
             let v = value as usize;
             out.str(
@@ -93,13 +99,13 @@ impl IdentityGraph {
     /// identifiers linked (all refused) have no profile and are left out.
     pub fn records(&self) -> Result<Vec<RecordBatch>, GraphError> {
         let mut out = TableWriter::new("records", records_schema(), OUTPUT_ROWS)?;
-        let mut ids = IdFormatter(String::new());
+        let mut ids = IdFormatter::new();
         for &record in &self.record_order {
-            let profile = self.r[record as usize].profile;
+            let profile = self.record_profile(record);
             if profile == NONE {
                 continue;
             }
-            out.str(0, &String::from_utf8_lossy(self.records.key(record)));
+            out.str(0, &self.record_text(record));
             out.str(1, ids.format(self.p_hash[self.root(profile) as usize]));
             out.end_row()?;
         }
@@ -109,7 +115,7 @@ impl IdentityGraph {
     /// `from_profile, into_profile, merged_at, via_type, via_value`, in merge order.
     pub fn merges(&self) -> Result<Vec<RecordBatch>, GraphError> {
         let mut out = TableWriter::new("merges", merges_schema(), OUTPUT_ROWS)?;
-        let mut ids = IdFormatter(String::new());
+        let mut ids = IdFormatter::new();
         for merge in &self.merges {
             out.str(0, ids.format(self.p_hash[merge.from as usize]));
             out.str(1, ids.format(self.p_hash[merge.into as usize]));
@@ -126,10 +132,7 @@ impl IdentityGraph {
     pub fn refused(&self) -> Result<Vec<RecordBatch>, GraphError> {
         let mut out = TableWriter::new("refused", refused_schema(), OUTPUT_ROWS)?;
         for refusal in &self.refusals {
-            out.str(
-                0,
-                &String::from_utf8_lossy(self.records.key(refusal.record)),
-            );
+            out.str(0, &self.record_text(refusal.record));
             match refusal.what {
                 Refused::Value(value) => {
                     out.str(1, self.rules.type_name(self.type_of(value)));

@@ -12,9 +12,14 @@ use std::sync::Arc;
 
 use super::batch::{ColumnReader, STATE_ROWS, TableWriter};
 use super::graph::{
-    GraphError, IdentityGraph, Merge, NONE, REFUSED_BIT, Reason, RecordEntry, Refusal, Refused,
-    Rules, block_size, stable_hash,
+    GraphError, IdentityGraph, Merge, NONE, REFUSED_BIT, Reason, Refusal, Refused, Rules,
+    stable_hash,
 };
+use super::hubs::block_size;
+
+/// Keys whose hash-table slots are loaded together on reload, so that the cache misses of
+/// inserting millions of keys overlap (see `Interner`).
+const PREFETCH: usize = 32;
 
 /// Where a value's flags sit in its meta byte (above the type index).
 const FLAGS_SHIFT: u32 = 6;
@@ -159,17 +164,17 @@ impl IdentityGraph {
 
         let record_rank = ranks(&self.record_order, self.r.len());
         let mut out = writer("records")?;
-        for (r, entry) in self.r.iter().enumerate() {
-            out.str(0, &String::from_utf8_lossy(self.records.key(r as u32)));
-            out.u32(1, some(entry.profile));
-            out.u32(2, some(record_rank[r]));
+        for r in 0..self.r.len() as u32 {
+            out.str(0, &self.record_text(r));
+            out.u32(1, some(self.record_profile(r)));
+            out.u32(2, some(record_rank[r as usize]));
             out.end_row()?;
         }
         parts.push(("records".into(), out.finish()?));
 
         let mut out = writer("record_ids")?;
-        for (r, entry) in self.r.iter().enumerate() {
-            for &id in &self.r_ids[entry.start as usize..(entry.start + entry.len) as usize] {
+        for r in 0..self.r.len() {
+            for id in self.record_ids(r as u32).iter() {
                 out.u32(0, Some(r as u32));
                 out.u32(1, Some(id & !REFUSED_BIT));
                 out.bool(2, id & REFUSED_BIT != 0);
@@ -312,6 +317,16 @@ impl IdentityGraph {
             let (first, last) = (reader.i64("first_seen")?, reader.i64("last_seen")?);
             let rank = reader.u32("linked_rank", true)?;
             for i in 0..reader.batch.num_rows() {
+                if i % PREFETCH == 0 {
+                    let types: Vec<[u8; 1]> = (i..(i + PREFETCH).min(reader.batch.num_rows()))
+                        .map(|j| [graph.rules.type_index(id_type.value(j)).unwrap_or(0)])
+                        .collect();
+                    let keys = types
+                        .iter()
+                        .enumerate()
+                        .map(|(k, t)| (&t[..], id_value.value(i + k).as_bytes()));
+                    std::hint::black_box(graph.values.touch_slots(keys));
+                }
                 let t = graph.rules.type_index(id_type.value(i)).ok_or_else(|| {
                     reader.error(format!("type {:?} is not in priority", id_type.value(i)))
                 })?;
@@ -417,6 +432,7 @@ impl IdentityGraph {
         }
 
         let mut record_rank: Vec<(u32, u32)> = Vec::new();
+        let mut record_profiles: Vec<u32> = Vec::new();
         for reader in part("records")? {
             let (key, profile, rank) = (
                 reader.str("record_key", false)?,
@@ -424,6 +440,11 @@ impl IdentityGraph {
                 reader.u32("rank", true)?,
             );
             for i in 0..reader.batch.num_rows() {
+                if i % PREFETCH == 0 {
+                    let end = (i + PREFETCH).min(reader.batch.num_rows());
+                    let keys = (i..end).map(|j| (&[][..], key.value(j).as_bytes()));
+                    std::hint::black_box(graph.records.touch_slots(keys));
+                }
                 let id = graph.records.len() as u32;
                 match graph.records.intern(&[], key.value(i).as_bytes()) {
                     Some((got, true)) if got == id => {}
@@ -444,11 +465,8 @@ impl IdentityGraph {
                 if !rank.is_null(i) {
                     record_rank.push((rank.value(i), id));
                 }
-                graph.r.push(RecordEntry {
-                    profile: p,
-                    start: 0,
-                    len: 0,
-                });
+                record_profiles.push(p);
+                graph.r.push(NONE);
             }
         }
         let n_records = graph.r.len();
@@ -461,7 +479,10 @@ impl IdentityGraph {
             }
         };
 
+        // Each record's identifiers are contiguous in the part (as written).
+        let mut seen_ids = vec![false; n_records];
         let mut current = NONE;
+        let mut list: Vec<u32> = Vec::new();
         for reader in part("record_ids")? {
             let (record, value, refused) = (
                 reader.u32("record", false)?,
@@ -473,19 +494,34 @@ impl IdentityGraph {
                 check_record(&reader, r)?;
                 check_value(&reader, v)?;
                 if r != current {
-                    if graph.r[r as usize].len != 0 {
+                    if seen_ids[r as usize] {
                         return Err(
                             reader.error(format!("identifiers of record {r} are not contiguous"))
                         );
                     }
+                    seen_ids[r as usize] = true;
+                    if current != NONE {
+                        set_record(&mut graph, current, &list, &record_profiles)?;
+                    }
                     current = r;
-                    graph.r[r as usize].start = u32::try_from(graph.r_ids.len())
-                        .map_err(|_| reader.error("too many rows"))?;
+                    list.clear();
                 }
-                graph
-                    .r_ids
-                    .push(if refused.value(i) { v | REFUSED_BIT } else { v });
-                graph.r[r as usize].len += 1;
+                if graph.r_ids.len() + list.len() >= u32::MAX as usize {
+                    return Err(reader.error("too many rows"));
+                }
+                list.push(if refused.value(i) { v | REFUSED_BIT } else { v });
+            }
+        }
+        // A record's list may run across batches: the last one ends with the part.
+        if current != NONE {
+            set_record(&mut graph, current, &list, &record_profiles)?;
+        }
+        for (r, &has_ids) in seen_ids.iter().enumerate() {
+            if !has_ids && record_profiles[r] != NONE {
+                return Err(GraphError::State {
+                    part: "records".into(),
+                    message: format!("record {r} has a profile but no identifiers"),
+                });
             }
         }
 
@@ -584,6 +620,32 @@ fn readers<'p>(parts: &'p Parts, name: &'static str) -> Result<Vec<ColumnReader<
         .iter()
         .map(|batch| ColumnReader { part: name, batch })
         .collect())
+}
+
+/// Sets a reloaded record's identifiers, checking that a record with one identifier has the
+/// profile the graph would have given it (that of its identifier, or none if refused).
+fn set_record(
+    graph: &mut IdentityGraph,
+    record: u32,
+    ids: &[u32],
+    profiles: &[u32],
+) -> Result<(), GraphError> {
+    let profile = profiles[record as usize];
+    if let [id] = *ids {
+        let expected = if id & REFUSED_BIT != 0 {
+            NONE
+        } else {
+            graph.v_profile[id as usize]
+        };
+        if profile != expected {
+            return Err(GraphError::State {
+                part: "record_ids".into(),
+                message: format!("record {record}: profile does not match its identifier"),
+            });
+        }
+    }
+    graph.r[record as usize] = graph.new_entry(profile, ids);
+    Ok(())
 }
 
 /// Rebuilds an order list from `(rank, id)` pairs, checking the ranks are `0..n` exactly once.
