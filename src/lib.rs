@@ -137,13 +137,17 @@ impl Engine {
     ) -> Result<QueryResult> {
         let report = match statement {
             ddl::Statement::CreateIdentityGraph(definition) => {
-                self.identity.create(&self.ctx, definition, declarative).await?
+                self.identity
+                    .create(&self.ctx, definition, declarative)
+                    .await?
             }
             ddl::Statement::RefreshIdentityGraph { name } => {
                 self.identity.refresh(&self.ctx, &name).await?
             }
             ddl::Statement::DropIdentityGraph { name, if_exists } => {
-                self.identity.drop_graph(&self.ctx, &name, if_exists).await?;
+                self.identity
+                    .drop_graph(&self.ctx, &name, if_exists)
+                    .await?;
                 return Ok(QueryResult::empty());
             }
         };

@@ -3,9 +3,9 @@
 mod batch;
 pub mod graph;
 mod hubs;
-pub mod manager;
 mod intern;
 mod load;
+pub mod manager;
 pub mod normalize;
 mod output;
 mod rules;
