@@ -9,6 +9,13 @@
 //!   [EVERY '5 minutes'];
 //! REFRESH IDENTITY GRAPH customers;
 //! DROP IDENTITY GRAPH [IF EXISTS] customers;
+//!
+//! CREATE [OR REPLACE] SEGMENT [IF NOT EXISTS] high_value
+//!   [REFRESH EVERY '5 minutes' | REFRESH CRON '0 6 * * *']
+//!   AS SELECT profile_id FROM profiles WHERE lifetime_value > 500;
+//! CREATE [OR REPLACE] MATERIALIZED VIEW [IF NOT EXISTS] name [REFRESH …] AS query;
+//! REFRESH SEGMENT high_value;            REFRESH MATERIALIZED VIEW name;
+//! DROP SEGMENT [IF EXISTS] high_value;   DROP MATERIALIZED VIEW [IF EXISTS] name;
 //! ```
 //!
 //! [`parse`] answers `Ok(None)` for anything else, which then goes to DataFusion unchanged.
@@ -16,16 +23,75 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use datafusion::sql::sqlparser::ast::SetExpr;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::{Token, Word};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, Word};
+
+pub use crate::refresh::schedule::Schedule;
 
 /// A statement c360 executes itself.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Statement {
     CreateIdentityGraph(IdentityGraphDefinition),
-    RefreshIdentityGraph { name: String },
-    DropIdentityGraph { name: String, if_exists: bool },
+    RefreshIdentityGraph {
+        name: String,
+    },
+    DropIdentityGraph {
+        name: String,
+        if_exists: bool,
+    },
+    CreateQuery(QueryDefinition),
+    RefreshQuery {
+        kind: QueryKind,
+        name: String,
+    },
+    DropQuery {
+        kind: QueryKind,
+        name: String,
+        if_exists: bool,
+    },
+}
+
+/// The kinds of named, refreshed queries (see `refresh`): one mechanism, several uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryKind {
+    MaterializedView,
+    Segment,
+}
+
+impl QueryKind {
+    /// As written in SQL: `MATERIALIZED VIEW`, `SEGMENT`.
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            QueryKind::MaterializedView => "materialized view",
+            QueryKind::Segment => "segment",
+        }
+    }
+
+    fn keywords(self) -> &'static [&'static str] {
+        match self {
+            QueryKind::MaterializedView => &["MATERIALIZED", "VIEW"],
+            QueryKind::Segment => &["SEGMENT"],
+        }
+    }
+}
+
+const QUERY_KINDS: [QueryKind; 2] = [QueryKind::MaterializedView, QueryKind::Segment];
+
+/// `CREATE SEGMENT` / `CREATE MATERIALIZED VIEW`, as written.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QueryDefinition {
+    pub kind: QueryKind,
+    pub name: String,
+    /// The query's SQL text, exactly as written after `AS`.
+    pub query: String,
+    pub schedule: Option<Schedule>,
+    #[serde(skip)]
+    pub or_replace: bool,
+    #[serde(skip)]
+    pub if_not_exists: bool,
 }
 
 /// `CREATE IDENTITY GRAPH`, as written: the rules are validated by the identity module.
@@ -61,6 +127,12 @@ pub fn parse(sql: &str) -> Result<Option<Statement>, DdlError> {
     let statement = if word_is(&parser, 0, "CREATE") {
         let or_replace = word_is(&parser, 1, "OR") && word_is(&parser, 2, "REPLACE");
         let at = if or_replace { 3 } else { 1 };
+        if let Some(kind) = kind_at(&parser, at) {
+            for _ in 0..at + kind.keywords().len() {
+                parser.next_token();
+            }
+            return parse_create_query(sql, parser, kind, or_replace).map(Some);
+        }
         if !(word_is(&parser, at, "IDENTITY") && word_is(&parser, at + 1, "GRAPH")) {
             return Ok(None);
         }
@@ -107,9 +179,32 @@ pub fn parse(sql: &str) -> Result<Option<Statement>, DdlError> {
             name: parse_name(&mut parser)?,
             if_exists,
         }
+    } else if let (true, Some(kind)) = (word_is(&parser, 0, "REFRESH"), kind_at(&parser, 1)) {
+        for _ in 0..1 + kind.keywords().len() {
+            parser.next_token();
+        }
+        Statement::RefreshQuery {
+            kind,
+            name: parse_name(&mut parser)?,
+        }
+    } else if let (true, Some(kind)) = (word_is(&parser, 0, "DROP"), kind_at(&parser, 1)) {
+        for _ in 0..1 + kind.keywords().len() {
+            parser.next_token();
+        }
+        let if_exists = words(&mut parser, &["IF", "EXISTS"]);
+        Statement::DropQuery {
+            kind,
+            name: parse_name(&mut parser)?,
+            if_exists,
+        }
     } else {
         return Ok(None);
     };
+    expect_end(&mut parser)?;
+    Ok(Some(statement))
+}
+
+fn expect_end(parser: &mut Parser) -> Result<(), DdlError> {
     let _ = parser.consume_token(&Token::SemiColon);
     let rest = parser.peek_token();
     if rest.token != Token::EOF {
@@ -118,7 +213,93 @@ pub fn parse(sql: &str) -> Result<Option<Statement>, DdlError> {
             rest.token, rest.span.start
         )));
     }
-    Ok(Some(statement))
+    Ok(())
+}
+
+/// The kind of named query whose keywords start at token `at`, if any.
+fn kind_at(parser: &Parser, at: usize) -> Option<QueryKind> {
+    QUERY_KINDS.into_iter().find(|kind| {
+        kind.keywords()
+            .iter()
+            .enumerate()
+            .all(|(i, word)| word_is(parser, at + i, word))
+    })
+}
+
+/// The rest of `CREATE … SEGMENT|MATERIALIZED VIEW`: `[IF NOT EXISTS] name [REFRESH EVERY
+/// '…' | REFRESH CRON '…'] AS query`. The query is kept as written, so that what `segments`
+/// shows and what is stored is what the analyst typed.
+fn parse_create_query(
+    sql: &str,
+    mut parser: Parser,
+    kind: QueryKind,
+    or_replace: bool,
+) -> Result<Statement, DdlError> {
+    let if_not_exists = words(&mut parser, &["IF", "NOT", "EXISTS"]);
+    let name = parse_name(&mut parser)?;
+    let schedule = if words(&mut parser, &["REFRESH", "EVERY"]) {
+        Some(Schedule::every(&parser.parse_literal_string()?)?)
+    } else if words(&mut parser, &["REFRESH", "CRON"]) {
+        Some(Schedule::cron(&parser.parse_literal_string()?)?)
+    } else {
+        None
+    };
+    expect_word(&mut parser, "AS")?;
+    let start = parser.peek_token().span.start;
+    if parser.peek_token().token == Token::EOF {
+        return Err(DdlError(format!(
+            "{} {name}: expected a query after AS",
+            kind.sql_name()
+        )));
+    }
+    // Refuses anything but a query (INSERT, DDL …) here, with the parser's own message.
+    let not_a_query = |reason: String| {
+        DdlError(format!(
+            "{} {name} must be defined by a query (SELECT, VALUES, WITH …): {reason}",
+            kind.sql_name()
+        ))
+    };
+    let query = parser
+        .parse_query()
+        .map_err(|e| not_a_query(e.to_string()))?;
+    if matches!(
+        *query.body,
+        SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+    ) {
+        return Err(not_a_query("it writes".into()));
+    }
+    expect_end(&mut parser)?;
+    let query = sql[byte_offset(sql, start)..]
+        .trim()
+        .trim_end_matches(';')
+        .trim_end()
+        .to_string();
+    Ok(Statement::CreateQuery(QueryDefinition {
+        kind,
+        name,
+        query,
+        schedule,
+        or_replace,
+        if_not_exists,
+    }))
+}
+
+/// The byte offset of a token's (1-based line, 1-based character column) location.
+fn byte_offset(sql: &str, location: Location) -> usize {
+    let mut line = 1;
+    let mut column = 1;
+    for (offset, c) in sql.char_indices() {
+        if line == location.line && column == location.column {
+            return offset;
+        }
+        if c == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
+    }
+    sql.len()
 }
 
 fn word_is(parser: &Parser, nth: usize, expected: &str) -> bool {
@@ -279,6 +460,56 @@ mod tests {
         assert!(err.0.contains("'often'"), "{err}");
         let err = parse("REFRESH IDENTITY GRAPH g extra").unwrap_err();
         assert!(err.0.contains("unexpected"), "{err}");
+    }
+
+    #[test]
+    fn segments_and_materialized_views() {
+        let sql = "CREATE OR REPLACE SEGMENT High_Value REFRESH EVERY '5 minutes' AS\n  \
+                   SELECT profile_id FROM profiles WHERE lifetime_value > 500;";
+        let Some(Statement::CreateQuery(def)) = parse(sql).unwrap() else {
+            panic!("not parsed as CREATE SEGMENT");
+        };
+        assert_eq!(def.kind, QueryKind::Segment);
+        assert_eq!(def.name, "high_value");
+        assert!(def.or_replace);
+        assert_eq!(
+            def.query,
+            "SELECT profile_id FROM profiles WHERE lifetime_value > 500"
+        );
+        assert_eq!(def.schedule, Some(Schedule::every("5 minutes").unwrap()));
+
+        let Some(Statement::CreateQuery(def)) = parse(
+            "create materialized view if not exists mv refresh cron '0 6 * * *' as with x as (select 1 as a) select * from x",
+        )
+        .unwrap() else {
+            panic!("not parsed as CREATE MATERIALIZED VIEW");
+        };
+        assert_eq!(def.kind, QueryKind::MaterializedView);
+        assert!(def.if_not_exists && !def.or_replace);
+        assert_eq!(def.query, "with x as (select 1 as a) select * from x");
+        assert_eq!(def.schedule, Some(Schedule::cron("0 6 * * *").unwrap()));
+
+        assert_eq!(
+            parse("REFRESH MATERIALIZED VIEW mv").unwrap(),
+            Some(Statement::RefreshQuery {
+                kind: QueryKind::MaterializedView,
+                name: "mv".into()
+            })
+        );
+        assert_eq!(
+            parse("drop segment if exists s").unwrap(),
+            Some(Statement::DropQuery {
+                kind: QueryKind::Segment,
+                name: "s".into(),
+                if_exists: true
+            })
+        );
+        let err = parse("CREATE SEGMENT s AS DELETE FROM profiles").unwrap_err();
+        assert!(err.0.contains("must be defined by a query"), "{err}");
+        let err = parse("CREATE SEGMENT s AS").unwrap_err();
+        assert!(err.0.contains("expected a query"), "{err}");
+        let err = parse("CREATE SEGMENT s SELECT 1").unwrap_err();
+        assert!(err.0.contains("expected AS"), "{err}");
     }
 
     #[test]

@@ -80,6 +80,10 @@ pub enum C360Error {
     #[error("{0} does not exist")]
     NotFound(String),
 
+    /// Refused because other objects depend on the one named.
+    #[error("{0}")]
+    DependentObjects(String),
+
     /// A c360 statement that does not parse.
     #[error("{0}")]
     Syntax(String),

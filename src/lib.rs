@@ -12,14 +12,18 @@ pub mod functions;
 pub mod generate;
 pub mod identity;
 pub mod pg;
+pub mod refresh;
 pub mod render;
 pub mod server;
 pub mod storage;
+pub mod system_tables;
 pub mod workspace;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use config::Settings;
@@ -56,6 +60,7 @@ pub struct Engine {
     settings: Settings,
     workspace: workspace::Applied,
     identity: identity::manager::IdentityGraphs,
+    refresh: refresh::RefreshEngine,
 }
 
 impl Engine {
@@ -64,8 +69,12 @@ impl Engine {
         let storage = Storage::open(&settings.data, &settings.storage_options).await?;
         let ctx = new_session(&settings.pg.database)?;
         storage.register(&ctx);
+        // Committed segments and materialized views come back before the workspace, which
+        // may read them.
+        let refresh = refresh::RefreshEngine::open(&ctx, storage.clone()).await?;
         let mut engine = Engine {
             ctx,
+            refresh,
             identity: identity::manager::IdentityGraphs::new(storage.clone()),
             storage,
             settings,
@@ -104,6 +113,28 @@ impl Engine {
 
     pub fn identity_graphs(&self) -> &identity::manager::IdentityGraphs {
         &self.identity
+    }
+
+    pub fn refresh_engine(&self) -> &refresh::RefreshEngine {
+        &self.refresh
+    }
+
+    /// Runs every scheduled refresh that is due: identity graphs first, then the segments and
+    /// materialized views (inputs before their readers). A failure is logged and keeps the
+    /// last result; the schedule tries again at its next time.
+    pub async fn refresh_due(&self) {
+        for name in self.identity.due().await {
+            let statement = ddl::Statement::RefreshIdentityGraph { name: name.clone() };
+            if let Err(e) = self.execute_c360(statement, false).await {
+                tracing::warn!(graph = %name, error = %e, "scheduled identity refresh failed");
+            }
+        }
+        for name in self.refresh.due(chrono::Utc::now()).await {
+            match self.refresh.refresh(&self.ctx, None, &name).await {
+                Ok(report) => log_refresh(&report),
+                Err(e) => tracing::warn!(name = %name, error = %e, "scheduled refresh failed"),
+            }
+        }
     }
 
     /// Runs one or more `;`-separated statements and returns each one's result.
@@ -150,6 +181,30 @@ impl Engine {
                     .await?;
                 return Ok(QueryResult::empty());
             }
+            ddl::Statement::CreateQuery(definition) => {
+                if let Some(report) = self
+                    .refresh
+                    .create(&self.ctx, definition, declarative)
+                    .await?
+                {
+                    log_refresh(&report);
+                }
+                return Ok(QueryResult::empty());
+            }
+            ddl::Statement::RefreshQuery { kind, name } => {
+                log_refresh(&self.refresh.refresh(&self.ctx, Some(kind), &name).await?);
+                return Ok(QueryResult::empty());
+            }
+            ddl::Statement::DropQuery {
+                kind,
+                name,
+                if_exists,
+            } => {
+                self.refresh
+                    .drop_item(&self.ctx, kind, &name, if_exists)
+                    .await?;
+                return Ok(QueryResult::empty());
+            }
         };
         tracing::info!(
             graph = %report.graph,
@@ -166,6 +221,19 @@ impl Engine {
     }
 }
 
+fn log_refresh(report: &refresh::RefreshReport) {
+    tracing::info!(
+        name = %report.name,
+        kind = report.kind.sql_name(),
+        skipped = report.skipped,
+        rows = report.rows,
+        entered = report.entered,
+        exited = report.exited,
+        ms = report.duration.as_millis() as u64,
+        "refreshed"
+    );
+}
+
 fn new_session(database: &str) -> Result<SessionContext> {
     let mut config = SessionConfig::new()
         .with_information_schema(true)
@@ -175,8 +243,14 @@ fn new_session(database: &str) -> Result<SessionContext> {
     config
         .options_mut()
         .set("datafusion.sql_parser.dialect", "PostgreSQL")?;
+    // DataFusion caches directory listings forever by default; files landing in a source
+    // folder must be seen by the next query and refresh, so listings are not cached.
+    let runtime = RuntimeEnvBuilder::new()
+        .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
+        .build_arc()?;
     let mut state = SessionStateBuilder::new()
         .with_config(config)
+        .with_runtime_env(runtime)
         .with_default_features()
         .build();
     functions::register_all(&mut state)?;

@@ -46,7 +46,7 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
     Ok(())
 }
 
-/// Refreshes every identity graph whose `EVERY` period has passed, until `stop`.
+/// Runs the refreshes whose schedule has come (see [`Engine::refresh_due`]), until `stop`.
 async fn run_schedules(engine: std::sync::Arc<Engine>, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -56,18 +56,7 @@ async fn run_schedules(engine: std::sync::Arc<Engine>, stop: impl Future<Output 
             _ = &mut stop => return,
             _ = tick.tick() => {}
         }
-        for name in engine.identity_graphs().due().await {
-            let refreshed = engine
-                .execute_c360(
-                    crate::ddl::Statement::RefreshIdentityGraph { name: name.clone() },
-                    false,
-                )
-                .await;
-            // A failed scheduled refresh keeps the last graph; the next tick tries again.
-            if let Err(e) = refreshed {
-                tracing::warn!(graph = %name, error = %e, "scheduled identity refresh failed");
-            }
-        }
+        engine.refresh_due().await;
     }
 }
 

@@ -622,8 +622,8 @@ fn readers<'p>(parts: &'p Parts, name: &'static str) -> Result<Vec<ColumnReader<
         .collect())
 }
 
-/// Sets a reloaded record's identifiers, checking that a record with one identifier has the
-/// profile the graph would have given it (that of its identifier, or none if refused).
+/// Sets a reloaded record's identifiers, checking that a record with one identifier belongs
+/// to the profile the graph would have given it (that of its identifier, or none if refused).
 fn set_record(
     graph: &mut IdentityGraph,
     record: u32,
@@ -637,7 +637,16 @@ fn set_record(
         } else {
             graph.v_profile[id as usize]
         };
-        if profile != expected {
+        // The stored profile may be an older slot of the same person (slots merge); what
+        // must hold is that both lead to the same current profile.
+        let current = |p: u32| {
+            if p == NONE {
+                NONE
+            } else {
+                graph.p_parent[p as usize]
+            }
+        };
+        if current(profile) != current(expected) {
             return Err(GraphError::State {
                 part: "record_ids".into(),
                 message: format!("record {record}: profile does not match its identifier"),

@@ -214,6 +214,18 @@ fn command_tag(statement: &ddl::Statement) -> &'static str {
         ddl::Statement::CreateIdentityGraph(_) => "CREATE IDENTITY GRAPH",
         ddl::Statement::RefreshIdentityGraph { .. } => "REFRESH IDENTITY GRAPH",
         ddl::Statement::DropIdentityGraph { .. } => "DROP IDENTITY GRAPH",
+        ddl::Statement::CreateQuery(definition) => match definition.kind {
+            ddl::QueryKind::Segment => "CREATE SEGMENT",
+            ddl::QueryKind::MaterializedView => "CREATE MATERIALIZED VIEW",
+        },
+        ddl::Statement::RefreshQuery { kind, .. } => match kind {
+            ddl::QueryKind::Segment => "REFRESH SEGMENT",
+            ddl::QueryKind::MaterializedView => "REFRESH MATERIALIZED VIEW",
+        },
+        ddl::Statement::DropQuery { kind, .. } => match kind {
+            ddl::QueryKind::Segment => "DROP SEGMENT",
+            ddl::QueryKind::MaterializedView => "DROP MATERIALIZED VIEW",
+        },
     }
 }
 
@@ -231,6 +243,7 @@ fn to_pg_error(error: C360Error) -> PgWireError {
         C360Error::Syntax(_) => "42601",
         C360Error::AlreadyExists(_) => "42P07",
         C360Error::NotFound(_) => "42704",
+        C360Error::DependentObjects(_) => "2BP01",
         C360Error::Identity(_) | C360Error::InvalidArgument(_) => "22023",
         C360Error::Query(_) => "XX000",
         _ => "58000",

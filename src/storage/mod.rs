@@ -163,6 +163,27 @@ impl Storage {
             .map_err(|e| failed(e.to_string()))
     }
 
+    /// Reads a Parquet object with its schema, which a file of zero rows still has.
+    pub async fn get_parquet_with_schema(
+        &self,
+        relative: &str,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let bytes = self.get(relative).await?;
+        let failed = |message: String| C360Error::StorageUrl {
+            url: format!("{}{relative}", self.url),
+            message,
+        };
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| failed(e.to_string()))?;
+        let schema = builder.schema().clone();
+        let batches = builder
+            .build()
+            .map_err(|e| failed(e.to_string()))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| failed(e.to_string()))?;
+        Ok((schema, batches))
+    }
+
     pub async fn put(&self, relative: &str, bytes: Vec<u8>) -> Result<()> {
         self.store
             .put(&self.path(relative), PutPayload::from(bytes))
@@ -234,6 +255,23 @@ impl Storage {
             .common_prefixes
             .iter()
             .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
+    }
+
+    /// Names of the objects directly under `prefix` (not in its sub-folders).
+    pub async fn list_files(&self, prefix: &str) -> Result<Vec<String>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.path(prefix)))
+            .await
+            .map_err(|e| C360Error::StorageUrl {
+                url: format!("{}{prefix}", self.url),
+                message: e.to_string(),
+            })?;
+        Ok(listed
+            .objects
+            .iter()
+            .filter_map(|o| o.location.filename().map(str::to_string))
             .collect())
     }
 

@@ -1,0 +1,601 @@
+//! The one refresh engine: named queries (materialized views, segments) refreshed on a schedule
+//! or on demand, committed atomically to the storage root, diffed against their last result.
+//!
+//! A refresh plans the query, fingerprints its inputs (see [`inputs`]) and stops there when
+//! nothing it reads has changed. Otherwise it runs the query, diffs a segment's result against
+//! its members, writes the result (and a segment's history rows) as new Parquet objects, and
+//! commits by replacing the item's `CURRENT` manifest in one put. Only then is the result
+//! published to SQL; readers see the previous one until that moment. A failed or killed
+//! refresh leaves the last committed result in place, and the error shows in `segments` /
+//! `materialized_views`. Each item has its own lock: two refreshes of one never run at once.
+//!
+//! Layout under the storage root, per item: `refresh/<name>/CURRENT` (JSON: definition,
+//! result, history files, times), `refresh/<name>/results/r<id>.parquet`, and for segments
+//! `refresh/<name>/changes/c<id>.parquet`. Objects no manifest names are left by a crash and
+//! deleted by the item's next commit.
+
+pub mod inputs;
+pub mod schedule;
+pub mod segments;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::prelude::SessionContext;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::ddl::{QueryDefinition, QueryKind};
+use crate::error::{C360Error, Result};
+use crate::storage::Storage;
+use crate::storage::published::PublishedTable;
+use crate::system_tables;
+use segments::Members;
+
+const STATE_ROOT: &str = "refresh";
+
+/// What a refresh did, for logs and the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshReport {
+    pub name: String,
+    pub kind: QueryKind,
+    /// Nothing the query reads changed since the last refresh: nothing ran.
+    pub skipped: bool,
+    pub rows: usize,
+    pub entered: usize,
+    pub exited: usize,
+    pub duration: Duration,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    definition: QueryDefinition,
+    refresh_id: u64,
+    /// The committed result, relative to the item's folder.
+    result: String,
+    /// A segment's history files, oldest first.
+    #[serde(default)]
+    changes: Vec<String>,
+    last_refresh: DateTime<Utc>,
+    last_duration_ms: u64,
+    rows: usize,
+}
+
+/// One named query and its last committed result.
+struct Item {
+    definition: QueryDefinition,
+    table: Arc<PublishedTable>,
+    refresh_id: u64,
+    result_file: String,
+    changes_files: Vec<String>,
+    /// A segment's members (empty for a materialized view).
+    members: Members,
+    /// A segment's history, as committed.
+    changes: Vec<RecordBatch>,
+    rows: usize,
+    last_refresh: Option<DateTime<Utc>>,
+    last_attempt: DateTime<Utc>,
+    last_duration_ms: Option<u64>,
+    last_error: Option<String>,
+    /// Fingerprint of the inputs at the last successful refresh.
+    fingerprint: Option<u64>,
+    /// Tables and views the query reads (to order refreshes and refuse unsafe drops).
+    reads: BTreeSet<String>,
+}
+
+/// A snapshot of one item for the system tables.
+pub struct Status {
+    pub kind: QueryKind,
+    pub name: String,
+    pub query: String,
+    pub schedule: Option<String>,
+    pub rows: usize,
+    pub last_refresh: Option<DateTime<Utc>>,
+    pub last_duration_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+/// Every materialized view and segment of an engine.
+pub struct RefreshEngine {
+    storage: Storage,
+    items: Mutex<BTreeMap<String, Arc<Mutex<Item>>>>,
+    system: system_tables::Tables,
+}
+
+impl RefreshEngine {
+    /// Registers the system tables and reinstalls every item committed in the storage root,
+    /// with its last result, so that definitions made over pgwire survive restarts.
+    pub async fn open(ctx: &SessionContext, storage: Storage) -> Result<RefreshEngine> {
+        let engine = RefreshEngine {
+            system: system_tables::Tables::register(ctx)?,
+            storage,
+            items: Mutex::new(BTreeMap::new()),
+        };
+        for name in engine.storage.list_children(STATE_ROOT).await? {
+            let Some(manifest) = engine.read_manifest(&name).await? else {
+                continue;
+            };
+            let item = engine.load(&name, manifest).await?;
+            ctx.register_table(name.as_str(), Arc::clone(&item.table) as _)?;
+            engine
+                .items
+                .lock()
+                .await
+                .insert(name, Arc::new(Mutex::new(item)));
+        }
+        engine.publish_system_tables().await?;
+        Ok(engine)
+    }
+
+    /// `CREATE SEGMENT` / `CREATE MATERIALIZED VIEW`: checks the query, runs it once and
+    /// commits the result before the name appears in SQL. With `declarative` (a workspace
+    /// being applied) an identical definition is kept as it is, a changed one replaced.
+    pub async fn create(
+        &self,
+        ctx: &SessionContext,
+        definition: QueryDefinition,
+        declarative: bool,
+    ) -> Result<Option<RefreshReport>> {
+        let name = definition.name.clone();
+        let kind_name = definition.kind.sql_name();
+        let existing = self.items.lock().await.get(&name).cloned();
+        if let Some(existing) = &existing {
+            let existing = existing.lock().await;
+            if existing.definition.kind != definition.kind {
+                return Err(C360Error::AlreadyExists(format!(
+                    "{} {name}",
+                    existing.definition.kind.sql_name()
+                )));
+            }
+            if same_definition(&existing.definition, &definition)
+                && (declarative || definition.if_not_exists)
+            {
+                return Ok(None);
+            }
+            if !(declarative || definition.or_replace) {
+                return Err(C360Error::AlreadyExists(format!("{kind_name} {name}")));
+            }
+        } else if ctx.table_exist(name.as_str())? {
+            return Err(C360Error::AlreadyExists(format!(
+                "a table or view named {name}"
+            )));
+        }
+
+        // Plans the query now, so that a bad one changes nothing.
+        let frame = ctx
+            .sql(&definition.query)
+            .await
+            .map_err(|e| C360Error::InvalidArgument(format!("{kind_name} {name}: {e}")))?;
+        if definition.kind == QueryKind::Segment {
+            segments::members_schema(frame.schema().as_arrow())
+                .map_err(|e| C360Error::InvalidArgument(format!("segment {name}: {e}")))?;
+        }
+        let reads = inputs::inputs_of(frame.logical_plan())?;
+        if reads.names().any(|read| *read == name) {
+            return Err(C360Error::InvalidArgument(format!(
+                "{kind_name} {name} cannot read itself"
+            )));
+        }
+
+        let item = match existing {
+            // Replacing: the history and members carry over, so that the change of
+            // definition shows as people entering and leaving.
+            Some(existing) => {
+                let mut item = existing.lock().await;
+                let previous = item.definition.clone();
+                item.definition = definition;
+                item.fingerprint = None;
+                match self.refresh_locked(ctx, &mut item).await {
+                    Ok(report) => {
+                        drop(item);
+                        self.publish_system_tables().await?;
+                        return Ok(Some(report));
+                    }
+                    Err(e) => {
+                        item.definition = previous;
+                        return Err(e);
+                    }
+                }
+            }
+            None => Item {
+                table: Arc::new(PublishedTable::new(Arc::new(Schema::empty()), Vec::new())?),
+                definition,
+                refresh_id: self.last_refresh_id(&name).await?,
+                result_file: String::new(),
+                changes_files: Vec::new(),
+                members: Members::new(),
+                changes: Vec::new(),
+                rows: 0,
+                last_refresh: None,
+                last_attempt: Utc::now(),
+                last_duration_ms: None,
+                last_error: None,
+                fingerprint: None,
+                reads: BTreeSet::new(),
+            },
+        };
+        let mut item = item;
+        let report = self.refresh_locked(ctx, &mut item).await?;
+        ctx.register_table(name.as_str(), Arc::clone(&item.table) as _)?;
+        self.items
+            .lock()
+            .await
+            .insert(name, Arc::new(Mutex::new(item)));
+        self.publish_system_tables().await?;
+        Ok(Some(report))
+    }
+
+    /// `REFRESH SEGMENT` / `REFRESH MATERIALIZED VIEW`. Waits for a refresh already running.
+    pub async fn refresh(
+        &self,
+        ctx: &SessionContext,
+        kind: Option<QueryKind>,
+        name: &str,
+    ) -> Result<RefreshReport> {
+        let item = self.get(kind, name).await?;
+        let mut item = item.lock().await;
+        let result = self.refresh_locked(ctx, &mut item).await;
+        drop(item);
+        self.publish_system_tables().await?;
+        result
+    }
+
+    /// `DROP SEGMENT` / `DROP MATERIALIZED VIEW`: refused while another item reads it.
+    pub async fn drop_item(
+        &self,
+        ctx: &SessionContext,
+        kind: QueryKind,
+        name: &str,
+        if_exists: bool,
+    ) -> Result<()> {
+        let mut items = self.items.lock().await;
+        let Some(item) = items.get(name).cloned() else {
+            return if if_exists {
+                Ok(())
+            } else {
+                Err(C360Error::NotFound(format!("{} {name}", kind.sql_name())))
+            };
+        };
+        if item.lock().await.definition.kind != kind {
+            return Err(C360Error::NotFound(format!("{} {name}", kind.sql_name())));
+        }
+        for (other, other_item) in items.iter() {
+            if other != name && other_item.lock().await.reads.contains(name) {
+                return Err(C360Error::DependentObjects(format!(
+                    "cannot drop {} {name}: {other} reads it (drop {other} first)",
+                    kind.sql_name()
+                )));
+            }
+        }
+        items.remove(name);
+        drop(items);
+        ctx.deregister_table(name)?;
+        self.storage
+            .delete_prefix(&format!("{STATE_ROOT}/{name}"))
+            .await?;
+        self.publish_system_tables().await
+    }
+
+    /// Items whose schedule says a refresh is due at `now`, inputs before their readers.
+    pub async fn due(&self, now: DateTime<Utc>) -> Vec<String> {
+        let items: Vec<(String, Arc<Mutex<Item>>)> = self
+            .items
+            .lock()
+            .await
+            .iter()
+            .map(|(name, item)| (name.clone(), Arc::clone(item)))
+            .collect();
+        let mut due = BTreeMap::new();
+        for (name, item) in items {
+            // An item being refreshed is not due: skip it rather than wait for it.
+            if let Ok(item) = item.try_lock()
+                && let Some(schedule) = &item.definition.schedule
+                && schedule
+                    .next_after(item.last_attempt)
+                    .is_some_and(|next| next <= now)
+            {
+                due.insert(name, item.reads.clone());
+            }
+        }
+        dependency_order(due)
+    }
+
+    pub async fn statuses(&self) -> Vec<Status> {
+        let items: Vec<Arc<Mutex<Item>>> = self.items.lock().await.values().cloned().collect();
+        let mut statuses = Vec::with_capacity(items.len());
+        for item in items {
+            let item = item.lock().await;
+            statuses.push(Status {
+                kind: item.definition.kind,
+                name: item.definition.name.clone(),
+                query: item.definition.query.clone(),
+                schedule: item.definition.schedule.as_ref().map(ToString::to_string),
+                rows: item.rows,
+                last_refresh: item.last_refresh,
+                last_duration_ms: item.last_duration_ms,
+                last_error: item.last_error.clone(),
+            });
+        }
+        statuses
+    }
+
+    async fn get(&self, kind: Option<QueryKind>, name: &str) -> Result<Arc<Mutex<Item>>> {
+        let what = kind.map_or("segment or materialized view", QueryKind::sql_name);
+        let item = self
+            .items
+            .lock()
+            .await
+            .get(name)
+            .cloned()
+            .ok_or_else(|| C360Error::NotFound(format!("{what} {name}")))?;
+        if let Some(kind) = kind
+            && item.lock().await.definition.kind != kind
+        {
+            return Err(C360Error::NotFound(format!("{what} {name}")));
+        }
+        Ok(item)
+    }
+
+    /// Runs one refresh of a locked item; on failure records the error and keeps the result.
+    async fn refresh_locked(&self, ctx: &SessionContext, item: &mut Item) -> Result<RefreshReport> {
+        let started = Instant::now();
+        item.last_attempt = Utc::now();
+        match self.run(ctx, item, started).await {
+            Ok(report) => {
+                item.last_error = None;
+                Ok(report)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::warn!(name = %item.definition.name, error = %message, "refresh failed");
+                item.last_error = Some(message);
+                Err(e)
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        ctx: &SessionContext,
+        item: &mut Item,
+        started: Instant,
+    ) -> Result<RefreshReport> {
+        let definition = item.definition.clone();
+        let name = &definition.name;
+        let frame = ctx.sql(&definition.query).await?;
+        let inputs = inputs::inputs_of(frame.logical_plan())?;
+        let fingerprint = inputs::fingerprint(ctx, &inputs).await?;
+        item.reads = inputs.names().cloned().collect();
+        let mut report = RefreshReport {
+            name: name.clone(),
+            kind: definition.kind,
+            skipped: false,
+            rows: item.rows,
+            entered: 0,
+            exited: 0,
+            duration: Duration::ZERO,
+        };
+        if fingerprint.is_some() && fingerprint == item.fingerprint {
+            report.skipped = true;
+            report.duration = started.elapsed();
+            return Ok(report);
+        }
+
+        let planned: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let batches = frame.collect().await?;
+        // Execution may refine the planned schema (nullability, metadata): keep what ran.
+        let query_schema = batches.first().map_or(planned, RecordBatch::schema);
+        let refresh_id = item.refresh_id + 1;
+        let now = Utc::now();
+        let (schema, result, diff) = match definition.kind {
+            QueryKind::MaterializedView => (query_schema, batches, None),
+            QueryKind::Segment => {
+                let batches = if batches.is_empty() {
+                    vec![RecordBatch::new_empty(query_schema)]
+                } else {
+                    batches
+                };
+                let diff = segments::diff(
+                    name,
+                    &item.members,
+                    &batches,
+                    refresh_id,
+                    now.timestamp_micros(),
+                )?;
+                (diff.schema.clone(), diff.members.clone(), Some(diff))
+            }
+        };
+        let rows = result.iter().map(RecordBatch::num_rows).sum();
+
+        // Commit: the new objects first, then the manifest that names them.
+        let folder = format!("{STATE_ROOT}/{name}");
+        let result_file = format!("results/r{refresh_id:010}.parquet");
+        self.storage
+            .put_parquet(&format!("{folder}/{result_file}"), schema.clone(), &result)
+            .await?;
+        let mut changes_files = item.changes_files.clone();
+        if let Some(changes) = diff.as_ref().and_then(|d| d.changes.as_ref()) {
+            let file = format!("changes/c{refresh_id:010}.parquet");
+            self.storage
+                .put_parquet(
+                    &format!("{folder}/{file}"),
+                    segments::changes_schema(),
+                    std::slice::from_ref(changes),
+                )
+                .await?;
+            changes_files.push(file);
+        }
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let manifest = Manifest {
+            definition: definition.clone(),
+            refresh_id,
+            result: result_file.clone(),
+            changes: changes_files.clone(),
+            last_refresh: now,
+            last_duration_ms: duration_ms,
+            rows,
+        };
+        let json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| C360Error::Corrupt(format!("{name}: {e}")))?;
+        self.storage.put(&format!("{folder}/CURRENT"), json).await?;
+        if let Err(e) = self.remove_unnamed(&folder, &manifest).await {
+            tracing::warn!(name = %name, error = %e, "could not delete superseded results");
+        }
+
+        // Published only once committed.
+        if item.table.schema() == schema {
+            item.table.publish(result)?;
+        } else {
+            let table = Arc::new(PublishedTable::new(schema, result)?);
+            if ctx.table_exist(name.as_str())? {
+                ctx.deregister_table(name.as_str())?;
+                ctx.register_table(name.as_str(), Arc::clone(&table) as _)?;
+            }
+            item.table = table;
+        }
+        if let Some(diff) = diff {
+            item.members = diff.current;
+            item.changes.extend(diff.changes);
+            report.entered = diff.entered;
+            report.exited = diff.exited;
+        }
+        item.refresh_id = refresh_id;
+        item.result_file = result_file;
+        item.changes_files = changes_files;
+        item.rows = rows;
+        item.last_refresh = Some(now);
+        item.last_duration_ms = Some(duration_ms);
+        item.fingerprint = fingerprint;
+        report.rows = rows;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// Deletes results and history files that the committed manifest does not name: the
+    /// superseded result, and whatever a killed refresh left behind.
+    async fn remove_unnamed(&self, folder: &str, manifest: &Manifest) -> Result<()> {
+        let named: BTreeSet<&str> = std::iter::once(manifest.result.as_str())
+            .chain(manifest.changes.iter().map(String::as_str))
+            .collect();
+        for sub in ["results", "changes"] {
+            for file in self.storage.list_files(&format!("{folder}/{sub}")).await? {
+                if !named.contains(format!("{sub}/{file}").as_str()) {
+                    self.storage
+                        .delete_prefix(&format!("{folder}/{sub}/{file}"))
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_manifest(&self, name: &str) -> Result<Option<Manifest>> {
+        let Some(bytes) = self
+            .storage
+            .get_if_exists(&format!("{STATE_ROOT}/{name}/CURRENT"))
+            .await?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| C360Error::Corrupt(format!("{name}: CURRENT is unreadable: {e}")))
+    }
+
+    /// The refresh id to continue from, so that history ids never repeat after a re-create.
+    async fn last_refresh_id(&self, name: &str) -> Result<u64> {
+        Ok(self
+            .read_manifest(name)
+            .await?
+            .map_or(0, |manifest| manifest.refresh_id))
+    }
+
+    async fn load(&self, name: &str, manifest: Manifest) -> Result<Item> {
+        let folder = format!("{STATE_ROOT}/{name}");
+        let (schema, result) = self
+            .storage
+            .get_parquet_with_schema(&format!("{folder}/{}", manifest.result))
+            .await?;
+        let mut changes = Vec::new();
+        for file in &manifest.changes {
+            changes.extend(
+                self.storage
+                    .get_parquet(&format!("{folder}/{file}"))
+                    .await?,
+            );
+        }
+        let members = match manifest.definition.kind {
+            QueryKind::Segment => segments::members_of(&result)?,
+            QueryKind::MaterializedView => Members::new(),
+        };
+        Ok(Item {
+            table: Arc::new(PublishedTable::new(schema, result)?),
+            refresh_id: manifest.refresh_id,
+            result_file: manifest.result,
+            changes_files: manifest.changes,
+            members,
+            changes,
+            rows: manifest.rows,
+            last_refresh: Some(manifest.last_refresh),
+            last_attempt: manifest.last_refresh,
+            last_duration_ms: Some(manifest.last_duration_ms),
+            last_error: None,
+            fingerprint: None,
+            reads: BTreeSet::new(),
+            definition: manifest.definition,
+        })
+    }
+
+    async fn publish_system_tables(&self) -> Result<()> {
+        let items: Vec<Arc<Mutex<Item>>> = self.items.lock().await.values().cloned().collect();
+        let mut members = Vec::new();
+        let mut changes = Vec::new();
+        for item in items {
+            let item = item.lock().await;
+            if item.definition.kind == QueryKind::Segment {
+                members.extend(segments::tagged_members(
+                    &item.definition.name,
+                    &item.table.batches()?,
+                )?);
+                changes.extend(item.changes.iter().cloned());
+            }
+        }
+        self.system
+            .publish(&self.statuses().await, members, changes)
+    }
+}
+
+fn same_definition(a: &QueryDefinition, b: &QueryDefinition) -> bool {
+    a.kind == b.kind && a.name == b.name && a.query == b.query && a.schedule == b.schedule
+}
+
+/// Orders `due` items so that one reading another comes after it.
+fn dependency_order(due: BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let mut ordered = Vec::with_capacity(due.len());
+    let mut placed = BTreeSet::new();
+    while ordered.len() < due.len() {
+        let before = ordered.len();
+        for (name, reads) in &due {
+            if !placed.contains(name)
+                && reads
+                    .iter()
+                    .all(|read| !due.contains_key(read) || placed.contains(read))
+            {
+                ordered.push(name.clone());
+                placed.insert(name.clone());
+            }
+        }
+        if ordered.len() == before {
+            // A cycle cannot be created (an item cannot read what does not exist yet), but
+            // never loop forever on one.
+            ordered.extend(due.keys().filter(|n| !placed.contains(*n)).cloned());
+            break;
+        }
+    }
+    ordered
+}

@@ -1,0 +1,59 @@
+//! Operator-facing tables: what the engine is doing, queryable in SQL from any client.
+//!
+//! Each table is published whole whenever what it shows changes, so a reader always sees one
+//! consistent snapshot.
+
+mod named_queries;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::prelude::SessionContext;
+
+use crate::error::Result;
+use crate::refresh::{Status, segments};
+use crate::storage::published::PublishedTable;
+
+/// The tables the refresh engine keeps current.
+pub struct Tables {
+    segments: Arc<PublishedTable>,
+    materialized_views: Arc<PublishedTable>,
+    segment_members: Arc<PublishedTable>,
+    segment_changes: Arc<PublishedTable>,
+}
+
+impl Tables {
+    pub fn register(ctx: &SessionContext) -> Result<Tables> {
+        let table = |schema| PublishedTable::new(schema, Vec::new()).map(Arc::new);
+        let tables = Tables {
+            segments: table(named_queries::segments_schema())?,
+            materialized_views: table(named_queries::materialized_views_schema())?,
+            segment_members: table(segments::all_members_schema())?,
+            segment_changes: table(segments::changes_schema())?,
+        };
+        for (name, table) in [
+            ("segments", &tables.segments),
+            ("materialized_views", &tables.materialized_views),
+            ("segment_members", &tables.segment_members),
+            ("segment_changes", &tables.segment_changes),
+        ] {
+            ctx.register_table(name, Arc::clone(table) as _)?;
+        }
+        Ok(tables)
+    }
+
+    pub fn publish(
+        &self,
+        statuses: &[Status],
+        members: Vec<RecordBatch>,
+        changes: Vec<RecordBatch>,
+    ) -> Result<()> {
+        self.segments
+            .publish(vec![named_queries::segments(statuses)?])?;
+        self.materialized_views
+            .publish(vec![named_queries::materialized_views(statuses)?])?;
+        self.segment_members.publish(members)?;
+        self.segment_changes.publish(changes)?;
+        Ok(())
+    }
+}
