@@ -27,20 +27,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use c360::Engine;
 use c360::identity::graph::{IdentityGraph, IdentityRow, stable_hash};
 use c360::identity::manager::{RefreshReport, rules_from_options};
-use c360::{Engine, Settings};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{ParquetReadOptions, cast, col};
 use futures::StreamExt;
 
-const SEED: u64 = 360;
-const MARKER: &str = ".c360-bench";
+mod common;
 
-type Error = Box<dyn std::error::Error>;
-type Result<T> = std::result::Result<T, Error>;
+use common::*;
 
 // ---------------------------------------------------------------- arguments
 
@@ -86,64 +84,6 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-fn size_label(n: u64) -> String {
-    if n.is_multiple_of(1_000_000) {
-        format!("{}m", n / 1_000_000)
-    } else if n.is_multiple_of(1_000) {
-        format!("{}k", n / 1_000)
-    } else {
-        n.to_string()
-    }
-}
-
-fn default_data_dir(n: u64) -> PathBuf {
-    PathBuf::from(format!("/tmp/c360-bench-{}", size_label(n)))
-}
-
-// ---------------------------------------------------------------- machine
-
-/// `VmHWM` (peak RSS) and `VmRSS` of this process, in bytes.
-fn memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
-/// Resets the peak RSS to the current RSS (Linux ≥ 4.0); false where not supported.
-fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn nproc() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn gb(bytes: u64) -> f64 {
-    bytes as f64 / (1u64 << 30) as f64
-}
-
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
 // ---------------------------------------------------------------- capturing the engine's report
 
 /// Fields of the engine's "identity graph refreshed" log events, captured from `tracing`.
@@ -184,63 +124,6 @@ fn field_u64(fields: &HashMap<String, String>, name: &str) -> u64 {
 }
 
 // ---------------------------------------------------------------- data
-
-async fn ensure_data(dir: &Path, customers: u64) -> Result<()> {
-    let marker = dir.join(MARKER);
-    let expected = format!("customers={customers} seed={SEED}\n");
-    if std::fs::read_to_string(&marker).ok().as_deref() == Some(expected.as_str()) {
-        println!("data: reusing {} ({customers} customers)", dir.display());
-        return Ok(());
-    }
-    // Another size (or a half-written run) may be there: remove what generate writes.
-    for sub in ["events", "pos_sales", "pos_sale_items", "ground_truth"] {
-        let _ = std::fs::remove_dir_all(dir.join(sub));
-    }
-    for file in [
-        "crm_contacts.csv",
-        "support_tickets.ndjson",
-        "products.csv",
-        "stores.csv",
-        MARKER,
-    ] {
-        let _ = std::fs::remove_file(dir.join(file));
-    }
-    std::fs::create_dir_all(dir)?;
-    println!(
-        "data: generating {customers} customers into {} …",
-        dir.display()
-    );
-    let started = Instant::now();
-    let options = c360::generate::GenerateOptions {
-        customers,
-        out_dir: dir.to_path_buf(),
-        seed: SEED,
-    };
-    let report = tokio::task::spawn_blocking(move || {
-        c360::generate::generate(&options, &indicatif::ProgressBar::hidden())
-    })
-    .await??;
-    std::fs::write(&marker, expected)?;
-    println!(
-        "data: {} source records, {:.1} MB, in {:.1} s",
-        report.total_records,
-        report.bytes_written as f64 / 1e6,
-        secs(started.elapsed())
-    );
-    Ok(())
-}
-
-fn demo_settings(sources: &Path, storage: &Path) -> Settings {
-    let mut settings = Settings {
-        data: storage.display().to_string(),
-        workspace: Path::new(env!("CARGO_MANIFEST_DIR")).join("sql"),
-        ..Settings::default()
-    };
-    settings
-        .variables
-        .insert("sources".into(), sources.display().to_string());
-    settings
-}
 
 /// The demo workspace's `CREATE IDENTITY GRAPH customers …`, as written in `sql/`.
 fn customers_definition() -> Result<String> {
@@ -846,10 +729,6 @@ async fn incremental(engine: &Engine) -> Result<Incremental> {
 }
 
 // ---------------------------------------------------------------- main
-
-fn mark(pass: bool) -> &'static str {
-    if pass { "PASS" } else { "MISS" }
-}
 
 fn main() -> Result<()> {
     let args = parse_args()?;

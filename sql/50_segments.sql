@@ -12,7 +12,7 @@ WHERE lifetime_value >= 1000;
 
 -- Bought at least twice, then nothing for six months.
 CREATE SEGMENT lapsed_buyers REFRESH EVERY '1 hour' AS
-WITH clock AS (SELECT max(sold_at) AS now FROM all_sales)
+WITH clock AS (SELECT max(last_order_at) AS now FROM profiles)
 SELECT profile_id, last_order_at, order_count
 FROM profiles, clock
 WHERE order_count >= 2 AND last_order_at < clock.now - INTERVAL '180 days';
