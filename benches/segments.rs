@@ -3,7 +3,7 @@
 //! queries run cold, without materialization, for the ratio.
 //!
 //! ```text
-//! cargo bench --bench segments -- --customers 1000000 [--data DIR] [--state DIR]
+//! cargo bench --bench segments -- --customers 1000000 [--data DIR] [--state DIR] [--skip-cold]
 //! ```
 //!
 //! 1. generate `c360 generate` data into DIR unless it is there (seed 360);
@@ -96,11 +96,13 @@ struct Args {
     customers: u64,
     data: PathBuf,
     state: PathBuf,
+    skip_cold: bool,
 }
 
 fn parse_args() -> Result<Args> {
     let mut customers = 100_000;
     let (mut data, mut state) = (None, None);
+    let mut skip_cold = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -108,12 +110,14 @@ fn parse_args() -> Result<Args> {
             "--customers" => customers = value()?.parse()?,
             "--data" => data = Some(PathBuf::from(value()?)),
             "--state" => state = Some(PathBuf::from(value()?)),
+            "--skip-cold" => skip_cold = true,
             // cargo bench passes --bench to every harness=false target.
             "--bench" => {}
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
     Ok(Args {
+        skip_cold,
         customers,
         data: data.unwrap_or_else(|| default_data_dir(customers)),
         state: state.unwrap_or_else(|| {
@@ -258,7 +262,7 @@ async fn run(args: Args) -> Result<()> {
     let word = regex::Regex::new(r"\bprofiles\b")?;
     let mut cold = Vec::new();
     let mut cold_high_value = Duration::ZERO;
-    for name in &names {
+    for name in names.iter().filter(|_| !args.skip_cold) {
         let query = definition_of(&engine, "segments", name).await?;
         let query = word.replace_all(&query, "profiles_cold");
         let started = Instant::now();

@@ -77,6 +77,8 @@ struct Item {
     members: Members,
     /// A segment's history, as committed.
     changes: Vec<RecordBatch>,
+    /// A segment's members as `segment_members` rows (arrays shared with `table`).
+    tagged: Vec<RecordBatch>,
     rows: usize,
     last_refresh: Option<DateTime<Utc>>,
     last_attempt: DateTime<Utc>,
@@ -89,6 +91,7 @@ struct Item {
 }
 
 /// A snapshot of one item for the system tables.
+#[derive(Debug, Clone)]
 pub struct Status {
     pub kind: QueryKind,
     pub name: String,
@@ -104,7 +107,37 @@ pub struct Status {
 pub struct RefreshEngine {
     storage: Storage,
     items: Mutex<BTreeMap<String, Arc<Mutex<Item>>>>,
+    /// What the system tables show of each item, kept apart from the items so that
+    /// publishing never waits for a refresh in progress.
+    shown: std::sync::Mutex<BTreeMap<String, Shown>>,
     system: system_tables::Tables,
+}
+
+/// One item as the system tables show it (arrays shared, not copied).
+#[derive(Clone)]
+struct Shown {
+    status: Status,
+    members: Vec<RecordBatch>,
+    changes: Vec<RecordBatch>,
+}
+
+impl Shown {
+    fn of(item: &Item) -> Shown {
+        Shown {
+            status: Status {
+                kind: item.definition.kind,
+                name: item.definition.name.clone(),
+                query: item.definition.query.clone(),
+                schedule: item.definition.schedule.as_ref().map(ToString::to_string),
+                rows: item.rows,
+                last_refresh: item.last_refresh,
+                last_duration_ms: item.last_duration_ms,
+                last_error: item.last_error.clone(),
+            },
+            members: item.tagged.clone(),
+            changes: item.changes.clone(),
+        }
+    }
 }
 
 impl RefreshEngine {
@@ -115,6 +148,7 @@ impl RefreshEngine {
             system: system_tables::Tables::register(ctx)?,
             storage,
             items: Mutex::new(BTreeMap::new()),
+            shown: std::sync::Mutex::new(BTreeMap::new()),
         };
         for name in engine.storage.list_children(STATE_ROOT).await? {
             let Some(manifest) = engine.read_manifest(&name).await? else {
@@ -122,13 +156,14 @@ impl RefreshEngine {
             };
             let item = engine.load(&name, manifest).await?;
             ctx.register_table(name.as_str(), Arc::clone(&item.table) as _)?;
+            engine.show(&item);
             engine
                 .items
                 .lock()
                 .await
                 .insert(name, Arc::new(Mutex::new(item)));
         }
-        engine.publish_system_tables().await?;
+        engine.publish_system_tables()?;
         Ok(engine)
     }
 
@@ -190,17 +225,13 @@ impl RefreshEngine {
                 let previous = item.definition.clone();
                 item.definition = definition;
                 item.fingerprint = None;
-                match self.refresh_locked(ctx, &mut item).await {
-                    Ok(report) => {
-                        drop(item);
-                        self.publish_system_tables().await?;
-                        return Ok(Some(report));
-                    }
-                    Err(e) => {
-                        item.definition = previous;
-                        return Err(e);
-                    }
+                let refreshed = self.refresh_locked(ctx, &mut item).await;
+                if refreshed.is_err() {
+                    item.definition = previous;
                 }
+                self.show(&item);
+                self.publish_system_tables()?;
+                return refreshed.map(Some);
             }
             None => Item {
                 table: Arc::new(PublishedTable::new(Arc::new(Schema::empty()), Vec::new())?),
@@ -210,6 +241,7 @@ impl RefreshEngine {
                 changes_files: Vec::new(),
                 members: Members::new(),
                 changes: Vec::new(),
+                tagged: Vec::new(),
                 rows: 0,
                 last_refresh: None,
                 last_attempt: Utc::now(),
@@ -222,11 +254,12 @@ impl RefreshEngine {
         let mut item = item;
         let report = self.refresh_locked(ctx, &mut item).await?;
         ctx.register_table(name.as_str(), Arc::clone(&item.table) as _)?;
+        self.show(&item);
         self.items
             .lock()
             .await
             .insert(name, Arc::new(Mutex::new(item)));
-        self.publish_system_tables().await?;
+        self.publish_system_tables()?;
         Ok(Some(report))
     }
 
@@ -240,8 +273,11 @@ impl RefreshEngine {
         let item = self.get(kind, name).await?;
         let mut item = item.lock().await;
         let result = self.refresh_locked(ctx, &mut item).await;
-        drop(item);
-        self.publish_system_tables().await?;
+        // A skipped refresh changed nothing that the system tables show.
+        if !result.as_ref().is_ok_and(|report| report.skipped) {
+            self.show(&item);
+            self.publish_system_tables()?;
+        }
         result
     }
 
@@ -278,7 +314,8 @@ impl RefreshEngine {
         self.storage
             .delete_prefix(&format!("{STATE_ROOT}/{name}"))
             .await?;
-        self.publish_system_tables().await
+        self.unshow(name);
+        self.publish_system_tables()
     }
 
     /// Items whose schedule says a refresh is due at `now`, inputs before their readers.
@@ -305,23 +342,31 @@ impl RefreshEngine {
         dependency_order(due)
     }
 
-    pub async fn statuses(&self) -> Vec<Status> {
-        let items: Vec<Arc<Mutex<Item>>> = self.items.lock().await.values().cloned().collect();
-        let mut statuses = Vec::with_capacity(items.len());
-        for item in items {
-            let item = item.lock().await;
-            statuses.push(Status {
-                kind: item.definition.kind,
-                name: item.definition.name.clone(),
-                query: item.definition.query.clone(),
-                schedule: item.definition.schedule.as_ref().map(ToString::to_string),
-                rows: item.rows,
-                last_refresh: item.last_refresh,
-                last_duration_ms: item.last_duration_ms,
-                last_error: item.last_error.clone(),
-            });
+    /// What `segments` and `materialized_views` show, item by item.
+    pub fn statuses(&self) -> Vec<Status> {
+        self.shown_items()
+            .into_iter()
+            .map(|shown| shown.status)
+            .collect()
+    }
+
+    fn shown_items(&self) -> Vec<Shown> {
+        self.shown
+            .lock()
+            .map(|shown| shown.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn show(&self, item: &Item) {
+        if let Ok(mut shown) = self.shown.lock() {
+            shown.insert(item.definition.name.clone(), Shown::of(item));
         }
-        statuses
+    }
+
+    fn unshow(&self, name: &str) {
+        if let Ok(mut shown) = self.shown.lock() {
+            shown.remove(name);
+        }
     }
 
     async fn get(&self, kind: Option<QueryKind>, name: &str) -> Result<Arc<Mutex<Item>>> {
@@ -459,6 +504,7 @@ impl RefreshEngine {
             item.table = table;
         }
         if let Some(diff) = diff {
+            item.tagged = segments::tagged_members(name, &diff.members)?;
             item.members = diff.current;
             item.changes.extend(diff.changes);
             report.entered = diff.entered;
@@ -533,12 +579,17 @@ impl RefreshEngine {
             QueryKind::Segment => segments::members_of(&result)?,
             QueryKind::MaterializedView => Members::new(),
         };
+        let result_batches = result.clone();
         Ok(Item {
             table: Arc::new(PublishedTable::new(schema, result)?),
             refresh_id: manifest.refresh_id,
             result_file: manifest.result,
             changes_files: manifest.changes,
             members,
+            tagged: match manifest.definition.kind {
+                QueryKind::Segment => segments::tagged_members(name, &result_batches)?,
+                QueryKind::MaterializedView => Vec::new(),
+            },
             changes,
             rows: manifest.rows,
             last_refresh: Some(manifest.last_refresh),
@@ -551,22 +602,15 @@ impl RefreshEngine {
         })
     }
 
-    async fn publish_system_tables(&self) -> Result<()> {
-        let items: Vec<Arc<Mutex<Item>>> = self.items.lock().await.values().cloned().collect();
-        let mut members = Vec::new();
-        let mut changes = Vec::new();
-        for item in items {
-            let item = item.lock().await;
-            if item.definition.kind == QueryKind::Segment {
-                members.extend(segments::tagged_members(
-                    &item.definition.name,
-                    &item.table.batches()?,
-                )?);
-                changes.extend(item.changes.iter().cloned());
-            }
-        }
-        self.system
-            .publish(&self.statuses().await, members, changes)
+    fn publish_system_tables(&self) -> Result<()> {
+        let shown = self.shown_items();
+        let statuses: Vec<Status> = shown.iter().map(|s| s.status.clone()).collect();
+        let members = shown
+            .iter()
+            .flat_map(|s| s.members.iter().cloned())
+            .collect();
+        let changes = shown.into_iter().flat_map(|s| s.changes).collect();
+        self.system.publish(&statuses, members, changes)
     }
 }
 
