@@ -310,16 +310,20 @@ async fn run(args: Args) -> Result<()> {
         ms(member_median),
         target(member_median <= Duration::from_millis(50))
     );
-    println!(
-        "  cold, the same {} queries without materialization  {:>8.2} s   ratio cold/tick {:.1}×",
-        names.len(),
-        secs(cold_total),
-        cold_total.as_secs_f64() / tick.as_secs_f64().max(1e-9)
-    );
-    println!(
-        "  cold high_value query vs its members table        {:>8.0} ms   ratio {:.0}×",
-        ms(cold_high_value),
-        cold_high_value.as_secs_f64() / member_median.as_secs_f64().max(1e-9)
-    );
+    if args.skip_cold {
+        println!("  cold comparison skipped (--skip-cold)");
+    } else {
+        println!(
+            "  cold, the same {} queries without materialization  {:>8.2} s   ratio cold/tick {:.1}×",
+            names.len(),
+            secs(cold_total),
+            cold_total.as_secs_f64() / tick.as_secs_f64().max(1e-9)
+        );
+        println!(
+            "  cold high_value query vs its members table        {:>8.0} ms   ratio {:.0}×",
+            ms(cold_high_value),
+            cold_high_value.as_secs_f64() / member_median.as_secs_f64().max(1e-9)
+        );
+    }
     Ok(())
 }

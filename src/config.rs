@@ -30,6 +30,63 @@ pub struct Settings {
     pub storage_options: std::collections::BTreeMap<String, String>,
     pub pg: PgSettings,
     pub http: HttpSettings,
+    pub actions: ActionSettings,
+}
+
+/// The outbound action queue and its delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActionSettings {
+    /// The queue's file (an embedded ACID store on local disk). Empty: `actions.redb` in the
+    /// storage root when it is a local directory (required otherwise).
+    pub queue: String,
+    /// The global pressure cap, per profile and channel, over every trigger: `N per <interval>`.
+    pub pressure_cap: String,
+    /// The time zone for quiet hours when a profile has none (`time_zone` column).
+    pub time_zone: String,
+    /// How long a claimed action stays invisible to other consumers before it is handed out
+    /// again, unless acknowledged.
+    pub visibility_timeout: String,
+    /// Where each channel's actions are delivered; a channel without one waits for pull
+    /// consumers (`claim_actions` / `ack_actions`).
+    pub destinations: Vec<Destination>,
+}
+
+/// A webhook receiving one channel's actions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    pub channel: String,
+    pub url: String,
+    /// Key of the `X-C360-Signature` HMAC-SHA256 of each body.
+    #[serde(default)]
+    pub secret: String,
+    /// Attempts before an action is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// At most this many requests per second to this destination.
+    #[serde(default = "default_rate")]
+    pub rate_per_second: u32,
+}
+
+fn default_max_attempts() -> u32 {
+    8
+}
+
+fn default_rate() -> u32 {
+    1_000
+}
+
+impl Default for ActionSettings {
+    fn default() -> Self {
+        ActionSettings {
+            queue: String::new(),
+            pressure_cap: "3 per 7 days".to_string(),
+            time_zone: "Europe/Paris".to_string(),
+            visibility_timeout: "30 seconds".to_string(),
+            destinations: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +114,7 @@ impl Default for Settings {
             storage_options: Default::default(),
             pg: PgSettings::default(),
             http: HttpSettings::default(),
+            actions: ActionSettings::default(),
         }
     }
 }

@@ -16,6 +16,11 @@
 //! CREATE [OR REPLACE] MATERIALIZED VIEW [IF NOT EXISTS] name [REFRESH …] AS query;
 //! REFRESH SEGMENT high_value;            REFRESH MATERIALIZED VIEW name;
 //! DROP SEGMENT [IF EXISTS] high_value;   DROP MATERIALIZED VIEW [IF EXISTS] name;
+//!
+//! CREATE [OR REPLACE] TRIGGER [IF NOT EXISTS] welcome EVERY '1 minute' CHANNEL email
+//!   [WITH (cap = '1 per 7 days', holdout = '10%', require = 'first_name', priority = 5, …)]
+//!   AS SELECT profile_id, first_name FROM …;
+//! REFRESH TRIGGER welcome;   EXPLAIN TRIGGER welcome;   DROP TRIGGER [IF EXISTS] welcome;
 //! ```
 //!
 //! [`parse`] answers `Ok(None)` for anything else, which then goes to DataFusion unchanged.
@@ -51,6 +56,10 @@ pub enum Statement {
         name: String,
         if_exists: bool,
     },
+    /// A dry run of a trigger: what would fire and what would be suppressed, and why.
+    ExplainTrigger {
+        name: String,
+    },
 }
 
 /// The kinds of named, refreshed queries (see `refresh`): one mechanism, several uses.
@@ -59,6 +68,7 @@ pub enum Statement {
 pub enum QueryKind {
     MaterializedView,
     Segment,
+    Trigger,
 }
 
 impl QueryKind {
@@ -67,6 +77,7 @@ impl QueryKind {
         match self {
             QueryKind::MaterializedView => "materialized view",
             QueryKind::Segment => "segment",
+            QueryKind::Trigger => "trigger",
         }
     }
 
@@ -74,11 +85,16 @@ impl QueryKind {
         match self {
             QueryKind::MaterializedView => &["MATERIALIZED", "VIEW"],
             QueryKind::Segment => &["SEGMENT"],
+            QueryKind::Trigger => &["TRIGGER"],
         }
     }
 }
 
-const QUERY_KINDS: [QueryKind; 2] = [QueryKind::MaterializedView, QueryKind::Segment];
+const QUERY_KINDS: [QueryKind; 3] = [
+    QueryKind::MaterializedView,
+    QueryKind::Segment,
+    QueryKind::Trigger,
+];
 
 /// `CREATE SEGMENT` / `CREATE MATERIALIZED VIEW`, as written.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -88,6 +104,12 @@ pub struct QueryDefinition {
     /// The query's SQL text, exactly as written after `AS`.
     pub query: String,
     pub schedule: Option<Schedule>,
+    /// A trigger's channel (`email`, `sms`, `push`, `webhook`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// A trigger's policy options, as written in `WITH (…)`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
     #[serde(skip)]
     pub or_replace: bool,
     #[serde(skip)]
@@ -187,6 +209,11 @@ pub fn parse(sql: &str) -> Result<Option<Statement>, DdlError> {
             kind,
             name: parse_name(&mut parser)?,
         }
+    } else if word_is(&parser, 0, "EXPLAIN") && word_is(&parser, 1, "TRIGGER") {
+        words(&mut parser, &["EXPLAIN", "TRIGGER"]);
+        Statement::ExplainTrigger {
+            name: parse_name(&mut parser)?,
+        }
     } else if let (true, Some(kind)) = (word_is(&parser, 0, "DROP"), kind_at(&parser, 1)) {
         for _ in 0..1 + kind.keywords().len() {
             parser.next_token();
@@ -237,12 +264,36 @@ fn parse_create_query(
 ) -> Result<Statement, DdlError> {
     let if_not_exists = words(&mut parser, &["IF", "NOT", "EXISTS"]);
     let name = parse_name(&mut parser)?;
-    let schedule = if words(&mut parser, &["REFRESH", "EVERY"]) {
+    // Triggers read `EVERY '…'` as the issue of a schedule is their point; `REFRESH` is
+    // accepted before it everywhere.
+    let refresh = words(&mut parser, &["REFRESH"]);
+    let schedule = if words(&mut parser, &["EVERY"]) {
         Some(Schedule::every(&parser.parse_literal_string()?)?)
-    } else if words(&mut parser, &["REFRESH", "CRON"]) {
+    } else if words(&mut parser, &["CRON"]) {
         Some(Schedule::cron(&parser.parse_literal_string()?)?)
+    } else if refresh {
+        return Err(DdlError(format!(
+            "{} {name}: expected EVERY or CRON after REFRESH",
+            kind.sql_name()
+        )));
     } else {
         None
+    };
+    let (channel, options) = if kind == QueryKind::Trigger {
+        if !words(&mut parser, &["CHANNEL"]) {
+            return Err(DdlError(format!(
+                "trigger {name}: expected CHANNEL email|sms|push|webhook"
+            )));
+        }
+        let channel = parse_name(&mut parser)?;
+        let options = if words(&mut parser, &["WITH"]) {
+            parse_options(&mut parser)?
+        } else {
+            BTreeMap::new()
+        };
+        (Some(channel), options)
+    } else {
+        (None, BTreeMap::new())
     };
     expect_word(&mut parser, "AS")?;
     let start = parser.peek_token().span.start;
@@ -279,6 +330,8 @@ fn parse_create_query(
         name,
         query,
         schedule,
+        channel,
+        options,
         or_replace,
         if_not_exists,
     }))

@@ -80,6 +80,10 @@ pub enum C360Error {
     #[error("{0} does not exist")]
     NotFound(String),
 
+    /// The action queue's store failed.
+    #[error("action queue: {0}")]
+    Queue(String),
+
     /// Refused because other objects depend on the one named.
     #[error("{0}")]
     DependentObjects(String),

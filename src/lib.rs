@@ -4,6 +4,7 @@
 //! doors (`pg` for the Postgres wire protocol, `collect` for HTTP) know the engine; the
 //! engine knows nothing of them. See DESIGN.md for the whole flow.
 
+pub mod actions;
 pub mod collect;
 pub mod config;
 pub mod ddl;
@@ -71,7 +72,8 @@ impl Engine {
         storage.register(&ctx);
         // Committed segments and materialized views come back before the workspace, which
         // may read them.
-        let refresh = refresh::RefreshEngine::open(&ctx, storage.clone()).await?;
+        let refresh =
+            refresh::RefreshEngine::open(&ctx, storage.clone(), settings.actions.clone()).await?;
         let mut engine = Engine {
             ctx,
             refresh,
@@ -194,6 +196,9 @@ impl Engine {
             ddl::Statement::RefreshQuery { kind, name } => {
                 log_refresh(&self.refresh.refresh(&self.ctx, Some(kind), &name).await?);
                 return Ok(QueryResult::empty());
+            }
+            ddl::Statement::ExplainTrigger { name } => {
+                return self.refresh.explain_trigger(&self.ctx, &name).await;
             }
             ddl::Statement::DropQuery {
                 kind,

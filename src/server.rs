@@ -30,6 +30,12 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
     };
     let pg_task = tokio::spawn(pg.run(stopped(stop_rx.clone())));
     let http_task = tokio::spawn(http.run(stopped(stop_rx.clone())));
+    let delivery = tokio::spawn(crate::actions::delivery::run(
+        engine.refresh_engine().queue(),
+        engine.settings().actions.destinations.clone(),
+        engine.refresh_engine().visibility_micros(),
+        stop_rx.clone(),
+    ));
     let scheduler = tokio::spawn(run_schedules(
         std::sync::Arc::clone(&engine),
         stopped(stop_rx),
@@ -41,6 +47,7 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
     let joined = |e: tokio::task::JoinError| C360Error::io("server task", std::io::Error::other(e));
     pg_task.await.map_err(joined)?;
     scheduler.await.map_err(joined)?;
+    delivery.await.map_err(joined)?;
     http_task.await.map_err(joined)??;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -217,15 +217,19 @@ fn command_tag(statement: &ddl::Statement) -> &'static str {
         ddl::Statement::CreateQuery(definition) => match definition.kind {
             ddl::QueryKind::Segment => "CREATE SEGMENT",
             ddl::QueryKind::MaterializedView => "CREATE MATERIALIZED VIEW",
+            ddl::QueryKind::Trigger => "CREATE TRIGGER",
         },
         ddl::Statement::RefreshQuery { kind, .. } => match kind {
             ddl::QueryKind::Segment => "REFRESH SEGMENT",
             ddl::QueryKind::MaterializedView => "REFRESH MATERIALIZED VIEW",
+            ddl::QueryKind::Trigger => "REFRESH TRIGGER",
         },
         ddl::Statement::DropQuery { kind, .. } => match kind {
             ddl::QueryKind::Segment => "DROP SEGMENT",
             ddl::QueryKind::MaterializedView => "DROP MATERIALIZED VIEW",
+            ddl::QueryKind::Trigger => "DROP TRIGGER",
         },
+        ddl::Statement::ExplainTrigger { .. } => "EXPLAIN",
     }
 }
 

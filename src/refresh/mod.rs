@@ -17,6 +17,7 @@
 pub mod inputs;
 pub mod schedule;
 pub mod segments;
+pub mod triggers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -30,6 +31,9 @@ use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::actions::policy::Decision;
+use crate::actions::{Queue, TriggerRun};
+use crate::config::ActionSettings;
 use crate::ddl::{QueryDefinition, QueryKind};
 use crate::error::{C360Error, Result};
 use crate::storage::Storage;
@@ -111,6 +115,9 @@ pub struct RefreshEngine {
     /// publishing never waits for a refresh in progress.
     shown: std::sync::Mutex<BTreeMap<String, Shown>>,
     system: system_tables::Tables,
+    queue: Arc<Queue>,
+    action_settings: ActionSettings,
+    visibility_micros: i64,
 }
 
 /// One item as the system tables show it (arrays shared, not copied).
@@ -143,9 +150,24 @@ impl Shown {
 impl RefreshEngine {
     /// Registers the system tables and reinstalls every item committed in the storage root,
     /// with its last result, so that definitions made over pgwire survive restarts.
-    pub async fn open(ctx: &SessionContext, storage: Storage) -> Result<RefreshEngine> {
+    pub async fn open(
+        ctx: &SessionContext,
+        storage: Storage,
+        action_settings: ActionSettings,
+    ) -> Result<RefreshEngine> {
+        let queue = Arc::new(match storage.url().scheme() {
+            // An ephemeral root gets an ephemeral queue.
+            "memory" if action_settings.queue.is_empty() => Queue::in_memory()?,
+            _ => Queue::open(&queue_path(&storage, &action_settings)?)?,
+        });
+        let visibility = crate::ddl::parse_interval(&action_settings.visibility_timeout)
+            .map_err(|e| C360Error::Config(format!("actions.visibility_timeout: {}", e.0)))?;
+        let visibility_micros = visibility.as_micros() as i64;
         let engine = RefreshEngine {
-            system: system_tables::Tables::register(ctx)?,
+            system: system_tables::Tables::register(ctx, &queue, visibility_micros)?,
+            visibility_micros,
+            queue,
+            action_settings,
             storage,
             items: Mutex::new(BTreeMap::new()),
             shown: std::sync::Mutex::new(BTreeMap::new()),
@@ -155,7 +177,9 @@ impl RefreshEngine {
                 continue;
             };
             let item = engine.load(&name, manifest).await?;
-            ctx.register_table(name.as_str(), Arc::clone(&item.table) as _)?;
+            if item.definition.kind != QueryKind::Trigger {
+                ctx.register_table(name.as_str(), Arc::clone(&item.table) as _)?;
+            }
             engine.show(&item);
             engine
                 .items
@@ -206,9 +230,15 @@ impl RefreshEngine {
             .sql(&definition.query)
             .await
             .map_err(|e| C360Error::InvalidArgument(format!("{kind_name} {name}: {e}")))?;
-        if definition.kind == QueryKind::Segment {
-            segments::members_schema(frame.schema().as_arrow())
-                .map_err(|e| C360Error::InvalidArgument(format!("segment {name}: {e}")))?;
+        match definition.kind {
+            QueryKind::Segment => {
+                segments::members_schema(frame.schema().as_arrow())
+                    .map_err(|e| C360Error::InvalidArgument(format!("segment {name}: {e}")))?;
+            }
+            QueryKind::Trigger => {
+                triggers::prepare(ctx, &definition, &self.action_settings).await?;
+            }
+            QueryKind::MaterializedView => {}
         }
         let reads = inputs::inputs_of(frame.logical_plan())?;
         if reads.names().any(|read| *read == name) {
@@ -225,6 +255,17 @@ impl RefreshEngine {
                 let previous = item.definition.clone();
                 item.definition = definition;
                 item.fingerprint = None;
+                if item.definition.kind == QueryKind::Trigger {
+                    // A trigger first runs on its schedule or REFRESH TRIGGER, not here: its
+                    // checkpoint carries over, so rows that fired do not fire again.
+                    let saved = self.save_definition(&item).await;
+                    if saved.is_err() {
+                        item.definition = previous;
+                    }
+                    self.show(&item);
+                    self.publish_system_tables()?;
+                    return saved.map(|()| None);
+                }
                 let refreshed = self.refresh_locked(ctx, &mut item).await;
                 if refreshed.is_err() {
                     item.definition = previous;
@@ -252,8 +293,21 @@ impl RefreshEngine {
             },
         };
         let mut item = item;
+        if item.definition.kind == QueryKind::Trigger {
+            // Created, not run: `EXPLAIN TRIGGER` shows what its first run would send.
+            self.save_definition(&item).await?;
+            self.show(&item);
+            self.items
+                .lock()
+                .await
+                .insert(name, Arc::new(Mutex::new(item)));
+            self.publish_system_tables()?;
+            return Ok(None);
+        }
         let report = self.refresh_locked(ctx, &mut item).await?;
-        ctx.register_table(name.as_str(), Arc::clone(&item.table) as _)?;
+        if item.definition.kind != QueryKind::Trigger {
+            ctx.register_table(name.as_str(), Arc::clone(&item.table) as _)?;
+        }
         self.show(&item);
         self.items
             .lock()
@@ -310,7 +364,11 @@ impl RefreshEngine {
         }
         items.remove(name);
         drop(items);
-        ctx.deregister_table(name)?;
+        if kind == QueryKind::Trigger {
+            self.queue.forget_trigger(name)?;
+        } else {
+            ctx.deregister_table(name)?;
+        }
         self.storage
             .delete_prefix(&format!("{STATE_ROOT}/{name}"))
             .await?;
@@ -328,6 +386,7 @@ impl RefreshEngine {
             .map(|(name, item)| (name.clone(), Arc::clone(item)))
             .collect();
         let mut due = BTreeMap::new();
+        let mut trigger_priority = BTreeMap::new();
         for (name, item) in items {
             // An item being refreshed is not due: skip it rather than wait for it.
             if let Ok(item) = item.try_lock()
@@ -336,10 +395,57 @@ impl RefreshEngine {
                     .next_after(item.last_attempt)
                     .is_some_and(|next| next <= now)
             {
+                if item.definition.kind == QueryKind::Trigger {
+                    let priority = item
+                        .definition
+                        .options
+                        .get("priority")
+                        .and_then(|p| p.trim().parse::<i64>().ok())
+                        .unwrap_or(0);
+                    trigger_priority.insert(name.clone(), priority);
+                }
                 due.insert(name, item.reads.clone());
             }
         }
-        dependency_order(due)
+        // Triggers read what the others produce, and run highest priority first, so that
+        // when a cap allows one more message the most important trigger takes it.
+        let (mut ordered, mut triggers): (Vec<String>, Vec<String>) = dependency_order(due)
+            .into_iter()
+            .partition(|name| !trigger_priority.contains_key(name));
+        triggers.sort_by_key(|name| std::cmp::Reverse(trigger_priority.get(name).copied()));
+        ordered.extend(triggers);
+        ordered
+    }
+
+    /// The outbound action queue that triggers fill.
+    pub fn queue(&self) -> Arc<Queue> {
+        Arc::clone(&self.queue)
+    }
+
+    /// How long a claimed action stays invisible to other consumers.
+    pub fn visibility_micros(&self) -> i64 {
+        self.visibility_micros
+    }
+
+    /// `EXPLAIN TRIGGER`: what a run would do now, row by row, without enqueuing anything.
+    pub async fn explain_trigger(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+    ) -> Result<crate::QueryResult> {
+        let item = self.get(Some(QueryKind::Trigger), name).await?;
+        let definition = item.lock().await.definition.clone();
+        let prepared = triggers::prepare(ctx, &definition, &self.action_settings).await?;
+        let candidates = triggers::candidates(ctx, &prepared).await?;
+        let queue = Arc::clone(&self.queue);
+        let now = Utc::now().timestamp_micros();
+        let trigger = name.to_string();
+        let outcome = tokio::task::spawn_blocking(move || {
+            queue.run_trigger(&trigger, &prepared.policy, candidates, now, true)
+        })
+        .await
+        .map_err(|e| C360Error::Queue(e.to_string()))??;
+        system_tables::explain_trigger(&outcome, now)
     }
 
     /// What `segments` and `materialized_views` show, item by item.
@@ -425,10 +531,17 @@ impl RefreshEngine {
             exited: 0,
             duration: Duration::ZERO,
         };
-        if fingerprint.is_some() && fingerprint == item.fingerprint {
+        // A trigger that may fire a row again after a while depends on the clock too.
+        let clock_bound = definition.options.contains_key("refire_after");
+        if fingerprint.is_some() && fingerprint == item.fingerprint && !clock_bound {
             report.skipped = true;
             report.duration = started.elapsed();
             return Ok(report);
+        }
+        if definition.kind == QueryKind::Trigger {
+            return self
+                .run_trigger(ctx, item, started, fingerprint, report)
+                .await;
         }
 
         let planned: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
@@ -438,7 +551,7 @@ impl RefreshEngine {
         let refresh_id = item.refresh_id + 1;
         let now = Utc::now();
         let (schema, result, diff) = match definition.kind {
-            QueryKind::MaterializedView => (query_schema, batches, None),
+            QueryKind::MaterializedView | QueryKind::Trigger => (query_schema, batches, None),
             QueryKind::Segment => {
                 let batches = if batches.is_empty() {
                     vec![RecordBatch::new_empty(query_schema)]
@@ -522,6 +635,88 @@ impl RefreshEngine {
         Ok(report)
     }
 
+    /// One trigger run: its rows, decided and enqueued with the checkpoint in one queue
+    /// transaction, then its statistics recorded.
+    async fn run_trigger(
+        &self,
+        ctx: &SessionContext,
+        item: &mut Item,
+        started: Instant,
+        fingerprint: Option<u64>,
+        mut report: RefreshReport,
+    ) -> Result<RefreshReport> {
+        let definition = item.definition.clone();
+        let name = definition.name.clone();
+        let started_at = Utc::now();
+        let prepared = triggers::prepare(ctx, &definition, &self.action_settings).await?;
+        let candidates = triggers::candidates(ctx, &prepared).await?;
+        let queue = Arc::clone(&self.queue);
+        let now = started_at.timestamp_micros();
+        let trigger = name.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            queue.run_trigger(&trigger, &prepared.policy, candidates, now, false)
+        })
+        .await
+        .map_err(|e| C360Error::Queue(e.to_string()))??;
+
+        let mut suppressed = std::collections::HashMap::new();
+        for (_, decision) in &outcome.decisions {
+            if let Decision::Suppress(reason) = decision {
+                *suppressed.entry(reason.to_string()).or_insert(0) += 1;
+            }
+        }
+        let enqueued = outcome.count(|d| matches!(d, Decision::Send { .. }));
+        let held_out = outcome.count(|d| matches!(d, Decision::HoldOut));
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let run = TriggerRun {
+            trigger: name.clone(),
+            run_id: 0,
+            started_at: now,
+            duration_ms,
+            candidates: outcome.candidates,
+            enqueued,
+            held_out,
+            suppressed: suppressed.clone(),
+            error: None,
+        };
+        let queue = Arc::clone(&self.queue);
+        tokio::task::spawn_blocking(move || queue.record_run(run))
+            .await
+            .map_err(|e| C360Error::Queue(e.to_string()))??;
+
+        item.refresh_id += 1;
+        item.rows = outcome.candidates as usize;
+        item.last_refresh = Some(started_at);
+        item.last_duration_ms = Some(duration_ms);
+        self.save_definition(item).await?;
+        item.fingerprint = fingerprint;
+        report.rows = outcome.candidates as usize;
+        report.entered = enqueued as usize;
+        report.exited = suppressed.values().sum::<u64>() as usize + held_out as usize;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// Writes a trigger's manifest: its definition and last run (its checkpoint is in the
+    /// queue), so that it survives restarts like the others.
+    async fn save_definition(&self, item: &Item) -> Result<()> {
+        let name = &item.definition.name;
+        let manifest = Manifest {
+            definition: item.definition.clone(),
+            refresh_id: item.refresh_id,
+            result: String::new(),
+            changes: Vec::new(),
+            last_refresh: item.last_refresh.unwrap_or(item.last_attempt),
+            last_duration_ms: item.last_duration_ms.unwrap_or(0),
+            rows: item.rows,
+        };
+        let json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| C360Error::Corrupt(format!("{name}: {e}")))?;
+        self.storage
+            .put(&format!("{STATE_ROOT}/{name}/CURRENT"), json)
+            .await
+    }
+
     /// Deletes results and history files that the committed manifest does not name: the
     /// superseded result, and whatever a killed refresh left behind.
     async fn remove_unnamed(&self, folder: &str, manifest: &Manifest) -> Result<()> {
@@ -563,10 +758,13 @@ impl RefreshEngine {
 
     async fn load(&self, name: &str, manifest: Manifest) -> Result<Item> {
         let folder = format!("{STATE_ROOT}/{name}");
-        let (schema, result) = self
-            .storage
-            .get_parquet_with_schema(&format!("{folder}/{}", manifest.result))
-            .await?;
+        let (schema, result) = if manifest.definition.kind == QueryKind::Trigger {
+            (Arc::new(Schema::empty()), Vec::new())
+        } else {
+            self.storage
+                .get_parquet_with_schema(&format!("{folder}/{}", manifest.result))
+                .await?
+        };
         let mut changes = Vec::new();
         for file in &manifest.changes {
             changes.extend(
@@ -577,7 +775,7 @@ impl RefreshEngine {
         }
         let members = match manifest.definition.kind {
             QueryKind::Segment => segments::members_of(&result)?,
-            QueryKind::MaterializedView => Members::new(),
+            QueryKind::MaterializedView | QueryKind::Trigger => Members::new(),
         };
         let result_batches = result.clone();
         Ok(Item {
@@ -588,7 +786,7 @@ impl RefreshEngine {
             members,
             tagged: match manifest.definition.kind {
                 QueryKind::Segment => segments::tagged_members(name, &result_batches)?,
-                QueryKind::MaterializedView => Vec::new(),
+                QueryKind::MaterializedView | QueryKind::Trigger => Vec::new(),
             },
             changes,
             rows: manifest.rows,
@@ -615,7 +813,27 @@ impl RefreshEngine {
 }
 
 fn same_definition(a: &QueryDefinition, b: &QueryDefinition) -> bool {
-    a.kind == b.kind && a.name == b.name && a.query == b.query && a.schedule == b.schedule
+    a.kind == b.kind
+        && a.name == b.name
+        && a.query == b.query
+        && a.schedule == b.schedule
+        && a.channel == b.channel
+        && a.options == b.options
+}
+
+/// The queue's file: as configured, or in the storage root when that is a local directory.
+fn queue_path(storage: &Storage, settings: &ActionSettings) -> Result<std::path::PathBuf> {
+    if !settings.queue.is_empty() {
+        return Ok(std::path::PathBuf::from(&settings.queue));
+    }
+    match storage.url().to_file_path() {
+        Ok(root) if storage.url().scheme() == "file" => Ok(root.join("actions.redb")),
+        _ => Err(C360Error::Config(format!(
+            "the storage root {} is not a local directory: set actions.queue to a local file \
+             for the action queue",
+            storage.url()
+        ))),
+    }
 }
 
 /// Orders `due` items so that one reading another comes after it.

@@ -1,5 +1,5 @@
-//! `segments` and `materialized_views`: each named query's definition, schedule, size and the
-//! outcome of its last refresh.
+//! `segments`, `materialized_views` and `triggers`: each named query's definition, schedule,
+//! size and the outcome of its last refresh.
 
 use std::sync::Arc;
 
@@ -34,6 +34,14 @@ pub fn segments_schema() -> SchemaRef {
 
 pub fn materialized_views_schema() -> SchemaRef {
     schema("rows")
+}
+
+pub fn triggers_schema() -> SchemaRef {
+    schema("candidates")
+}
+
+pub fn triggers(statuses: &[Status]) -> Result<RecordBatch> {
+    batch(triggers_schema(), statuses, QueryKind::Trigger)
 }
 
 pub fn segments(statuses: &[Status]) -> Result<RecordBatch> {

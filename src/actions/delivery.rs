@@ -1,0 +1,257 @@
+//! Webhook delivery: each configured destination claims its channel's pending actions and
+//! POSTs each one as JSON, at least once.
+//!
+//! Every request carries the action's `Idempotency-Key` (the same on every attempt, so a
+//! receiver that honours it sees each action once) and `X-C360-Signature: sha256=<hex>`,
+//! the HMAC-SHA256 of the body under the destination's secret. A 2xx acknowledges; a 429,
+//! a 5xx, a timeout or a refused connection retries after an exponential backoff with
+//! jitter; any other answer, or the last allowed attempt, dead-letters the action (status
+//! `dead`, with the error). Requests to one destination are spaced to its rate limit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use super::{Action, Queue};
+use crate::config::Destination;
+
+/// Actions claimed per round trip to the queue.
+const CLAIM_BATCH: usize = 256;
+/// Requests in flight per destination.
+const CONCURRENCY: usize = 32;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const IDLE_POLL: Duration = Duration::from_millis(100);
+const FIRST_BACKOFF_MICROS: i64 = 1_000_000;
+const MAX_BACKOFF_MICROS: i64 = 3_600 * 1_000_000;
+
+/// Runs one delivery loop per destination until `stop` turns true.
+pub async fn run(
+    queue: Arc<Queue>,
+    destinations: Vec<Destination>,
+    visibility_micros: i64,
+    stop: watch::Receiver<bool>,
+) {
+    let client = match reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build() {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "webhook delivery cannot start");
+            return;
+        }
+    };
+    let loops = destinations.into_iter().map(|destination| {
+        deliver_to(
+            Arc::clone(&queue),
+            client.clone(),
+            destination,
+            visibility_micros,
+            stop.clone(),
+        )
+    });
+    futures::future::join_all(loops).await;
+}
+
+async fn deliver_to(
+    queue: Arc<Queue>,
+    client: reqwest::Client,
+    destination: Destination,
+    visibility_micros: i64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let spacing = Duration::from_secs_f64(1.0 / f64::from(destination.rate_per_second.max(1)));
+    let mut next_start = Instant::now();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let claimed = {
+            let queue = Arc::clone(&queue);
+            let channel = destination.channel.clone();
+            let now = now_micros();
+            tokio::task::spawn_blocking(move || {
+                queue.claim(&channel, CLAIM_BATCH, now, visibility_micros)
+            })
+            .await
+        };
+        let actions = match claimed {
+            Ok(Ok(actions)) => actions,
+            Ok(Err(e)) => {
+                tracing::warn!(channel = %destination.channel, error = %e, "cannot claim actions");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claim task failed");
+                Vec::new()
+            }
+        };
+        if actions.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        // Spaced starts enforce the rate limit; up to CONCURRENCY requests overlap.
+        let mut starts = Vec::with_capacity(actions.len());
+        for _ in &actions {
+            let now = Instant::now();
+            next_start = next_start.max(now);
+            starts.push(next_start);
+            next_start += spacing;
+        }
+        let outcomes: Vec<(u64, u32, Outcome)> =
+            futures::stream::iter(actions.into_iter().zip(starts))
+                .map(|(action, start)| {
+                    let client = client.clone();
+                    let destination = &destination;
+                    async move {
+                        tokio::time::sleep_until(start.into()).await;
+                        let outcome = post(&client, destination, &action).await;
+                        (action.action_id, action.attempts, outcome)
+                    }
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+        let queue = Arc::clone(&queue);
+        let max_attempts = destination.max_attempts;
+        let channel = destination.channel.clone();
+        let recorded =
+            tokio::task::spawn_blocking(move || record(&queue, outcomes, max_attempts)).await;
+        if let Ok(Err(e)) | Err(e) = recorded.map_err(|e| crate::C360Error::Queue(e.to_string())) {
+            // Unrecorded outcomes are safe: the claims expire and the actions go out again,
+            // with the same idempotency keys.
+            tracing::warn!(channel = %channel, error = %e, "cannot record deliveries");
+        }
+    }
+}
+
+enum Outcome {
+    Delivered,
+    Retry(String),
+    Permanent(String),
+}
+
+fn record(
+    queue: &Queue,
+    outcomes: Vec<(u64, u32, Outcome)>,
+    max_attempts: u32,
+) -> crate::Result<()> {
+    let now = now_micros();
+    let mut delivered = Vec::new();
+    for (id, attempts, outcome) in outcomes {
+        match outcome {
+            Outcome::Delivered => delivered.push(id),
+            Outcome::Retry(error) if attempts < max_attempts => {
+                queue.fail(id, &error, Some(now + backoff_micros(attempts, id)))?;
+            }
+            Outcome::Retry(error) | Outcome::Permanent(error) => {
+                queue.fail(id, &error, None)?;
+            }
+        }
+    }
+    queue.ack(&delivered, now)?;
+    Ok(())
+}
+
+/// Exponential backoff from one second, capped at an hour, with up to 50% jitter drawn from
+/// the action id and attempt (so that retries of a burst spread out).
+pub fn backoff_micros(attempts: u32, action_id: u64) -> i64 {
+    let base = FIRST_BACKOFF_MICROS
+        .saturating_mul(1i64 << attempts.saturating_sub(1).min(20))
+        .min(MAX_BACKOFF_MICROS);
+    let spread = (action_id
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(u64::from(attempts))
+        >> 33) as i64
+        % 1_000;
+    base + base / 2 * spread / 1_000
+}
+
+fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// The JSON a receiver gets for one action.
+pub fn body(action: &Action) -> Vec<u8> {
+    let payload: serde_json::Value =
+        serde_json::from_str(&action.payload).unwrap_or(serde_json::Value::Null);
+    serde_json::to_vec(&serde_json::json!({
+        "action_id": action.action_id,
+        "trigger": action.trigger,
+        "profile_id": action.profile_id,
+        "channel": action.channel,
+        "idempotency_key": action.idempotency_key,
+        "created_at": action.created_at,
+        "attempt": action.attempts,
+        "payload": payload,
+    }))
+    .unwrap_or_default()
+}
+
+/// `sha256=` and the hex HMAC-SHA256 of `body` under `secret`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, body);
+    let mut out = String::from("sha256=");
+    for byte in tag.as_ref() {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
+async fn post(client: &reqwest::Client, destination: &Destination, action: &Action) -> Outcome {
+    let body = body(action);
+    let request = client
+        .post(&destination.url)
+        .header("Content-Type", "application/json")
+        .header("Idempotency-Key", &action.idempotency_key)
+        .header("X-C360-Signature", signature(&destination.secret, &body))
+        .body(body);
+    match request.send().await {
+        Ok(response) if response.status().is_success() => Outcome::Delivered,
+        Ok(response) => {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            let error = format!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            );
+            if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+                Outcome::Retry(error)
+            } else {
+                Outcome::Permanent(error)
+            }
+        }
+        Err(e) => Outcome::Retry(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let first = backoff_micros(1, 7);
+        assert!((1_000_000..1_500_000).contains(&first), "{first}");
+        let third = backoff_micros(3, 7);
+        assert!((4_000_000..6_000_000).contains(&third), "{third}");
+        assert!(backoff_micros(40, 7) <= MAX_BACKOFF_MICROS * 3 / 2);
+        assert_ne!(
+            backoff_micros(2, 1),
+            backoff_micros(2, 2),
+            "jitter spreads a burst"
+        );
+    }
+
+    #[test]
+    fn signatures_are_hmac_sha256() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
