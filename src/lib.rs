@@ -14,6 +14,7 @@ pub mod identity;
 pub mod pg;
 pub mod render;
 pub mod server;
+pub mod sources;
 pub mod storage;
 pub mod workspace;
 
@@ -56,6 +57,7 @@ pub struct Engine {
     settings: Settings,
     workspace: workspace::Applied,
     identity: identity::manager::IdentityGraphs,
+    landed: storage::landed::LandedTables,
 }
 
 impl Engine {
@@ -64,8 +66,15 @@ impl Engine {
         let storage = Storage::open(&settings.data, &settings.storage_options).await?;
         let ctx = new_session(&settings.pg.database)?;
         storage.register(&ctx);
+        // Landed tables come before the workspace, whose views read them; the collector's
+        // `events` table always exists so that the demo's `events` view can union it.
+        let landed = storage::landed::LandedTables::open(&storage, &ctx).await?;
+        landed
+            .get_or_create(sources::events::EVENTS_TABLE, sources::events::schema())
+            .await?;
         let mut engine = Engine {
             ctx,
+            landed,
             identity: identity::manager::IdentityGraphs::new(storage.clone()),
             storage,
             settings,
@@ -106,6 +115,11 @@ impl Engine {
         &self.identity
     }
 
+    /// The landed tables (`landed.*` in SQL): the collector's `events`, bulk loads.
+    pub fn landed(&self) -> &storage::landed::LandedTables {
+        &self.landed
+    }
+
     /// Runs one or more `;`-separated statements and returns each one's result.
     pub async fn query(&self, sql: &str) -> Result<Vec<QueryResult>> {
         let mut results = Vec::new();
@@ -137,13 +151,17 @@ impl Engine {
     ) -> Result<QueryResult> {
         let report = match statement {
             ddl::Statement::CreateIdentityGraph(definition) => {
-                self.identity.create(&self.ctx, definition, declarative).await?
+                self.identity
+                    .create(&self.ctx, definition, declarative)
+                    .await?
             }
             ddl::Statement::RefreshIdentityGraph { name } => {
                 self.identity.refresh(&self.ctx, &name).await?
             }
             ddl::Statement::DropIdentityGraph { name, if_exists } => {
-                self.identity.drop_graph(&self.ctx, &name, if_exists).await?;
+                self.identity
+                    .drop_graph(&self.ctx, &name, if_exists)
+                    .await?;
                 return Ok(QueryResult::empty());
             }
         };
