@@ -80,6 +80,7 @@ fn print_banner(engine: &Engine, pg: &PgServer, http: &HttpServer) -> Result<()>
         "c360 is up: workspace {} ({} statements in {} files), storage {}\n\
          \x20 connect:  psql -h {} -p {} -d {}\n\
          \x20 health:   http://{}/health\n\
+         \x20 events:   POST http://{}/v1/batch (Segment HTTP tracking API)\n\
          Press Ctrl-C to stop.\n",
         engine.settings().workspace.display(),
         applied.statements,
@@ -88,6 +89,7 @@ fn print_banner(engine: &Engine, pg: &PgServer, http: &HttpServer) -> Result<()>
         pg_addr.ip(),
         pg_addr.port(),
         engine.database_name(),
+        http_addr,
         http_addr,
     );
     out.write_all(text.as_bytes())

@@ -40,3 +40,59 @@ pub fn schema() -> SchemaRef {
         Field::new("received_at", timestamp(), false),
     ]))
 }
+
+/// One row of the events table, as the collector builds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub message_id: String,
+    pub kind: &'static str,
+    pub anonymous_id: Option<String>,
+    pub user_id: Option<String>,
+    pub event: Option<String>,
+    pub properties: String,
+    pub traits: Option<String>,
+    pub context: String,
+    /// Microseconds since the epoch, UTC, as every timestamp below.
+    pub timestamp: i64,
+    pub name: Option<String>,
+    pub group_id: Option<String>,
+    pub previous_id: Option<String>,
+    pub original_timestamp: Option<i64>,
+    pub sent_at: Option<i64>,
+    pub received_at: i64,
+}
+
+/// The rows as one batch of [`schema`].
+pub fn to_batch(rows: &[EventRow]) -> crate::Result<datafusion::arrow::array::RecordBatch> {
+    use datafusion::arrow::array::{ArrayRef, StringArray, TimestampMicrosecondArray};
+    let text = |f: &dyn Fn(&EventRow) -> Option<&str>| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<StringArray>())
+    };
+    let time = |f: &dyn Fn(&EventRow) -> Option<i64>| -> ArrayRef {
+        Arc::new(
+            rows.iter()
+                .map(f)
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("UTC"),
+        )
+    };
+    let columns = vec![
+        text(&|r| Some(&r.message_id)),
+        text(&|r| Some(r.kind)),
+        text(&|r| r.anonymous_id.as_deref()),
+        text(&|r| r.user_id.as_deref()),
+        text(&|r| r.event.as_deref()),
+        text(&|r| Some(&r.properties)),
+        text(&|r| r.traits.as_deref()),
+        text(&|r| Some(&r.context)),
+        time(&|r| Some(r.timestamp)),
+        text(&|r| r.name.as_deref()),
+        text(&|r| r.group_id.as_deref()),
+        text(&|r| r.previous_id.as_deref()),
+        time(&|r| r.original_timestamp),
+        time(&|r| r.sent_at),
+        time(&|r| Some(r.received_at)),
+    ];
+    datafusion::arrow::array::RecordBatch::try_new(schema(), columns)
+        .map_err(|e| crate::C360Error::arrow("building a batch of events", e))
+}
