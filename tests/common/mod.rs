@@ -175,6 +175,16 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Kills the server with SIGKILL, as a crash would, and hands back its storage root.
+    pub fn kill_keeping_data(mut self) -> tempfile::TempDir {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("wait");
+        let placeholder = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.data, placeholder)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
