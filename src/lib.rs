@@ -63,23 +63,7 @@ pub struct Engine {
 impl Engine {
     /// Opens the storage root, builds the SQL session and applies the workspace.
     pub async fn open(settings: Settings) -> Result<Engine> {
-        let storage = Storage::open(&settings.data, &settings.storage_options).await?;
-        let ctx = new_session(&settings.pg.database)?;
-        storage.register(&ctx);
-        // Landed tables come before the workspace, whose views read them; the collector's
-        // `events` table always exists so that the demo's `events` view can union it.
-        let landed = storage::landed::LandedTables::open(&storage, &ctx).await?;
-        landed
-            .get_or_create(sources::events::EVENTS_TABLE, sources::events::schema())
-            .await?;
-        let mut engine = Engine {
-            ctx,
-            landed,
-            identity: identity::manager::IdentityGraphs::new(storage.clone()),
-            storage,
-            settings,
-            workspace: workspace::Applied::default(),
-        };
+        let mut engine = Engine::open_without_workspace(settings).await?;
         let dir = engine.settings.workspace.clone();
         engine.workspace = workspace::apply(&engine, &dir, &engine.settings.variables).await?;
         tracing::info!(
@@ -89,6 +73,28 @@ impl Engine {
             "workspace applied"
         );
         Ok(engine)
+    }
+
+    /// Opens the storage root and its landed tables only: what a bulk load needs, without
+    /// the cost of applying the workspace (and refreshing its identity graphs).
+    pub async fn open_without_workspace(settings: Settings) -> Result<Engine> {
+        let storage = Storage::open(&settings.data, &settings.storage_options).await?;
+        let ctx = new_session(&settings.pg.database)?;
+        storage.register(&ctx);
+        // Landed tables come before the workspace, whose views read them; the collector's
+        // `events` table always exists so that the demo's `events` view can union it.
+        let landed = storage::landed::LandedTables::open(&storage, &ctx).await?;
+        landed
+            .get_or_create(sources::events::EVENTS_TABLE, sources::events::schema())
+            .await?;
+        Ok(Engine {
+            ctx,
+            landed,
+            identity: identity::manager::IdentityGraphs::new(storage.clone()),
+            storage,
+            settings,
+            workspace: workspace::Applied::default(),
+        })
     }
 
     pub fn context(&self) -> &SessionContext {
@@ -118,6 +124,24 @@ impl Engine {
     /// The landed tables (`landed.*` in SQL): the collector's `events`, bulk loads.
     pub fn landed(&self) -> &storage::landed::LandedTables {
         &self.landed
+    }
+
+    /// Loads CSV, NDJSON or Parquet files (paths or object store URLs) into landed table
+    /// `table`, creating it from the first file's columns if needed, in one commit.
+    /// `progress` gets the number of rows read so far.
+    pub async fn load(
+        &self,
+        table: &str,
+        inputs: &[String],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<sources::load::LoadReport> {
+        sources::load::load_files(self, table, inputs, progress).await
+    }
+
+    /// Starts a load of record batches into landed table `table` (what `COPY … FROM STDIN`
+    /// needs): push batches, then commit them all at once.
+    pub fn loader(&self, table: &str) -> Result<sources::load::Loader> {
+        sources::load::Loader::new(self, table)
     }
 
     /// Runs one or more `;`-separated statements and returns each one's result.

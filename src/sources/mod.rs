@@ -2,3 +2,4 @@
 //! collector writes) and bulk loads of files into landed tables.
 
 pub mod events;
+pub mod load;

@@ -49,7 +49,9 @@ impl LandedTables {
         Ok(landed)
     }
 
-    fn insert(&self, table: Arc<LandedTable>) -> Result<()> {
+    /// Registers a table opened or created elsewhere (by a load), replacing any handle of
+    /// the same name.
+    pub fn insert(&self, table: Arc<LandedTable>) -> Result<()> {
         self.schema.deregister_table(table.name())?;
         self.schema
             .register_table(table.name().to_string(), table.clone())?;

@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::SchemaRef;
 
@@ -79,6 +79,17 @@ impl LandedTable {
 
     /// Creates table `name` with `schema` (made storable, see [`delta::storable_schema`]).
     pub async fn create(storage: &Storage, name: &str, schema: SchemaRef) -> Result<LandedTable> {
+        LandedTable::create_with(storage, name, schema, Vec::new()).await
+    }
+
+    /// Creates table `name` holding the data files `adds` (written with [`write_data_file`])
+    /// in its first commit: a load into a new table either creates it full or not at all.
+    pub async fn create_with(
+        storage: &Storage,
+        name: &str,
+        schema: SchemaRef,
+        adds: Vec<Add>,
+    ) -> Result<LandedTable> {
         validate_name(name)?;
         let schema = delta::storable_schema(&schema)?;
         let metadata = MetaData {
@@ -92,11 +103,12 @@ impl LandedTable {
             configuration: Default::default(),
             created_time: Some(now_ms()),
         };
-        let actions = vec![
+        let mut actions = vec![
             commit_info("CREATE TABLE"),
             Action::Protocol(delta::protocol()),
             Action::MetaData(metadata),
         ];
+        actions.extend(adds.into_iter().map(Action::Add));
         let dir = format!("{TABLES_DIR}/{name}");
         let log = format!("{dir}/{}/{}", delta::LOG_DIR, delta::commit_name(0));
         if !storage
@@ -204,76 +216,14 @@ impl LandedTable {
 
     /// Casts `batch` to the table's columns, by name, naming the column that does not fit.
     pub fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let schema = self.schema();
-        let mut columns = Vec::with_capacity(schema.fields().len());
-        for field in schema.fields() {
-            let Some(column) = batch.column_by_name(field.name()) else {
-                return Err(C360Error::InvalidArgument(format!(
-                    "table {}: column {} is missing",
-                    self.name,
-                    field.name()
-                )));
-            };
-            // Unsafe casts: a value that does not convert is an error, not a silent NULL.
-            let options = CastOptions {
-                safe: false,
-                ..Default::default()
-            };
-            let cast = cast_with_options(column, field.data_type(), &options).map_err(|e| {
-                C360Error::InvalidArgument(format!(
-                    "table {}: column {}: {e}",
-                    self.name,
-                    field.name()
-                ))
-            })?;
-            if !field.is_nullable() && cast.null_count() > 0 {
-                return Err(C360Error::InvalidArgument(format!(
-                    "table {}: column {} may not be null",
-                    self.name,
-                    field.name()
-                )));
-            }
-            columns.push(cast);
-        }
-        RecordBatch::try_new(schema, columns)
-            .map_err(|e| C360Error::arrow(format!("table {}", self.name), e))
+        conform_batch(&self.schema(), batch)
+            .map_err(|misfit| C360Error::InvalidArgument(format!("table {}: {misfit}", self.name)))
     }
 
     /// Writes `batches` (already in the table's schema) as one durable data file that no
     /// snapshot names yet; [`LandedTable::commit`] makes it part of the table.
     pub async fn write_file(&self, batches: &[RecordBatch]) -> Result<Add> {
-        let schema = self.schema();
-        let file = format!("part-{}.parquet", uuid::Uuid::new_v4());
-        let relative = format!("{}/{file}", self.dir);
-        let mut buffer = Vec::new();
-        let props = datafusion::parquet::file::properties::WriterProperties::builder()
-            .set_compression(datafusion::parquet::basic::Compression::SNAPPY)
-            .build();
-        let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
-            &mut buffer,
-            schema.clone(),
-            Some(props),
-        )
-        .map_err(|e| C360Error::parquet(&relative, e))?;
-        for batch in batches {
-            writer
-                .write(batch)
-                .map_err(|e| C360Error::parquet(&relative, e))?;
-        }
-        writer
-            .close()
-            .map_err(|e| C360Error::parquet(&relative, e))?;
-        let size = buffer.len() as u64;
-        self.storage.put(&relative, buffer).await?;
-        self.storage.sync(&relative).await?;
-        Ok(Add {
-            path: file,
-            partition_values: Default::default(),
-            size,
-            modification_time: now_ms(),
-            data_change: true,
-            stats: Some(delta::stats(batches, &schema)),
-        })
+        write_data_file(&self.storage, &self.name, self.schema(), batches).await
     }
 
     /// Appends `batches` in one commit: all rows become visible together, or none do.
@@ -348,6 +298,134 @@ impl LandedTable {
             snapshot = self.refresh().await?;
         }
     }
+}
+
+/// A batch that does not fit a table: which column, which row (0-based in the batch) when
+/// one value is to blame, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Misfit {
+    pub column: String,
+    pub row: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Misfit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.row {
+            Some(row) => write!(
+                f,
+                "row {}: column {}: {}",
+                row + 1,
+                self.column,
+                self.message
+            ),
+            None => write!(f, "column {}: {}", self.column, self.message),
+        }
+    }
+}
+
+/// Casts `batch` to `schema` by column name. Casts are strict (a value that does not convert
+/// is an error, not a silent NULL), and on failure the first offending row is found.
+pub fn conform_batch(
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+) -> std::result::Result<RecordBatch, Misfit> {
+    let misfit = |column: &str, row, message: String| Misfit {
+        column: column.to_string(),
+        row,
+        message,
+    };
+    if let Some(extra) = batch
+        .schema()
+        .fields()
+        .iter()
+        .find(|f| schema.field_with_name(f.name()).is_err())
+    {
+        return Err(misfit(
+            extra.name(),
+            None,
+            "is not a column of the table".into(),
+        ));
+    }
+    let options = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let column = match batch.column_by_name(field.name()) {
+            Some(column) => column.clone(),
+            None if field.is_nullable() => {
+                datafusion::arrow::array::new_null_array(field.data_type(), batch.num_rows())
+            }
+            None => {
+                return Err(misfit(
+                    field.name(),
+                    None,
+                    "is missing (it may not be null)".into(),
+                ));
+            }
+        };
+        let cast = match cast_with_options(&column, field.data_type(), &options) {
+            Ok(cast) => cast,
+            Err(e) => {
+                // Find the value to blame, so the user can fix that line of the file.
+                let row = (0..column.len()).find(|i| {
+                    cast_with_options(&column.slice(*i, 1), field.data_type(), &options).is_err()
+                });
+                let value = row
+                    .and_then(|i| {
+                        datafusion::arrow::util::display::array_value_to_string(&column, i).ok()
+                    })
+                    .map(|v| format!("'{v}' is not a valid {}", field.data_type()))
+                    .unwrap_or_else(|| e.to_string());
+                return Err(misfit(field.name(), row, value));
+            }
+        };
+        if !field.is_nullable() && cast.null_count() > 0 {
+            let row = (0..cast.len()).find(|i| cast.is_null(*i));
+            return Err(misfit(field.name(), row, "may not be null".into()));
+        }
+        columns.push(cast);
+    }
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| misfit("*", None, e.to_string()))
+}
+
+/// Writes `batches` as one durable Parquet data file of table `name`, named by nothing yet.
+pub async fn write_data_file(
+    storage: &Storage,
+    name: &str,
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Add> {
+    let file = format!("part-{}.parquet", uuid::Uuid::new_v4());
+    let relative = format!("{TABLES_DIR}/{name}/{file}");
+    let mut buffer = Vec::new();
+    let props = datafusion::parquet::file::properties::WriterProperties::builder()
+        .set_compression(datafusion::parquet::basic::Compression::SNAPPY)
+        .build();
+    let mut writer =
+        datafusion::parquet::arrow::ArrowWriter::try_new(&mut buffer, schema.clone(), Some(props))
+            .map_err(|e| C360Error::parquet(&relative, e))?;
+    for batch in batches {
+        writer
+            .write(batch)
+            .map_err(|e| C360Error::parquet(&relative, e))?;
+    }
+    writer
+        .close()
+        .map_err(|e| C360Error::parquet(&relative, e))?;
+    let size = buffer.len() as u64;
+    storage.put(&relative, buffer).await?;
+    storage.sync(&relative).await?;
+    Ok(Add {
+        path: file,
+        partition_values: Default::default(),
+        size,
+        modification_time: now_ms(),
+        data_change: true,
+        stats: Some(delta::stats(batches, &schema)),
+    })
 }
 
 async fn read_commit(storage: &Storage, dir: &str, version: u64) -> Result<Option<Vec<Action>>> {
