@@ -198,14 +198,14 @@ async fn run(cli: Cli) -> Result<()> {
             progress.finish_and_clear();
             let report = report?;
             println!(
-                "{} {} rows into landed.{} from {} file(s) in {:.1} s (version {})",
+                "{} landed.{}: {} rows from {} file(s) in {:.1} s (version {})",
                 if report.created {
-                    "created with"
+                    "created"
                 } else {
-                    "appended"
+                    "appended to"
                 },
-                report.rows,
                 report.table,
+                report.rows,
                 files.len(),
                 started.elapsed().as_secs_f64(),
                 report.version

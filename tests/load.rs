@@ -47,7 +47,7 @@ fn csv_ndjson_and_parquet_files_load_into_landed_tables() {
     let out = c360(data.path(), &["load", "people", csv.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(
-        stdout_of(&out).contains("2 rows into landed.people"),
+        stdout_of(&out).contains("created landed.people: 2 rows"),
         "{}",
         stdout_of(&out)
     );
