@@ -32,8 +32,9 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
     let http_task = tokio::spawn(http.run(stopped(stop_rx.clone())));
     let scheduler = tokio::spawn(run_schedules(
         std::sync::Arc::clone(&engine),
-        stopped(stop_rx),
+        stopped(stop_rx.clone()),
     ));
+    let upkeep = tokio::spawn(run_upkeep(std::sync::Arc::clone(&engine), stopped(stop_rx)));
 
     stop.await;
     tracing::info!("stopping: no new connections, closing sessions");
@@ -41,6 +42,7 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
     let joined = |e: tokio::task::JoinError| C360Error::io("server task", std::io::Error::other(e));
     pg_task.await.map_err(joined)?;
     scheduler.await.map_err(joined)?;
+    upkeep.await.map_err(joined)?;
     http_task.await.map_err(joined)??;
     tracing::info!("stopped cleanly");
     Ok(())
@@ -67,6 +69,31 @@ async fn run_schedules(engine: std::sync::Arc<Engine>, stop: impl Future<Output 
             if let Err(e) = refreshed {
                 tracing::warn!(graph = %name, error = %e, "scheduled identity refresh failed");
             }
+        }
+    }
+}
+
+/// Compacts landed tables every few seconds (group commits make many small files) and
+/// vacuums them hourly, until `stop`. Its own task, so a long compaction never delays a
+/// scheduled refresh.
+async fn run_upkeep(engine: std::sync::Arc<Engine>, stop: impl Future<Output = ()>) {
+    use crate::storage::maintenance::VACUUM_RETENTION;
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_vacuum = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let vacuum = last_vacuum.elapsed() >= std::time::Duration::from_secs(3600);
+        if vacuum {
+            last_vacuum = std::time::Instant::now();
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = engine.landed().maintain(vacuum, VACUUM_RETENTION) => {}
         }
     }
 }

@@ -237,3 +237,38 @@ fn a_message_id_is_stored_once_even_across_a_restart() {
         "dup-1|1\ndup-2|1"
     );
 }
+
+#[test]
+fn small_commits_are_compacted_in_the_background() {
+    let server = start(None);
+    // Sequential requests: one group commit, hence one small file, each.
+    for i in 0..20 {
+        let body = format!(r#"{{"userId":"u","event":"e","messageId":"small-{i}"}}"#);
+        assert_eq!(
+            post_json(&server.http_addr, "/v1/track", KEY, &body).status,
+            200
+        );
+    }
+    let log = server.data.path().join("tables/events/_delta_log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let compacted = || {
+        std::fs::read_dir(&log).unwrap().any(|entry| {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+            text.contains(r#""operation":"OPTIMIZE""#)
+        })
+    };
+    while !compacted() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no compaction within a minute"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(
+        sql(
+            &server,
+            "SELECT count(*), count(DISTINCT message_id) FROM landed.events"
+        ),
+        "20|20"
+    );
+}

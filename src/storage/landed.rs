@@ -74,6 +74,37 @@ impl LandedTables {
             .unwrap_or_default()
     }
 
+    /// Compacts every table with enough small files, and, when `vacuum` is set, deletes
+    /// the files no snapshot has named for `retention`. Failures are logged per table and
+    /// retried at the next round: upkeep never stops the server.
+    pub async fn maintain(&self, vacuum: bool, retention: std::time::Duration) {
+        let tables: Vec<Arc<LandedTable>> = self
+            .tables
+            .read()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default();
+        for table in tables {
+            match table.compact(super::maintenance::COMPACT_AT_FILES).await {
+                Ok(Some(done)) => tracing::info!(
+                    table = table.name(),
+                    files = done.files_merged,
+                    rows = done.rows,
+                    version = done.version,
+                    "compacted"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(table = table.name(), error = %e, "compaction failed"),
+            }
+            if vacuum {
+                match table.vacuum(retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(table = table.name(), files = n, "vacuumed"),
+                    Err(e) => tracing::warn!(table = table.name(), error = %e, "vacuum failed"),
+                }
+            }
+        }
+    }
+
     /// The table `name`, created with `schema` if it does not exist yet.
     pub async fn get_or_create(&self, name: &str, schema: SchemaRef) -> Result<Arc<LandedTable>> {
         if let Some(table) = self.get(name) {

@@ -8,6 +8,7 @@
 
 pub mod delta;
 pub mod landed;
+pub mod maintenance;
 pub mod provider;
 pub mod published;
 pub mod table;
@@ -174,8 +175,8 @@ impl Storage {
         .map_err(|e| C360Error::io("fsync task", std::io::Error::other(e)))?
     }
 
-    /// The objects directly under `prefix`: (name, size).
-    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+    /// The objects directly under `prefix`: (name, size, last modified in ms since the epoch).
+    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64, i64)>> {
         let listed = self
             .store
             .list_with_delimiter(Some(&self.path(prefix)))
@@ -187,7 +188,11 @@ impl Storage {
         Ok(listed
             .objects
             .iter()
-            .filter_map(|o| o.location.filename().map(|n| (n.to_string(), o.size)))
+            .filter_map(|o| {
+                o.location
+                    .filename()
+                    .map(|n| (n.to_string(), o.size, o.last_modified.timestamp_millis()))
+            })
             .collect())
     }
 

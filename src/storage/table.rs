@@ -50,7 +50,7 @@ impl LandedTable {
             .list_objects(&log_dir)
             .await?
             .into_iter()
-            .filter_map(|(file, _)| file.strip_suffix(".json")?.parse().ok())
+            .filter_map(|(file, _, _)| file.strip_suffix(".json")?.parse().ok())
             .collect();
         versions.sort_unstable();
         if versions.first() != Some(&0) {
@@ -446,7 +446,7 @@ fn commit_info(operation: &str) -> Action {
     }))
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
