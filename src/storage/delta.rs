@@ -372,7 +372,8 @@ fn arrow_type(name: &str) -> std::result::Result<DataType, String> {
 }
 
 /// Per-file statistics as Delta writes them: row count and null counts, plus min/max of
-/// strings and numbers so that other engines can skip files.
+/// integer columns so that other engines can skip files. Never of strings: the log is never
+/// rewritten, so a name or an e-mail in a min/max would outlive its erasure.
 pub fn stats(batches: &[RecordBatch], schema: &Schema) -> String {
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let mut nulls = serde_json::Map::new();
@@ -392,7 +393,7 @@ pub fn stats(batches: &[RecordBatch], schema: &Schema) -> String {
 }
 
 fn min_max(columns: &[&ArrayRef]) -> Option<(Value, Value)> {
-    use datafusion::arrow::array::{AsArray, StringArray};
+    use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::Int64Type;
     let mut min: Option<Value> = None;
     let mut max: Option<Value> = None;
@@ -406,18 +407,6 @@ fn min_max(columns: &[&ArrayRef]) -> Option<(Value, Value)> {
     };
     for column in columns {
         match column.data_type() {
-            DataType::Utf8 => {
-                let array: &StringArray = column.as_string();
-                if let (Some(lo), Some(hi)) =
-                    (aggregate::min_string(array), aggregate::max_string(array))
-                {
-                    // Delta truncates string stats; long JSON blobs are not worth keeping.
-                    if lo.len() > 64 || hi.len() > 64 {
-                        return None;
-                    }
-                    keep(json!(lo), json!(hi), &|a, b| a.as_str() < b.as_str());
-                }
-            }
             DataType::Int64 => {
                 let array = column.as_primitive::<Int64Type>();
                 if let (Some(lo), Some(hi)) = (aggregate::min(array), aggregate::max(array)) {

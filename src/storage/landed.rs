@@ -53,8 +53,10 @@ impl LandedTables {
     /// the same name.
     pub fn insert(&self, table: Arc<LandedTable>) -> Result<()> {
         self.schema.deregister_table(table.name())?;
-        self.schema
-            .register_table(table.name().to_string(), table.clone())?;
+        self.schema.register_table(
+            table.name().to_string(),
+            super::provider::LandedProvider::new(table.clone()),
+        )?;
         let mut tables = self
             .tables
             .write()

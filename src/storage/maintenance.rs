@@ -122,7 +122,8 @@ mod tests {
     async fn sum(storage: &Storage, table: Arc<LandedTable>) -> i64 {
         let ctx = SessionContext::new();
         storage.register(&ctx);
-        ctx.register_table("t", table).unwrap();
+        ctx.register_table("t", crate::storage::provider::LandedProvider::new(table))
+            .unwrap();
         let batches = ctx
             .sql("SELECT sum(n) FROM t")
             .await

@@ -6,6 +6,7 @@
 //! root proves it is writable before the server announces itself, so that a bad `--data`
 //! fails at start-up with the path in the message rather than at the first commit.
 
+pub mod delete;
 pub mod delta;
 pub mod landed;
 pub mod maintenance;
@@ -160,19 +161,25 @@ impl Storage {
             return Ok(());
         };
         let file = dir.join(relative);
-        tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&file)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| C360Error::io(&file, e))?;
-            if let Some(parent) = file.parent() {
-                std::fs::File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| C360Error::io(parent, e))?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| C360Error::io("fsync task", std::io::Error::other(e)))?
+        let parent = file.parent().map(FsPath::to_path_buf);
+        // The file's contents and its directory entry are independent: fsync both at once,
+        // which halves the wait on disks that serve them in parallel.
+        let sync = |path: PathBuf| {
+            tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| C360Error::io(&path, e))
+            })
+        };
+        let file_synced = sync(file);
+        if let Some(parent) = parent {
+            sync(parent)
+                .await
+                .map_err(|e| C360Error::io("fsync task", std::io::Error::other(e)))??;
+        }
+        file_synced
+            .await
+            .map_err(|e| C360Error::io("fsync task", std::io::Error::other(e)))?
     }
 
     /// The objects directly under `prefix`: (name, size, last modified in ms since the epoch).

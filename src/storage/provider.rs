@@ -1,27 +1,45 @@
 //! Landed tables seen from SQL: each scan reads the newest committed snapshot and only the
 //! files it names, so a query never sees half a commit, nor the orphan files of a crash.
+//! `DELETE FROM landed.t WHERE …` rewrites the files holding matching rows (see delete.rs).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::{RecordBatch, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::DFSchema;
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
 use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::logical_expr::{Expr, lit};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 
 use super::SCAN_URL;
 use super::table::LandedTable;
 
+/// A landed table as DataFusion sees it.
+#[derive(Debug)]
+pub struct LandedProvider(pub Arc<LandedTable>);
+
+impl LandedProvider {
+    pub fn new(table: Arc<LandedTable>) -> Arc<LandedProvider> {
+        Arc::new(LandedProvider(table))
+    }
+}
+
 #[async_trait]
-impl TableProvider for LandedTable {
-    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
-        LandedTable::schema(self)
+impl TableProvider for LandedProvider {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
     }
 
     fn table_type(&self) -> TableType {
@@ -35,7 +53,8 @@ impl TableProvider for LandedTable {
         _filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let snapshot = self
+        let table = &self.0;
+        let snapshot = table
             .refresh()
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
@@ -55,7 +74,9 @@ impl TableProvider for LandedTable {
             .clamp(1, snapshot.files.len());
         let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions];
         for (i, add) in snapshot.files.values().enumerate() {
-            let path = self.storage().path(&format!("{}/{}", self.dir(), add.path));
+            let path = table
+                .storage()
+                .path(&format!("{}/{}", table.dir(), add.path));
             groups[i % partitions].push(PartitionedFile::new(path.to_string(), add.size));
         }
         let source = Arc::new(ParquetSource::new(schema));
@@ -65,5 +86,75 @@ impl TableProvider for LandedTable {
             .with_limit(limit)
             .build();
         Ok(DataSourceExec::from_data_source(config))
+    }
+
+    /// Plans the delete; nothing is touched until the plan runs (so `EXPLAIN DELETE` is
+    /// harmless).
+    async fn delete_from(
+        &self,
+        state: &dyn Session,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let predicate = filters
+            .into_iter()
+            .reduce(Expr::and)
+            .unwrap_or_else(|| lit(true));
+        let df_schema = DFSchema::try_from(self.0.schema().as_ref().clone())?;
+        let predicate = state.create_physical_expr(predicate, &df_schema)?;
+        let stream = Arc::new(DeleteStream {
+            table: Arc::clone(&self.0),
+            predicate,
+            schema: count_schema(),
+        });
+        Ok(Arc::new(StreamingTableExec::try_new(
+            count_schema(),
+            vec![stream],
+            None,
+            Vec::new(),
+            false,
+            None,
+        )?))
+    }
+}
+
+/// DataFusion's DML result: one row, the number of rows affected.
+fn count_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(
+        "count",
+        DataType::UInt64,
+        false,
+    )]))
+}
+
+#[derive(Debug)]
+struct DeleteStream {
+    table: Arc<LandedTable>,
+    predicate: Arc<dyn PhysicalExpr>,
+    schema: SchemaRef,
+}
+
+impl PartitionStream for DeleteStream {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (table, predicate, schema) = (
+            Arc::clone(&self.table),
+            Arc::clone(&self.predicate),
+            Arc::clone(&self.schema),
+        );
+        let result = futures::stream::once(async move {
+            let deleted = table
+                .delete_matching(predicate)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            RecordBatch::try_new(schema, vec![Arc::new(UInt64Array::from(vec![deleted]))])
+                .map_err(DataFusionError::from)
+        });
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            result,
+        ))
     }
 }

@@ -39,7 +39,8 @@ async fn root() -> (tempfile::TempDir, Storage) {
 async fn count(storage: &Storage, table: Arc<LandedTable>) -> i64 {
     let ctx = SessionContext::new();
     storage.register(&ctx);
-    ctx.register_table("t", table).unwrap();
+    ctx.register_table("t", crate::storage::provider::LandedProvider::new(table))
+        .unwrap();
     let batches = ctx
         .sql("SELECT count(*), count(DISTINCT id) FROM t")
         .await
