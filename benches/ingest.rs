@@ -75,7 +75,11 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// One keep-alive connection: POST, then read the status line, headers and body.
-fn post(stream: &mut BufReader<TcpStream>, head: &str, body: &[u8]) -> std::io::Result<u16> {
+fn post(
+    stream: &mut BufReader<TcpStream>,
+    head: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
     stream.get_mut().write_all(head.as_bytes())?;
     stream.get_mut().write_all(body)?;
     let mut line = String::new();
@@ -100,7 +104,7 @@ fn post(stream: &mut BufReader<TcpStream>, head: &str, body: &[u8]) -> std::io::
     }
     let mut body = vec![0; length];
     stream.read_exact(&mut body)?;
-    Ok(status)
+    Ok((status, body))
 }
 
 fn main() {
@@ -180,7 +184,7 @@ fn main() {
                     );
                     let sent = Instant::now();
                     match post(&mut stream, &head, body.as_bytes()) {
-                        Ok(200) => {
+                        Ok((200, _)) => {
                             mine.push(sent.elapsed());
                             events.fetch_add(batch as u64, Ordering::Relaxed);
                         }
@@ -201,6 +205,22 @@ fn main() {
         client.join().expect("client thread");
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let metrics = {
+        let stream = TcpStream::connect(&addr).expect("connect");
+        let mut stream = BufReader::new(stream);
+        let head = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        post(&mut stream, &head, b"")
+            .map(|(_, body)| String::from_utf8_lossy(&body).into_owned())
+            .unwrap_or_default()
+    };
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let commits = metric("c360_collector_commit_seconds_count ");
+    let commit_seconds = metric("c360_collector_commit_seconds_sum ");
     let _ = child.kill();
     let _ = child.wait();
 
@@ -231,6 +251,12 @@ fn main() {
         "server memory: {} MiB at start, {} MiB under load",
         rss_before / 1024,
         rss_during / 1024
+    );
+    println!(
+        "group commits: {:.0}/s, {:.0} events each, {:.1} ms each on average",
+        commits / elapsed,
+        total as f64 / commits.max(1.0),
+        commit_seconds * 1e3 / commits.max(1.0)
     );
     println!(
         "commits can be at most {fsyncs:.0}/s on this disk; each commit fsyncs the data file, \
