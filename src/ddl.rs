@@ -9,6 +9,7 @@
 //!   [EVERY '5 minutes'];
 //! REFRESH IDENTITY GRAPH customers;
 //! DROP IDENTITY GRAPH [IF EXISTS] customers;
+//! FORGET PROFILE 'p_…' [IN customers];
 //! ```
 //!
 //! [`parse`] answers `Ok(None)` for anything else, which then goes to DataFusion unchanged.
@@ -24,8 +25,18 @@ use datafusion::sql::sqlparser::tokenizer::{Token, Word};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Statement {
     CreateIdentityGraph(IdentityGraphDefinition),
-    RefreshIdentityGraph { name: String },
-    DropIdentityGraph { name: String, if_exists: bool },
+    RefreshIdentityGraph {
+        name: String,
+    },
+    DropIdentityGraph {
+        name: String,
+        if_exists: bool,
+    },
+    /// Erase a person's landed records (see `erasure.rs`).
+    ForgetProfile {
+        profile_id: String,
+        graph: Option<String>,
+    },
 }
 
 /// `CREATE IDENTITY GRAPH`, as written: the rules are validated by the identity module.
@@ -107,6 +118,21 @@ pub fn parse(sql: &str) -> Result<Option<Statement>, DdlError> {
             name: parse_name(&mut parser)?,
             if_exists,
         }
+    } else if word_is(&parser, 0, "FORGET") && word_is(&parser, 1, "PROFILE") {
+        words(&mut parser, &["FORGET", "PROFILE"]);
+        let found = parser.next_token();
+        let Token::SingleQuotedString(profile_id) = found.token else {
+            return Err(DdlError(format!(
+                "expected the profile id as a quoted string, found {} at {}",
+                found.token, found.span.start
+            )));
+        };
+        let graph = if words(&mut parser, &["IN"]) {
+            Some(parse_name(&mut parser)?)
+        } else {
+            None
+        };
+        Statement::ForgetProfile { profile_id, graph }
     } else {
         return Ok(None);
     };
@@ -267,6 +293,26 @@ mod tests {
                 if_exists: true
             })
         );
+    }
+
+    #[test]
+    fn forget_profile_with_and_without_a_graph() {
+        assert_eq!(
+            parse("FORGET PROFILE 'p_1'").unwrap(),
+            Some(Statement::ForgetProfile {
+                profile_id: "p_1".into(),
+                graph: None
+            })
+        );
+        assert_eq!(
+            parse("forget profile 'p_1' in Customers;").unwrap(),
+            Some(Statement::ForgetProfile {
+                profile_id: "p_1".into(),
+                graph: Some("customers".into())
+            })
+        );
+        let err = parse("FORGET PROFILE p_1").unwrap_err();
+        assert!(err.0.contains("quoted string"), "{err}");
     }
 
     #[test]

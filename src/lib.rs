@@ -7,6 +7,7 @@
 pub mod collect;
 pub mod config;
 pub mod ddl;
+pub mod erasure;
 pub mod error;
 pub mod functions;
 pub mod generate;
@@ -187,6 +188,9 @@ impl Engine {
                     .drop_graph(&self.ctx, &name, if_exists)
                     .await?;
                 return Ok(QueryResult::empty());
+            }
+            ddl::Statement::ForgetProfile { profile_id, graph } => {
+                return erasure::forget_profile(self, &profile_id, graph.as_deref()).await;
             }
         };
         tracing::info!(

@@ -214,6 +214,7 @@ fn command_tag(statement: &ddl::Statement) -> &'static str {
         ddl::Statement::CreateIdentityGraph(_) => "CREATE IDENTITY GRAPH",
         ddl::Statement::RefreshIdentityGraph { .. } => "REFRESH IDENTITY GRAPH",
         ddl::Statement::DropIdentityGraph { .. } => "DROP IDENTITY GRAPH",
+        ddl::Statement::ForgetProfile { .. } => "FORGET PROFILE",
     }
 }
 
