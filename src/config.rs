@@ -53,6 +53,9 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     /// A `messageId` seen within this many seconds is acknowledged but not stored again.
     pub dedup_window_secs: u64,
+    /// At most this many message ids are remembered for deduplication (about 80 bytes
+    /// each); past it the oldest are forgotten first, so memory stays bounded under load.
+    pub dedup_max_ids: usize,
     /// Events waiting for the next group commit; when full, requests get 503 + Retry-After.
     pub buffer_events: usize,
     /// A request not durable after this many milliseconds gets 503 + Retry-After (its events
@@ -95,6 +98,7 @@ impl Default for HttpSettings {
             // Segment's own limit for a batch call.
             max_body_bytes: 500 * 1024,
             dedup_window_secs: 3600,
+            dedup_max_ids: 2_000_000,
             buffer_events: 200_000,
             ack_timeout_ms: 10_000,
         }

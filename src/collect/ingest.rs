@@ -9,7 +9,8 @@
 //!
 //! Deduplication by `messageId` remembers, for each id, the generation that accepted it. A
 //! repeat of an id whose generation is still being committed waits for that commit, so that
-//! a 200 always means durable, even for a duplicate.
+//! a 200 always means durable, even for a duplicate. Ids are kept as 128-bit hashes, and at
+//! most `max_ids` of them (the oldest go first), so memory stays flat under any load.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -36,10 +37,10 @@ struct State {
     pending: Vec<EventRow>,
     /// The open generation's number; generations below it are committed or committing.
     open: u64,
-    /// messageId → generation that accepted it.
-    seen: HashMap<String, u64>,
-    /// (accepted at, id), oldest first: when ids leave the dedup window.
-    expiry: VecDeque<(Instant, String)>,
+    /// messageId hash → generation that accepted it.
+    seen: HashMap<u128, u64>,
+    /// (accepted at, id hash, generation), oldest first: when ids leave the window.
+    expiry: VecDeque<(Instant, u128, u64)>,
     /// Recent generations whose commit failed.
     failed: BTreeSet<u64>,
 }
@@ -51,6 +52,7 @@ pub struct Ingest {
     finished: watch::Sender<u64>,
     capacity: usize,
     window: Duration,
+    max_ids: usize,
     ack_timeout: Duration,
     pub metrics: Metrics,
 }
@@ -61,6 +63,7 @@ impl Ingest {
     pub fn new(
         capacity: usize,
         window: Duration,
+        max_ids: usize,
         ack_timeout: Duration,
         recent_ids: Vec<String>,
     ) -> Arc<Ingest> {
@@ -70,8 +73,9 @@ impl Ingest {
             ..State::default()
         };
         for id in recent_ids {
-            state.expiry.push_back((now, id.clone()));
-            state.seen.insert(id, 0);
+            let key = id_key(&id);
+            state.expiry.push_back((now, key, 0));
+            state.seen.insert(key, 0);
         }
         Arc::new(Ingest {
             state: Mutex::new(state),
@@ -79,6 +83,7 @@ impl Ingest {
             finished: watch::Sender::new(0),
             capacity,
             window,
+            max_ids,
             ack_timeout,
             metrics: Metrics::default(),
         })
@@ -102,32 +107,32 @@ impl Ingest {
         let needed = {
             let mut state = self.lock();
             let now = Instant::now();
-            while let Some((at, _)) = state.expiry.front() {
-                if now.duration_since(*at) < self.window {
+            while let Some((at, _, _)) = state.expiry.front() {
+                if now.duration_since(*at) < self.window && state.seen.len() < self.max_ids {
                     break;
                 }
-                if let Some((_, id)) = state.expiry.pop_front() {
-                    state.seen.remove(&id);
+                if let Some((_, key, generation)) = state.expiry.pop_front()
+                    && state.seen.get(&key) == Some(&generation)
+                {
+                    state.seen.remove(&key);
                 }
             }
-            let fresh = rows
-                .iter()
-                .filter(|r| !state.seen.contains_key(&r.message_id))
-                .count();
+            let keys: Vec<u128> = rows.iter().map(|r| id_key(&r.message_id)).collect();
+            let fresh = keys.iter().filter(|k| !state.seen.contains_key(k)).count();
             if state.pending.len() + fresh > self.capacity {
                 Metrics::count(&self.metrics.overloaded, 1);
                 return Err(Refused::Busy(1));
             }
             let open = state.open;
             let mut duplicates = 0;
-            for row in rows {
-                if let Some(generation) = state.seen.get(&row.message_id) {
+            for (row, key) in rows.into_iter().zip(keys) {
+                if let Some(generation) = state.seen.get(&key) {
                     depends.insert(*generation);
                     duplicates += 1;
                     continue;
                 }
-                state.seen.insert(row.message_id.clone(), open);
-                state.expiry.push_back((now, row.message_id.clone()));
+                state.seen.insert(key, open);
+                state.expiry.push_back((now, key, open));
                 state.pending.push(row);
                 depends.insert(open);
             }
@@ -201,8 +206,9 @@ impl Ingest {
                     let mut state = self.lock();
                     // Forget the ids so that the clients' retries are accepted.
                     for row in &rows {
-                        if state.seen.get(&row.message_id) == Some(&generation) {
-                            state.seen.remove(&row.message_id);
+                        let key = id_key(&row.message_id);
+                        if state.seen.get(&key) == Some(&generation) {
+                            state.seen.remove(&key);
                         }
                     }
                     state.failed.insert(generation);
@@ -213,5 +219,115 @@ impl Ingest {
             }
             self.finished.send_replace(generation);
         }
+    }
+}
+
+/// A 128-bit hash of a message id: two SipHashes with different prefixes. Collisions (which
+/// would drop an event as a duplicate) are out of reach at any realistic id count, and the
+/// key costs 16 bytes however long the id.
+fn id_key(id: &str) -> u128 {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        let mut hasher = std::hash::DefaultHasher::new();
+        salt.hash(&mut hasher);
+        id.hash(&mut hasher);
+        hasher.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::storage::Storage;
+
+    fn row(id: &str) -> EventRow {
+        EventRow {
+            message_id: id.to_string(),
+            kind: "track",
+            anonymous_id: Some("a".into()),
+            user_id: None,
+            event: Some("e".into()),
+            properties: "{}".into(),
+            traits: None,
+            context: "{}".into(),
+            timestamp: 0,
+            name: None,
+            group_id: None,
+            previous_id: None,
+            original_timestamp: None,
+            sent_at: None,
+            received_at: 0,
+        }
+    }
+
+    async fn table() -> (tempfile::TempDir, Arc<LandedTable>) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path().to_str().unwrap(), &BTreeMap::new())
+            .await
+            .unwrap();
+        let table = LandedTable::create(&storage, "events", events::schema())
+            .await
+            .unwrap();
+        (dir, Arc::new(table))
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_refuses_at_once_without_remembering_the_ids() {
+        let ingest = Ingest::new(
+            2,
+            Duration::from_secs(60),
+            100,
+            Duration::from_secs(5),
+            vec![],
+        );
+        // No committer runs: nothing drains the buffer.
+        let refused = ingest.submit(vec![row("a"), row("b"), row("c")]).await;
+        assert_eq!(refused, Err(Refused::Busy(1)));
+        assert!(ingest.lock().seen.is_empty());
+    }
+
+    #[tokio::test]
+    async fn dedup_memory_is_bounded_by_max_ids_oldest_first() {
+        let (_dir, table) = table().await;
+        let ingest = Ingest::new(
+            100,
+            Duration::from_secs(3600),
+            3,
+            Duration::from_secs(5),
+            vec![],
+        );
+        let (_stop_tx, stop) = watch::channel(false);
+        tokio::spawn(Arc::clone(&ingest).run(Arc::clone(&table), stop));
+        for id in ["m1", "m2", "m3", "m4", "m5"] {
+            ingest.submit(vec![row(id)]).await.unwrap();
+        }
+        assert!(ingest.lock().seen.len() <= 3);
+        // m5 is remembered; m1 was forgotten to make room, so it is stored again.
+        ingest.submit(vec![row("m5"), row("m1")]).await.unwrap();
+        assert_eq!(
+            ingest
+                .metrics
+                .deduplicated
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(table.snapshot().row_count(), Some(6));
+    }
+
+    #[tokio::test]
+    async fn ids_loaded_at_start_up_are_duplicates_without_waiting() {
+        let ingest = Ingest::new(
+            10,
+            Duration::from_secs(60),
+            100,
+            Duration::from_millis(50),
+            vec!["old".into()],
+        );
+        // No committer: a fresh id would time out, a known one answers at once.
+        ingest.submit(vec![row("old")]).await.unwrap();
+        assert_eq!(ingest.submit(vec![row("new")]).await, Err(Refused::Busy(1)));
     }
 }

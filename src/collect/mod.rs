@@ -70,10 +70,11 @@ impl HttpServer {
             .get(EVENTS_TABLE)
             .ok_or_else(|| C360Error::NotFound(format!("landed table {EVENTS_TABLE}")))?;
         let window = Duration::from_secs(settings.dedup_window_secs);
-        let recent = recent_message_ids(engine, window).await?;
+        let recent = recent_message_ids(engine, window, settings.dedup_max_ids).await?;
         let ingest = Ingest::new(
             settings.buffer_events,
             window,
+            settings.dedup_max_ids,
             Duration::from_millis(settings.ack_timeout_ms),
             recent,
         );
@@ -135,10 +136,15 @@ impl HttpServer {
 
 /// The message ids landed within the dedup window, so that a client retrying across a
 /// restart (the commit landed, the 200 was lost) is not stored twice.
-async fn recent_message_ids(engine: &Engine, window: Duration) -> Result<Vec<String>> {
+async fn recent_message_ids(
+    engine: &Engine,
+    window: Duration,
+    max_ids: usize,
+) -> Result<Vec<String>> {
     let sql = format!(
         "SELECT CAST(message_id AS VARCHAR) FROM landed.{EVENTS_TABLE} \
-         WHERE received_at >= now() - INTERVAL '{} seconds'",
+         WHERE received_at >= now() - INTERVAL '{} seconds' \
+         ORDER BY received_at DESC LIMIT {max_ids}",
         window.as_secs()
     );
     let batches = engine.context().sql(&sql).await?.collect().await?;
