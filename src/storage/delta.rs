@@ -204,6 +204,25 @@ impl Snapshot {
         Ok(())
     }
 
+    /// Rebuilds a snapshot from its parts (as saved by `storage/hint.rs`).
+    pub fn from_parts(version: u64, metadata: MetaData, files: Vec<Add>) -> Result<Snapshot> {
+        let schema = Arc::new(schema_from_string(&metadata.schema_string)?);
+        let mut snapshot = Snapshot {
+            version,
+            metadata,
+            schema,
+            files: BTreeMap::new(),
+            index: BTreeMap::new(),
+            next_key: 0,
+        };
+        for add in files {
+            snapshot.index.insert(add.path.clone(), snapshot.next_key);
+            snapshot.files.insert(snapshot.next_key, add);
+            snapshot.next_key += 1;
+        }
+        Ok(snapshot)
+    }
+
     pub fn contains(&self, path: &str) -> bool {
         self.index.contains_key(path)
     }

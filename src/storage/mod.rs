@@ -8,6 +8,7 @@
 
 pub mod delete;
 pub mod delta;
+pub mod hint;
 pub mod landed;
 pub mod maintenance;
 pub mod provider;

@@ -16,6 +16,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 
 use super::Storage;
 use super::delta::{self, Action, Add, Format, MetaData, Remove, Snapshot};
+use super::hint;
 use crate::error::{C360Error, Result};
 
 /// Where landed tables live in the storage root.
@@ -45,34 +46,15 @@ impl LandedTable {
     /// Opens table `name`, or `None` when it has no log.
     pub async fn open(storage: &Storage, name: &str) -> Result<Option<LandedTable>> {
         let dir = format!("{TABLES_DIR}/{name}");
-        let log_dir = format!("{dir}/{}", delta::LOG_DIR);
-        let mut versions: Vec<u64> = storage
-            .list_objects(&log_dir)
-            .await?
-            .into_iter()
-            .filter_map(|(file, _, _)| file.strip_suffix(".json")?.parse().ok())
-            .collect();
-        versions.sort_unstable();
-        if versions.first() != Some(&0) {
-            return Ok(None);
-        }
-        let first = read_commit(storage, &dir, 0).await?.ok_or_else(|| {
-            C360Error::Corrupt(format!("table {name}: commit 0 vanished while opening"))
-        })?;
-        let mut snapshot = Snapshot::from_first_commit(&delta::commit_name(0), first)?;
-        // Replay the contiguous run from 0; anything after a gap cannot have been committed
-        // by a protocol-abiding writer and is ignored.
-        for (expected, version) in (1..).zip(versions.into_iter().skip(1)) {
-            if version != expected {
-                break;
-            }
-            let Some(actions) = read_commit(storage, &dir, version).await? else {
-                break;
-            };
-            snapshot.apply(version, actions)?;
-        }
+        // The saved snapshot, then the commits after it; a full replay without one.
+        let snapshot = match hint::load(storage, &dir).await {
+            Some(snapshot) => snapshot,
+            None => match replay(storage, name, &dir).await? {
+                Some(snapshot) => snapshot,
+                None => return Ok(None),
+            },
+        };
         let table = LandedTable::new(storage, name, snapshot);
-        // Commits that landed while we listed.
         table.refresh().await?;
         Ok(Some(table))
     }
@@ -291,6 +273,12 @@ impl LandedTable {
                 self.storage.sync(&log).await?;
                 let mut next = (*snapshot).clone();
                 next.apply(version, all)?;
+                if version % hint::EVERY == 0 {
+                    // Only a hint: a failure costs the next open a longer replay.
+                    if let Err(e) = hint::save(&self.storage, &self.dir, &next).await {
+                        tracing::warn!(table = %self.name, error = %e, "cannot save the snapshot hint");
+                    }
+                }
                 self.publish(next);
                 return Ok(version);
             }
@@ -426,6 +414,37 @@ pub async fn write_data_file(
         data_change: true,
         stats: Some(delta::stats(batches, &schema)),
     })
+}
+
+/// Replays the log of the table in `dir` from commit 0; `None` when there is no log.
+async fn replay(storage: &Storage, name: &str, dir: &str) -> Result<Option<Snapshot>> {
+    let log_dir = format!("{dir}/{}", delta::LOG_DIR);
+    let mut versions: Vec<u64> = storage
+        .list_objects(&log_dir)
+        .await?
+        .into_iter()
+        .filter_map(|(file, _, _)| file.strip_suffix(".json")?.parse().ok())
+        .collect();
+    versions.sort_unstable();
+    if versions.first() != Some(&0) {
+        return Ok(None);
+    }
+    let first = read_commit(storage, dir, 0).await?.ok_or_else(|| {
+        C360Error::Corrupt(format!("table {name}: commit 0 vanished while opening"))
+    })?;
+    let mut snapshot = Snapshot::from_first_commit(&delta::commit_name(0), first)?;
+    // Replay the contiguous run from 0; anything after a gap cannot have been committed by
+    // a protocol-abiding writer and is ignored.
+    for (expected, version) in (1..).zip(versions.into_iter().skip(1)) {
+        if version != expected {
+            break;
+        }
+        let Some(actions) = read_commit(storage, dir, version).await? else {
+            break;
+        };
+        snapshot.apply(version, actions)?;
+    }
+    Ok(Some(snapshot))
 }
 
 async fn read_commit(storage: &Storage, dir: &str, version: u64) -> Result<Option<Vec<Action>>> {

@@ -271,3 +271,25 @@ print(json.dumps({"version": t.version(), "rows": rows}))
     ]);
     assert_eq!(got["rows"], expected);
 }
+
+#[tokio::test]
+async fn opening_uses_the_saved_snapshot_and_falls_back_to_the_log() {
+    let (dir, storage) = root().await;
+    let table = LandedTable::create(&storage, "t", schema()).await.unwrap();
+    for i in 0..205 {
+        table.append(&[batch(i, 1)]).await.unwrap();
+    }
+    let hint = dir.path().join("tables/t/_c360_snapshot.json");
+    assert!(hint.is_file(), "a hint is saved every 100 versions");
+    // Remove one commit that the hint (version 200) covers: only a reader of the hint
+    // still sees the whole table.
+    let log = dir.path().join("tables/t/_delta_log");
+    std::fs::remove_file(log.join(delta::commit_name(150))).unwrap();
+    let reopened = LandedTable::open(&storage, "t").await.unwrap().unwrap();
+    assert_eq!(reopened.snapshot().version, 205);
+    assert_eq!(reopened.snapshot().row_count(), Some(205));
+    // A hint that does not parse is ignored: the full replay stops at the gap.
+    std::fs::write(&hint, b"{not json").unwrap();
+    let replayed = LandedTable::open(&storage, "t").await.unwrap().unwrap();
+    assert_eq!(replayed.snapshot().version, 149);
+}
