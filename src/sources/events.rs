@@ -16,8 +16,10 @@ fn timestamp() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-pub fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+/// The columns of the demo's event files (`c360 generate` writes them): the landed table
+/// starts with the same ones, in the same order.
+pub fn bundled_fields() -> Vec<Field> {
+    vec![
         Field::new("message_id", DataType::Utf8, false),
         Field::new("type", DataType::Utf8, false),
         Field::new("anonymous_id", DataType::Utf8, true),
@@ -29,6 +31,12 @@ pub fn schema() -> SchemaRef {
         Field::new("context", DataType::Utf8, false),
         // When it happened, corrected for the device's clock skew (see collect::segment).
         Field::new("timestamp", timestamp(), false),
+    ]
+}
+
+pub fn schema() -> SchemaRef {
+    let mut fields = bundled_fields();
+    fields.extend([
         // page and screen: the page or screen name.
         Field::new("name", DataType::Utf8, true),
         // group: the account; alias: the identity being merged into user_id.
@@ -38,7 +46,8 @@ pub fn schema() -> SchemaRef {
         Field::new("original_timestamp", timestamp(), true),
         Field::new("sent_at", timestamp(), true),
         Field::new("received_at", timestamp(), false),
-    ]))
+    ]);
+    Arc::new(Schema::new(fields))
 }
 
 /// One row of the events table, as the collector builds it.

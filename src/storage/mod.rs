@@ -185,15 +185,9 @@ impl Storage {
 
     /// The objects directly under `prefix`: (name, size, last modified in ms since the epoch).
     pub async fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64, i64)>> {
-        let listed = self
-            .store
-            .list_with_delimiter(Some(&self.path(prefix)))
-            .await
-            .map_err(|e| C360Error::StorageUrl {
-                url: format!("{}{prefix}", self.url),
-                message: e.to_string(),
-            })?;
-        Ok(listed
+        Ok(self
+            .list(prefix)
+            .await?
             .objects
             .iter()
             .filter_map(|o| {
@@ -318,19 +312,24 @@ impl Storage {
 
     /// Names of the direct children of `prefix` (versions of a state folder).
     pub async fn list_children(&self, prefix: &str) -> Result<Vec<String>> {
-        let listed = self
-            .store
+        Ok(self
+            .list(prefix)
+            .await?
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
+    }
+
+    /// One level of listing under `prefix`: its objects and its sub-folders.
+    async fn list(&self, prefix: &str) -> Result<object_store::ListResult> {
+        self.store
             .list_with_delimiter(Some(&self.path(prefix)))
             .await
             .map_err(|e| C360Error::StorageUrl {
                 url: format!("{}{prefix}", self.url),
                 message: e.to_string(),
-            })?;
-        Ok(listed
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_string))
-            .collect())
+            })
     }
 
     /// The object path of `relative` under the root.
