@@ -17,11 +17,9 @@ use futures::StreamExt;
 
 use crate::Engine;
 use crate::error::{C360Error, Result};
-use crate::storage::delta::{self, Add};
+use crate::storage::delta;
 use crate::storage::table::{self, LandedTable, conform_batch};
-
-/// Rows per data file: large enough for efficient Parquet, small enough to bound memory.
-const ROWS_PER_FILE: usize = 1_000_000;
+use crate::storage::writer::TableWriter;
 
 /// What a load did.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,14 +33,11 @@ pub struct LoadReport {
 
 /// Collects batches for one table and commits them together.
 pub struct Loader {
-    engine_table: Option<Arc<LandedTable>>,
+    existing: Option<Arc<LandedTable>>,
     name: String,
-    schema: Option<SchemaRef>,
-    chunk: Vec<RecordBatch>,
-    chunk_rows: usize,
-    adds: Vec<Add>,
-    rows: u64,
     storage: crate::storage::Storage,
+    /// Created with the first batch when the table is new.
+    writer: Option<TableWriter>,
 }
 
 impl Loader {
@@ -51,39 +46,38 @@ impl Loader {
     pub fn new(engine: &Engine, name: &str) -> Result<Loader> {
         table::validate_name(name)?;
         let existing = engine.landed().get(name);
+        let writer = existing
+            .as_ref()
+            .map(|t| TableWriter::new(engine.storage(), name, t.schema()));
         Ok(Loader {
-            schema: existing.as_ref().map(|t| t.schema()),
-            engine_table: existing,
+            existing,
             name: name.to_string(),
-            chunk: Vec::new(),
-            chunk_rows: 0,
-            adds: Vec::new(),
-            rows: 0,
             storage: engine.storage().clone(),
+            writer,
         })
     }
 
     /// The columns rows must fit (once known).
     pub fn schema(&self) -> Option<SchemaRef> {
-        self.schema.clone()
+        self.writer.as_ref().map(|w| w.schema().clone())
     }
 
     pub fn rows(&self) -> u64 {
-        self.rows
+        self.writer.as_ref().map_or(0, TableWriter::rows)
     }
 
     /// Adds `batch`, read from `source` where its first row is data row `first_row` (1-based),
     /// which error messages use to point at the offending line.
     pub async fn push(&mut self, batch: RecordBatch, source: &str, first_row: u64) -> Result<()> {
-        let schema = match &self.schema {
-            Some(schema) => schema.clone(),
-            None => {
-                let schema = delta::storable_schema(&batch.schema())?;
-                self.schema = Some(schema.clone());
-                schema
-            }
+        let writer = match &mut self.writer {
+            Some(writer) => writer,
+            None => self.writer.insert(TableWriter::new(
+                &self.storage,
+                &self.name,
+                delta::storable_schema(&batch.schema())?,
+            )),
         };
-        let batch = conform_batch(&schema, &batch).map_err(|misfit| {
+        let batch = conform_batch(writer.schema(), &batch).map_err(|misfit| {
             let place = match misfit.row {
                 Some(row) => format!("row {}", first_row + row as u64),
                 None => "header".to_string(),
@@ -93,41 +87,25 @@ impl Loader {
                 misfit.column, misfit.message, self.name
             ))
         })?;
-        self.rows += batch.num_rows() as u64;
-        self.chunk_rows += batch.num_rows();
-        self.chunk.push(batch);
-        if self.chunk_rows >= ROWS_PER_FILE {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<()> {
-        let (Some(schema), false) = (&self.schema, self.chunk.is_empty()) else {
-            return Ok(());
-        };
-        let chunk = std::mem::take(&mut self.chunk);
-        self.chunk_rows = 0;
-        let add = table::write_data_file(&self.storage, &self.name, schema.clone(), &chunk).await?;
-        self.adds.push(add);
-        Ok(())
+        writer.push(batch).await
     }
 
     /// Publishes every pushed row in one commit and registers a new table in `engine`.
-    pub async fn commit(mut self, engine: &Engine) -> Result<LoadReport> {
-        self.flush().await?;
-        let files = self.adds.len();
-        let (version, created) = match &self.engine_table {
-            Some(table) => (table.commit("WRITE", self.adds, Vec::new()).await?, false),
+    pub async fn commit(self, engine: &Engine) -> Result<LoadReport> {
+        let Some(writer) = self.writer else {
+            return Err(C360Error::InvalidArgument(format!(
+                "nothing to load into the new table {}: no columns were read",
+                self.name
+            )));
+        };
+        let (rows, schema) = (writer.rows(), writer.schema().clone());
+        let adds = writer.finish().await?;
+        let files = adds.len();
+        let (version, created) = match &self.existing {
+            Some(table) => (table.commit("WRITE", adds, Vec::new()).await?, false),
             None => {
-                let schema = self.schema.clone().ok_or_else(|| {
-                    C360Error::InvalidArgument(format!(
-                        "nothing to load into the new table {}: no columns were read",
-                        self.name
-                    ))
-                })?;
                 let table =
-                    LandedTable::create_with(&self.storage, &self.name, schema, self.adds).await?;
+                    LandedTable::create_with(&self.storage, &self.name, schema, adds).await?;
                 let version = table.snapshot().version;
                 engine.landed().insert(Arc::new(table))?;
                 (version, true)
@@ -135,7 +113,7 @@ impl Loader {
         };
         Ok(LoadReport {
             table: self.name,
-            rows: self.rows,
+            rows,
             files,
             version,
             created,

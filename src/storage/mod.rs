@@ -14,6 +14,7 @@ pub mod maintenance;
 pub mod provider;
 pub mod published;
 pub mod table;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};

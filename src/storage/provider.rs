@@ -1,6 +1,7 @@
 //! Landed tables seen from SQL: each scan reads the newest committed snapshot and only the
 //! files it names, so a query never sees half a commit, nor the orphan files of a crash.
-//! `DELETE FROM landed.t WHERE …` rewrites the files holding matching rows (see delete.rs).
+//! `DELETE FROM landed.t WHERE …` rewrites the files holding matching rows (see delete.rs);
+//! `INSERT INTO landed.t …` appends its rows in one commit.
 
 use std::sync::Arc;
 
@@ -12,19 +13,24 @@ use datafusion::common::DFSchema;
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, lit};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
+use futures::StreamExt;
 
 use super::SCAN_URL;
 use super::table::LandedTable;
+use super::writer::TableWriter;
 
 /// A landed table as DataFusion sees it.
 #[derive(Debug)]
@@ -86,6 +92,26 @@ impl TableProvider for LandedProvider {
             .with_limit(limit)
             .build();
         Ok(DataSourceExec::from_data_source(config))
+    }
+
+    /// Appends the rows of `input` in one commit when the plan runs.
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(DataFusionError::NotImplemented(format!(
+                "{insert_op} into landed table {}: only appends are supported",
+                self.0.name()
+            )));
+        }
+        let sink = Arc::new(AppendSink {
+            table: Arc::clone(&self.0),
+            schema: self.0.schema(),
+        });
+        Ok(Arc::new(DataSinkExec::new(input, sink, None)))
     }
 
     /// Plans the delete; nothing is touched until the plan runs (so `EXPLAIN DELETE` is
@@ -156,5 +182,49 @@ impl PartitionStream for DeleteStream {
             Arc::clone(&self.schema),
             result,
         ))
+    }
+}
+
+/// The sink of `INSERT INTO`: data files as rows arrive, one commit at the end, so the
+/// statement's rows appear together or not at all.
+#[derive(Debug)]
+struct AppendSink {
+    table: Arc<LandedTable>,
+    schema: SchemaRef,
+}
+
+impl DisplayAs for AppendSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "AppendSink: landed.{}", self.table.name())
+    }
+}
+
+#[async_trait]
+impl DataSink for AppendSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> Result<u64> {
+        let external = |e: crate::error::C360Error| DataFusionError::External(Box::new(e));
+        let table = &self.table;
+        let mut writer = TableWriter::new(table.storage(), table.name(), table.schema());
+        while let Some(batch) = data.next().await {
+            let batch = table.conform(&batch?).map_err(external)?;
+            writer.push(batch).await.map_err(external)?;
+        }
+        let rows = writer.rows();
+        let adds = writer.finish().await.map_err(external)?;
+        if !adds.is_empty() {
+            table
+                .commit("WRITE", adds, Vec::new())
+                .await
+                .map_err(external)?;
+        }
+        Ok(rows)
     }
 }
