@@ -135,6 +135,7 @@ pub fn decode_commit(name: &str, bytes: &[u8]) -> Result<Vec<Action>> {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub version: u64,
+    pub protocol: Protocol,
     pub metadata: MetaData,
     pub schema: SchemaRef,
     /// Active files by path, in the order they were added (scans read them in that order).
@@ -147,7 +148,13 @@ pub struct Snapshot {
 impl Snapshot {
     /// Starts a replay from commit 0, which must carry `protocol` and `metaData`.
     pub fn from_first_commit(name: &str, actions: Vec<Action>) -> Result<Snapshot> {
+        Snapshot::from_actions(name, 0, actions)
+    }
+
+    /// The snapshot at `version` made of `actions` alone (commit 0, or a checkpoint).
+    pub fn from_actions(name: &str, version: u64, actions: Vec<Action>) -> Result<Snapshot> {
         let mut metadata = None;
+        let mut protocol = None;
         for action in &actions {
             match action {
                 Action::Protocol(p) if p.min_reader_version > 1 => {
@@ -156,23 +163,26 @@ impl Snapshot {
                         p.min_reader_version
                     )));
                 }
+                Action::Protocol(p) => protocol = Some(p.clone()),
                 Action::MetaData(m) => metadata = Some(m.clone()),
                 _ => {}
             }
         }
-        let metadata = metadata.ok_or_else(|| {
-            C360Error::Corrupt(format!("{name}: the first commit has no metaData"))
-        })?;
+        let metadata =
+            metadata.ok_or_else(|| C360Error::Corrupt(format!("{name}: no metaData")))?;
+        let protocol =
+            protocol.ok_or_else(|| C360Error::Corrupt(format!("{name}: no protocol")))?;
         let schema = Arc::new(schema_from_string(&metadata.schema_string)?);
         let mut snapshot = Snapshot {
-            version: 0,
+            version,
+            protocol,
             metadata,
             schema,
             files: BTreeMap::new(),
             index: BTreeMap::new(),
             next_key: 0,
         };
-        snapshot.apply(0, actions)?;
+        snapshot.apply(version, actions)?;
         Ok(snapshot)
     }
 
@@ -197,30 +207,12 @@ impl Snapshot {
                     self.schema = Arc::new(schema_from_string(&m.schema_string)?);
                     self.metadata = m;
                 }
-                Action::Protocol(_) | Action::CommitInfo(_) | Action::Other(_) => {}
+                Action::Protocol(p) => self.protocol = p,
+                Action::CommitInfo(_) | Action::Other(_) => {}
             }
         }
         self.version = version;
         Ok(())
-    }
-
-    /// Rebuilds a snapshot from its parts (as saved by `storage/hint.rs`).
-    pub fn from_parts(version: u64, metadata: MetaData, files: Vec<Add>) -> Result<Snapshot> {
-        let schema = Arc::new(schema_from_string(&metadata.schema_string)?);
-        let mut snapshot = Snapshot {
-            version,
-            metadata,
-            schema,
-            files: BTreeMap::new(),
-            index: BTreeMap::new(),
-            next_key: 0,
-        };
-        for add in files {
-            snapshot.index.insert(add.path.clone(), snapshot.next_key);
-            snapshot.files.insert(snapshot.next_key, add);
-            snapshot.next_key += 1;
-        }
-        Ok(snapshot)
     }
 
     pub fn contains(&self, path: &str) -> bool {

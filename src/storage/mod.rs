@@ -6,9 +6,9 @@
 //! root proves it is writable before the server announces itself, so that a bad `--data`
 //! fails at start-up with the path in the message rather than at the first commit.
 
+pub mod checkpoint;
 pub mod delete;
 pub mod delta;
-pub mod hint;
 pub mod landed;
 pub mod maintenance;
 pub mod provider;

@@ -15,8 +15,8 @@ use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::Storage;
+use super::checkpoint;
 use super::delta::{self, Action, Add, Format, MetaData, Remove, Snapshot};
-use super::hint;
 use crate::error::{C360Error, Result};
 
 /// Where landed tables live in the storage root.
@@ -46,8 +46,8 @@ impl LandedTable {
     /// Opens table `name`, or `None` when it has no log.
     pub async fn open(storage: &Storage, name: &str) -> Result<Option<LandedTable>> {
         let dir = format!("{TABLES_DIR}/{name}");
-        // The saved snapshot, then the commits after it; a full replay without one.
-        let snapshot = match hint::load(storage, &dir).await {
+        // The last checkpoint, then the commits after it; a full replay without one.
+        let snapshot = match checkpoint::read(storage, &dir).await {
             Some(snapshot) => snapshot,
             None => match replay(storage, name, &dir).await? {
                 Some(snapshot) => snapshot,
@@ -273,10 +273,10 @@ impl LandedTable {
                 self.storage.sync(&log).await?;
                 let mut next = (*snapshot).clone();
                 next.apply(version, all)?;
-                if version % hint::EVERY == 0 {
-                    // Only a hint: a failure costs the next open a longer replay.
-                    if let Err(e) = hint::save(&self.storage, &self.dir, &next).await {
-                        tracing::warn!(table = %self.name, error = %e, "cannot save the snapshot hint");
+                if version % checkpoint::EVERY == 0 {
+                    // An optimization: a failure costs the next open a longer replay.
+                    if let Err(e) = checkpoint::write(&self.storage, &self.dir, &next).await {
+                        tracing::warn!(table = %self.name, error = %e, "cannot write a checkpoint");
                     }
                 }
                 self.publish(next);
