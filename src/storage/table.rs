@@ -388,21 +388,29 @@ pub async fn write_data_file(
 ) -> Result<Add> {
     let file = format!("part-{}.parquet", uuid::Uuid::new_v4());
     let relative = format!("{TABLES_DIR}/{name}/{file}");
-    let mut buffer = Vec::new();
-    let props = datafusion::parquet::file::properties::WriterProperties::builder()
-        .set_compression(datafusion::parquet::basic::Compression::SNAPPY)
-        .build();
-    let mut writer =
-        datafusion::parquet::arrow::ArrowWriter::try_new(&mut buffer, schema.clone(), Some(props))
-            .map_err(|e| C360Error::parquet(&relative, e))?;
-    for batch in batches {
-        writer
-            .write(batch)
-            .map_err(|e| C360Error::parquet(&relative, e))?;
-    }
-    writer
-        .close()
-        .map_err(|e| C360Error::parquet(&relative, e))?;
+    // Encoding is CPU work of milliseconds: keep it off the async workers, which serve
+    // the collector's requests meanwhile.
+    let (owned, encode_schema, encode_path) = (batches.to_vec(), schema.clone(), relative.clone());
+    let buffer = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+        let mut buffer = Vec::new();
+        let props = datafusion::parquet::file::properties::WriterProperties::builder()
+            .set_compression(datafusion::parquet::basic::Compression::SNAPPY)
+            .build();
+        let failed = |e| C360Error::parquet(&encode_path, e);
+        let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
+            &mut buffer,
+            encode_schema,
+            Some(props),
+        )
+        .map_err(failed)?;
+        for batch in &owned {
+            writer.write(batch).map_err(failed)?;
+        }
+        writer.close().map_err(failed)?;
+        Ok(buffer)
+    })
+    .await
+    .map_err(|e| C360Error::io(&relative, std::io::Error::other(e)))??;
     let size = buffer.len() as u64;
     storage.put(&relative, buffer).await?;
     storage.sync(&relative).await?;
