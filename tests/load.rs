@@ -160,3 +160,58 @@ fn a_bad_row_names_file_row_and_column_and_commits_nothing() {
     let out = c360(data.path(), &["query", "SELECT * FROM landed.fresh"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_load_killed_midway_commits_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let small = files.path().join("small.csv");
+    std::fs::write(&small, "id,n\na,1\nb,2\n").unwrap();
+    let out = c360(data.path(), &["load", "numbers", small.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+
+    // Large enough that a first data file is written (every million rows) well before
+    // the end of the load.
+    let big = files.path().join("big.csv");
+    let mut text = String::from("id,n\n");
+    for i in 0..2_500_000u64 {
+        text.push_str(&format!("r{i},{i}\n"));
+    }
+    std::fs::write(&big, text).unwrap();
+    let mut child = std::process::Command::new(common::c360_bin())
+        .args(["load", "numbers", big.to_str().unwrap(), "--data"])
+        .arg(data.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let table = data.path().join("tables/numbers");
+    let parquet_files = || {
+        std::fs::read_dir(&table)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "parquet")
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while parquet_files() < 2 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the load ended before it could be killed"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no data file written in time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The written file is an orphan: the table is as it was before the load.
+    assert_eq!(count(data.path(), "numbers"), "2");
+}
