@@ -469,6 +469,8 @@ fn commit_info(operation: &str) -> Action {
         "timestamp": now_ms(),
         "operation": operation,
         "operationParameters": {},
+        // Appends read nothing: other writers' conflict checks can let them through.
+        "isBlindAppend": operation == "WRITE",
         "clientVersion": concat!("c360-", env!("CARGO_PKG_VERSION")),
     }))
 }

@@ -343,3 +343,45 @@ os._exit(0)
     let reopened = LandedTable::open(&storage, "cp").await.unwrap().unwrap();
     assert_eq!(reopened.snapshot().row_count(), Some(204));
 }
+
+#[tokio::test]
+async fn filters_prune_files_by_their_parquet_statistics() {
+    let (_dir, storage) = root().await;
+    let table = Arc::new(LandedTable::create(&storage, "t", schema()).await.unwrap());
+    for i in 0..3 {
+        table.append(&[batch(i * 100, 10)]).await.unwrap();
+    }
+    let ctx = SessionContext::new();
+    storage.register(&ctx);
+    ctx.register_table("t", crate::storage::provider::LandedProvider::new(table))
+        .unwrap();
+    let count = ctx
+        .sql("SELECT count(*) FROM t WHERE n >= 200")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let count = count[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(count, 10);
+    let plan = ctx
+        .sql("EXPLAIN ANALYZE SELECT * FROM t WHERE n >= 200")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    // Only the last file's row group can hold n >= 200.
+    assert!(
+        text.contains("row_groups_pruned_statistics=3 total → 1 matched"),
+        "{text}"
+    );
+}
