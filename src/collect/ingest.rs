@@ -167,8 +167,21 @@ impl Ingest {
 
     /// The committer: commits each generation in turn until `stop` is set and nothing is
     /// pending.
+    ///
+    /// Two generations overlap: while generation g's log entry is being published and
+    /// fsync'd, g+1's data file is encoded and written. Log entries still go in generation
+    /// order (each publishing task first waits for the previous one), so `finished` only
+    /// moves forward, and at most one generation waits for its log entry at a time.
     pub async fn run(self: Arc<Self>, table: Arc<LandedTable>, mut stop: watch::Receiver<bool>) {
+        let mut publishing: Option<(u64, tokio::task::JoinHandle<()>)> = None;
+        let mut finished = self.finished.subscribe();
         loop {
+            // Keep at most one generation waiting for its log entry: until the one before
+            // the last is done, new events wait in the (bounded) buffer.
+            if let Some((last, _)) = &publishing {
+                let before_last = last.saturating_sub(1);
+                let _ = finished.wait_for(|done| *done >= before_last).await;
+            }
             let (generation, rows) = {
                 let mut state = self.lock();
                 let rows = std::mem::take(&mut state.pending);
@@ -180,6 +193,9 @@ impl Ingest {
             };
             if rows.is_empty() {
                 if *stop.borrow() {
+                    if let Some((_, task)) = publishing.take() {
+                        let _ = task.await;
+                    }
                     return;
                 }
                 tokio::select! {
@@ -192,32 +208,62 @@ impl Ingest {
                 .buffered
                 .store(0, std::sync::atomic::Ordering::Relaxed);
             let started = Instant::now();
-            let committed = match events::to_batch(&rows) {
-                Ok(batch) => table.append(&[batch]).await.map(|_| ()),
+            let file = match events::to_batch(&rows) {
+                Ok(batch) => table.write_file(&[batch]).await,
                 Err(e) => Err(e),
             };
-            match committed {
-                Ok(()) => {
-                    self.metrics.observe_commit(started.elapsed());
-                    Metrics::count(&self.metrics.committed, rows.len());
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, events = rows.len(), "event commit failed");
-                    let mut state = self.lock();
-                    // Forget the ids so that the clients' retries are accepted.
-                    for row in &rows {
-                        let key = id_key(&row.message_id);
-                        if state.seen.get(&key) == Some(&generation) {
-                            state.seen.remove(&key);
-                        }
-                    }
-                    state.failed.insert(generation);
-                    while state.failed.len() > 1024 {
-                        state.failed.pop_first();
+            let previous = publishing.take();
+            let (ingest, table) = (Arc::clone(&self), Arc::clone(&table));
+            let task = tokio::spawn(async move {
+                if let Some((previous_generation, previous)) = previous {
+                    // Its outcome is recorded by its own task; only the order matters here,
+                    // unless the task died before recording anything.
+                    if previous.await.is_err() {
+                        ingest.fail(previous_generation);
                     }
                 }
+                let committed = match file {
+                    Ok(add) => table
+                        .commit("WRITE", vec![add], Vec::new())
+                        .await
+                        .map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                ingest.finish(generation, &rows, committed, started);
+            });
+            publishing = Some((generation, task));
+        }
+    }
+
+    /// Records the outcome of `generation` and wakes the requests waiting for it.
+    fn finish(
+        &self,
+        generation: u64,
+        rows: &[EventRow],
+        committed: crate::Result<()>,
+        started: Instant,
+    ) {
+        match committed {
+            Ok(()) => {
+                self.metrics.observe_commit(started.elapsed());
+                Metrics::count(&self.metrics.committed, rows.len());
             }
-            self.finished.send_replace(generation);
+            Err(e) => {
+                tracing::error!(error = %e, events = rows.len(), "event commit failed");
+                self.fail(generation);
+            }
+        }
+        self.finished.send_replace(generation);
+    }
+
+    /// Marks `generation` failed, and forgets its ids so that the clients' retries are
+    /// accepted. A scan of every id, but failures are rare.
+    fn fail(&self, generation: u64) {
+        let mut state = self.lock();
+        state.seen.retain(|_, g| *g != generation);
+        state.failed.insert(generation);
+        while state.failed.len() > 1024 {
+            state.failed.pop_first();
         }
     }
 }
