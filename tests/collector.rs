@@ -272,3 +272,35 @@ fn small_commits_are_compacted_in_the_background() {
         "20|20"
     );
 }
+
+#[test]
+fn a_failing_commit_gets_503_and_degraded_health_and_nothing_is_lost() {
+    let server = start(None);
+    let addr = &server.http_addr;
+    let first = r#"{"userId":"u","event":"e","messageId":"before"}"#;
+    assert_eq!(post_json(addr, "/v1/track", KEY, first).status, 200);
+    assert_eq!(get(addr, "/health").status, 200);
+
+    // Break the log: where the next commit must go there is now a plain file.
+    let log = server.data.path().join("tables/events/_delta_log");
+    let aside = server.data.path().join("tables/events/log-aside");
+    std::fs::rename(&log, &aside).unwrap();
+    std::fs::write(&log, b"not a directory").unwrap();
+    let during = r#"{"userId":"u","event":"e","messageId":"during"}"#;
+    let refused = post_json(addr, "/v1/track", KEY, during);
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.header("Retry-After").is_some());
+    let health = get(addr, "/health");
+    assert_eq!(health.status, 503);
+    assert_eq!(health.json()["status"], "degraded");
+
+    // Repaired: the client's retry of the same message is accepted and stored once.
+    std::fs::remove_file(&log).unwrap();
+    std::fs::rename(&aside, &log).unwrap();
+    assert_eq!(post_json(addr, "/v1/track", KEY, during).status, 200);
+    assert_eq!(get(addr, "/health").status, 200);
+    assert_eq!(
+        sql(&server, "SELECT message_id FROM landed.events ORDER BY 1"),
+        "before\nduring"
+    );
+}

@@ -247,6 +247,9 @@ impl Ingest {
             Ok(()) => {
                 self.metrics.observe_commit(started.elapsed());
                 Metrics::count(&self.metrics.committed, rows.len());
+                self.metrics
+                    .failing
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) => {
                 tracing::error!(error = %e, events = rows.len(), "event commit failed");
@@ -259,6 +262,9 @@ impl Ingest {
     /// Marks `generation` failed, and forgets its ids so that the clients' retries are
     /// accepted. A scan of every id, but failures are rare.
     fn fail(&self, generation: u64) {
+        self.metrics
+            .failing
+            .store(1, std::sync::atomic::Ordering::Relaxed);
         let mut state = self.lock();
         state.seen.retain(|_, g| *g != generation);
         state.failed.insert(generation);

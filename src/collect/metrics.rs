@@ -18,6 +18,8 @@ pub struct Metrics {
     /// Requests answered 503 (buffer full, commit too slow or failed).
     pub overloaded: AtomicU64,
     pub buffered: AtomicU64,
+    /// 1 while the last event commit failed (what `/health` reports as degraded).
+    pub failing: AtomicU64,
     commits: AtomicU64,
     latency_micros_sum: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
@@ -77,6 +79,12 @@ impl Metrics {
             "Requests answered 503 with Retry-After.",
             "counter",
             get(&self.overloaded),
+        );
+        counter(
+            "c360_collector_commit_failing",
+            "1 while the last event commit failed.",
+            "gauge",
+            get(&self.failing),
         );
         counter(
             "c360_collector_events_buffered",

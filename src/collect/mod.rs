@@ -158,14 +158,32 @@ async fn recent_message_ids(
     Ok(ids)
 }
 
-async fn health_handler(State(health): State<Health>) -> axum::Json<serde_json::Value> {
+/// 200 while events can land; 503 while the last commit failed (a full disk, a store
+/// refusing writes), so that a load balancer sends SDKs elsewhere meanwhile.
+async fn health_handler(State(health): State<Health>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let failing = health
+        .ingest
+        .metrics
+        .failing
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 1;
     let body = HealthBody {
-        status: "ok",
+        status: if failing { "degraded" } else { "ok" },
         version: env!("CARGO_PKG_VERSION"),
         database: &health.database,
         storage: &health.storage,
     };
-    axum::Json(serde_json::to_value(body).unwrap_or_default())
+    let status = if failing {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        axum::http::StatusCode::OK
+    };
+    (
+        status,
+        axum::Json(serde_json::to_value(body).unwrap_or_default()),
+    )
+        .into_response()
 }
 
 async fn metrics_handler(State(health): State<Health>) -> impl axum::response::IntoResponse {
