@@ -2,9 +2,9 @@
 
 mod batch;
 pub mod graph;
+pub mod manager;
 mod intern;
 mod load;
-pub mod manager;
 pub mod normalize;
 mod output;
 mod rules;
