@@ -304,3 +304,61 @@ fn a_failing_commit_gets_503_and_degraded_health_and_nothing_is_lost() {
         "before\nduring"
     );
 }
+
+/// psql-style readers query `landed.events` while it grows: every count they see is a
+/// whole number of 25-event requests (never part of a commit), and counts never go back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_see_whole_commits_while_the_table_grows() {
+    let server = start(None);
+    let addr = server.http_addr.clone();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                for seq in 0..15 {
+                    let batch: Vec<String> = (0..25)
+                        .map(|i| {
+                            format!(
+                                r#"{{"type":"track","userId":"w{w}","event":"e","messageId":"w{w}-{seq}-{i}"}}"#
+                            )
+                        })
+                        .collect();
+                    let body = format!(r#"{{"batch":[{}]}}"#, batch.join(","));
+                    assert_eq!(post_json(&addr, "/v1/batch", KEY, &body).status, 200);
+                }
+            })
+        })
+        .collect();
+    let client = server.connect().await;
+    let mut seen = Vec::new();
+    while writers.iter().any(|w| !w.is_finished()) {
+        let row = client
+            .query_one("SELECT count(*) FROM landed.events", &[])
+            .await
+            .unwrap();
+        seen.push(row.get::<_, i64>(0));
+    }
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let last = client
+        .query_one("SELECT count(*) FROM landed.events", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    seen.push(last);
+    assert_eq!(last, 4 * 15 * 25);
+    assert!(
+        seen.len() > 3,
+        "the readers raced the writers only {} times",
+        seen.len()
+    );
+    assert!(
+        seen.iter().all(|n| n % 25 == 0),
+        "a partial commit was visible: {seen:?}"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "a count went back: {seen:?}"
+    );
+}
