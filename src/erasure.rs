@@ -3,7 +3,7 @@
 //! The identity graph says which identifiers are the person's (`<graph>_identities`). Every
 //! landed table with a column named like an identifier type (`user_id`, `anonymous_id`,
 //! `email`, `loyalty_card`, `phone`) loses the rows that carry one of them, compared raw and
-//! in the graph's normalized form, in one copy-on-write commit per table (see
+//! normalized as the graph stores them (phones in the region of the profile's numbers), in one copy-on-write commit per table (see
 //! `storage/delete.rs`). Queries stop returning the rows at once; the old files leave the
 //! disk at the next vacuum past the retention period. One audit row in `landed.erasures`
 //! records when, in which graph and how many rows, under a fresh request id that the
@@ -34,7 +34,7 @@ const IDENTIFIER_COLUMNS: [(&str, Option<&str>); 5] = [
     ("anonymous_id", None),
     ("email", Some("normalize_email")),
     ("loyalty_card", Some("normalize_id")),
-    // Phones are normalized with a region the workspace chose; raw matches only here.
+    // Phones: see `phone_terms` (their normalization needs a region).
     ("phone", None),
 ];
 
@@ -164,8 +164,31 @@ fn condition(schema: &SchemaRef, identifiers: &[(String, String)]) -> Option<Str
         if let Some(function) = normalize {
             terms.push(format!("{function}(\"{column}\") IN ({list})"));
         }
+        if column == "phone" {
+            terms.extend(phone_terms(identifiers, &list));
+        }
     }
     (!terms.is_empty()).then(|| terms.join(" OR "))
+}
+
+/// Phones as typed (`06 12 34 56 78`) match the graph's E.164 values once normalized in the
+/// region of those values: each region the profile's phones belong to gives one term.
+fn phone_terms(identifiers: &[(String, String)], list: &str) -> Vec<String> {
+    let regions: std::collections::BTreeSet<String> = identifiers
+        .iter()
+        .filter(|(t, _)| t == "phone")
+        .filter_map(|(_, value)| {
+            // The crate has panicked on odd input; an unknown region only costs this term.
+            std::panic::catch_unwind(|| phonenumber::parse(None, value).ok()?.country().id())
+                .ok()
+                .flatten()
+        })
+        .map(|id| id.as_ref().to_string())
+        .collect();
+    regions
+        .iter()
+        .map(|region| format!("normalize_phone(\"phone\", {}) IN ({list})", quote(region)))
+        .collect()
 }
 
 fn quote(value: &str) -> String {
@@ -195,4 +218,62 @@ fn audit_row(graph: &str, per_table: &BTreeMap<String, u64>) -> Result<RecordBat
         ],
     )
     .map_err(|e| C360Error::arrow("building the erasure audit row", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Settings;
+
+    #[tokio::test]
+    async fn identifiers_match_raw_and_normalized_values_in_landed_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            data: dir.path().display().to_string(),
+            ..Settings::default()
+        };
+        let engine = Engine::open_without_workspace(settings).await.unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("email", DataType::Utf8, true),
+            Field::new("phone", DataType::Utf8, true),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![
+                    Some(" Jo@Example.ORG "),
+                    None,
+                    Some("other@example.org"),
+                ])),
+                Arc::new(StringArray::from(vec![None, Some("06 12 34 56 78"), None])),
+            ],
+        )
+        .unwrap();
+        let mut loader = engine.loader("crm").unwrap();
+        loader.push(rows, "test", 1).await.unwrap();
+        loader.commit(&engine).await.unwrap();
+
+        let identifiers = vec![
+            ("email".to_string(), "jo@example.org".to_string()),
+            ("phone".to_string(), "+33612345678".to_string()),
+        ];
+        let table = engine.landed().get("crm").unwrap();
+        let condition = condition(&table.schema(), &identifiers).unwrap();
+        assert!(
+            condition.contains("normalize_phone(\"phone\", 'FR')"),
+            "{condition}"
+        );
+        let deleted = engine
+            .query(&format!("DELETE FROM landed.crm WHERE {condition}"))
+            .await
+            .unwrap();
+        let count = deleted[0].batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(count, 2);
+        assert_eq!(table.snapshot().row_count(), Some(1));
+    }
 }
