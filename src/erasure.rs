@@ -3,11 +3,12 @@
 //! The identity graph says which identifiers are the person's (`<graph>_identities`). Every
 //! landed table with a column named like an identifier type (`user_id`, `anonymous_id`,
 //! `email`, `loyalty_card`, `phone`) loses the rows that carry one of them, compared raw and
-//! normalized as the graph stores them (phones in the region of the profile's numbers), in one copy-on-write commit per table (see
-//! `storage/delete.rs`). Queries stop returning the rows at once; the old files leave the
-//! disk at the next vacuum past the retention period. One audit row in `landed.erasures`
-//! records when, in which graph and how many rows, under a fresh request id that the
-//! operator can file — never the profile id or an identifier, which are personal data.
+//! normalized as the graph stores them (phones in the region of the profile's numbers), in
+//! one copy-on-write commit per table (see `storage/delete.rs`). Queries stop returning the
+//! rows at once; the old files leave the disk at the next vacuum past the retention period.
+//! One audit row in `landed.erasures` records when, in which graph and how many rows, under
+//! a fresh request id that the operator can file — never the profile id or an identifier,
+//! which are personal data.
 //!
 //! Not yet erased here: the identity graph's own state and derived results (they hold the
 //! identifiers until the graph is rebuilt) and sources outside the storage root.
