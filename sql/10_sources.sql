@@ -2,10 +2,23 @@
 -- ${sources} is a workspace variable: the bundled demo by default,
 -- `--var sources=DIR` for data written by `c360 generate --out DIR`.
 
--- Web and app events, in the Segment spec (properties, traits, context are JSON text).
-CREATE EXTERNAL TABLE events
+-- Web and app events, in the Segment spec (properties, traits, context are JSON text):
+-- the bundled history, plus what the HTTP collector lands in `landed.events` while c360
+-- runs. The view is what everything downstream reads, so a tracked event reaches the
+-- identity graph at its next refresh.
+CREATE EXTERNAL TABLE bundled_events
 STORED AS PARQUET
 LOCATION '${sources}/events/';
+
+CREATE VIEW events AS
+SELECT message_id, type, anonymous_id, user_id, event, properties, traits, context, "timestamp",
+       CAST(NULL AS VARCHAR) AS name, CAST(NULL AS VARCHAR) AS group_id,
+       CAST(NULL AS VARCHAR) AS previous_id, "timestamp" AS received_at
+FROM bundled_events
+UNION ALL
+SELECT message_id, type, anonymous_id, user_id, event, properties, traits, context, "timestamp",
+       name, group_id, previous_id, received_at
+FROM landed.events;
 
 -- Till receipts from the 40 stores, and their lines.
 CREATE EXTERNAL TABLE pos_sales

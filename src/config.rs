@@ -101,8 +101,23 @@ pub struct PgSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
-    /// Address of the HTTP listener (health now, the event collector later).
+    /// Address of the HTTP listener: the Segment-compatible event collector, health, metrics.
     pub listen: SocketAddr,
+    /// Segment write keys the collector accepts (as the Basic-auth user, or `writeKey` in the
+    /// body). Empty: any key is accepted, and the listener stays on loopback.
+    pub write_keys: Vec<String>,
+    /// Largest request body, in bytes, before and after gzip decompression (413 beyond).
+    pub max_body_bytes: usize,
+    /// A `messageId` seen within this many seconds is acknowledged but not stored again.
+    pub dedup_window_secs: u64,
+    /// At most this many message ids are remembered for deduplication (about 80 bytes
+    /// each); past it the oldest are forgotten first, so memory stays bounded under load.
+    pub dedup_max_ids: usize,
+    /// Events waiting for the next group commit; when full, requests get 503 + Retry-After.
+    pub buffer_events: usize,
+    /// A request not durable after this many milliseconds gets 503 + Retry-After (its events
+    /// may still land; the retry is then deduplicated by `messageId`).
+    pub ack_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -137,6 +152,13 @@ impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            write_keys: Vec::new(),
+            // Segment's own limit for a batch call.
+            max_body_bytes: 500 * 1024,
+            dedup_window_secs: 3600,
+            dedup_max_ids: 2_000_000,
+            buffer_events: 200_000,
+            ack_timeout_ms: 10_000,
         }
     }
 }

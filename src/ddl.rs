@@ -21,6 +21,7 @@
 //!   [WITH (cap = '1 per 7 days', holdout = '10%', require = 'first_name', priority = 5, …)]
 //!   AS SELECT profile_id, first_name FROM …;
 //! REFRESH TRIGGER welcome;   EXPLAIN TRIGGER welcome;   DROP TRIGGER [IF EXISTS] welcome;
+//! FORGET PROFILE 'p_…' [IN customers];
 //! ```
 //!
 //! [`parse`] answers `Ok(None)` for anything else, which then goes to DataFusion unchanged.
@@ -59,6 +60,11 @@ pub enum Statement {
     /// A dry run of a trigger: what would fire and what would be suppressed, and why.
     ExplainTrigger {
         name: String,
+    },
+    /// Erase a person's landed records (see `erasure.rs`).
+    ForgetProfile {
+        profile_id: String,
+        graph: Option<String>,
     },
 }
 
@@ -224,6 +230,21 @@ pub fn parse(sql: &str) -> Result<Option<Statement>, DdlError> {
             name: parse_name(&mut parser)?,
             if_exists,
         }
+    } else if word_is(&parser, 0, "FORGET") && word_is(&parser, 1, "PROFILE") {
+        words(&mut parser, &["FORGET", "PROFILE"]);
+        let found = parser.next_token();
+        let Token::SingleQuotedString(profile_id) = found.token else {
+            return Err(DdlError(format!(
+                "expected the profile id as a quoted string, found {} at {}",
+                found.token, found.span.start
+            )));
+        };
+        let graph = if words(&mut parser, &["IN"]) {
+            Some(parse_name(&mut parser)?)
+        } else {
+            None
+        };
+        Statement::ForgetProfile { profile_id, graph }
     } else {
         return Ok(None);
     };
@@ -501,6 +522,26 @@ mod tests {
                 if_exists: true
             })
         );
+    }
+
+    #[test]
+    fn forget_profile_with_and_without_a_graph() {
+        assert_eq!(
+            parse("FORGET PROFILE 'p_1'").unwrap(),
+            Some(Statement::ForgetProfile {
+                profile_id: "p_1".into(),
+                graph: None
+            })
+        );
+        assert_eq!(
+            parse("forget profile 'p_1' in Customers;").unwrap(),
+            Some(Statement::ForgetProfile {
+                profile_id: "p_1".into(),
+                graph: Some("customers".into())
+            })
+        );
+        let err = parse("FORGET PROFILE p_1").unwrap_err();
+        assert!(err.0.contains("quoted string"), "{err}");
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub enum C360Error {
     #[error("{0}")]
     Identity(String),
 
+    /// A commit that lost a race it cannot retry (a file it rewrites was removed meanwhile).
+    #[error("commit conflict: {0}")]
+    Conflict(String),
+
     /// State in the storage root that c360 cannot read back.
     #[error("corrupt state: {0}")]
     Corrupt(String),

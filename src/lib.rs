@@ -8,6 +8,7 @@ pub mod actions;
 pub mod collect;
 pub mod config;
 pub mod ddl;
+pub mod erasure;
 pub mod error;
 pub mod functions;
 pub mod generate;
@@ -16,6 +17,7 @@ pub mod pg;
 pub mod refresh;
 pub mod render;
 pub mod server;
+pub mod sources;
 pub mod storage;
 pub mod system_tables;
 pub mod workspace;
@@ -62,26 +64,13 @@ pub struct Engine {
     workspace: workspace::Applied,
     identity: identity::manager::IdentityGraphs,
     refresh: refresh::RefreshEngine,
+    landed: storage::landed::LandedTables,
 }
 
 impl Engine {
     /// Opens the storage root, builds the SQL session and applies the workspace.
     pub async fn open(settings: Settings) -> Result<Engine> {
-        let storage = Storage::open(&settings.data, &settings.storage_options).await?;
-        let ctx = new_session(&settings.pg.database)?;
-        storage.register(&ctx);
-        // Committed segments and materialized views come back before the workspace, which
-        // may read them.
-        let refresh =
-            refresh::RefreshEngine::open(&ctx, storage.clone(), settings.actions.clone()).await?;
-        let mut engine = Engine {
-            ctx,
-            refresh,
-            identity: identity::manager::IdentityGraphs::new(storage.clone()),
-            storage,
-            settings,
-            workspace: workspace::Applied::default(),
-        };
+        let mut engine = Engine::open_without_workspace(settings).await?;
         let dir = engine.settings.workspace.clone();
         engine.workspace = workspace::apply(&engine, &dir, &engine.settings.variables).await?;
         tracing::info!(
@@ -91,6 +80,33 @@ impl Engine {
             "workspace applied"
         );
         Ok(engine)
+    }
+
+    /// Opens the storage root and its landed tables only: what a bulk load needs, without
+    /// the cost of applying the workspace (and refreshing its identity graphs).
+    pub async fn open_without_workspace(settings: Settings) -> Result<Engine> {
+        let storage = Storage::open(&settings.data, &settings.storage_options).await?;
+        let ctx = new_session(&settings.pg.database)?;
+        storage.register(&ctx);
+        // Landed tables come before the workspace, whose views read them; the collector's
+        // `events` table always exists so that the demo's `events` view can union it.
+        let landed = storage::landed::LandedTables::open(&storage, &ctx).await?;
+        landed
+            .get_or_create(sources::events::EVENTS_TABLE, sources::events::schema())
+            .await?;
+        // Committed segments, materialized views and triggers come back before the
+        // workspace, which may read them.
+        let refresh =
+            refresh::RefreshEngine::open(&ctx, storage.clone(), settings.actions.clone()).await?;
+        Ok(Engine {
+            ctx,
+            landed,
+            refresh,
+            identity: identity::manager::IdentityGraphs::new(storage.clone()),
+            storage,
+            settings,
+            workspace: workspace::Applied::default(),
+        })
     }
 
     pub fn context(&self) -> &SessionContext {
@@ -137,6 +153,29 @@ impl Engine {
                 Err(e) => tracing::warn!(name = %name, error = %e, "scheduled refresh failed"),
             }
         }
+    }
+
+    /// The landed tables (`landed.*` in SQL): the collector's `events`, bulk loads.
+    pub fn landed(&self) -> &storage::landed::LandedTables {
+        &self.landed
+    }
+
+    /// Loads CSV, NDJSON or Parquet files (paths or object store URLs) into landed table
+    /// `table`, creating it from the first file's columns if needed, in one commit.
+    /// `progress` gets the number of rows read so far.
+    pub async fn load(
+        &self,
+        table: &str,
+        inputs: &[String],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<sources::load::LoadReport> {
+        sources::load::load_files(self, table, inputs, progress).await
+    }
+
+    /// Starts a load of record batches into landed table `table` (what `COPY … FROM STDIN`
+    /// needs): push batches, then commit them all at once.
+    pub fn loader(&self, table: &str) -> Result<sources::load::Loader> {
+        sources::load::Loader::new(self, table)
     }
 
     /// Runs one or more `;`-separated statements and returns each one's result.
@@ -209,6 +248,9 @@ impl Engine {
                     .drop_item(&self.ctx, kind, &name, if_exists)
                     .await?;
                 return Ok(QueryResult::empty());
+            }
+            ddl::Statement::ForgetProfile { profile_id, graph } => {
+                return erasure::forget_profile(self, &profile_id, graph.as_deref()).await;
             }
         };
         tracing::info!(

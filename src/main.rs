@@ -47,6 +47,17 @@ enum Command {
         /// One or more `;`-separated statements.
         sql: String,
     },
+    /// Load CSV, NDJSON or Parquet files into a landed table, in one atomic commit.
+    Load {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// The landed table (`landed.TABLE` in SQL), created from the first file if new.
+        table: String,
+        /// Files or object store URLs; the format comes from the extension (.csv with a
+        /// header line, .ndjson/.jsonl/.json, .parquet).
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
     /// Write realistic multi-source demo data (and its ground truth) to a directory.
     Generate {
         /// Number of people to simulate.
@@ -165,6 +176,40 @@ async fn run(cli: Cli) -> Result<()> {
             for result in &results {
                 c360::render::write_result(&mut out, result, format)?;
             }
+            Ok(())
+        }
+        Command::Load {
+            engine,
+            table,
+            files,
+        } => {
+            engine.apply(&mut settings);
+            let engine = Engine::open_without_workspace(settings).await?;
+            let progress = indicatif::ProgressBar::new_spinner().with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {human_pos} rows loaded {per_sec} {elapsed}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            let started = std::time::Instant::now();
+            let report = engine
+                .load(&table, &files, &|rows| progress.set_position(rows))
+                .await;
+            progress.finish_and_clear();
+            let report = report?;
+            println!(
+                "{} landed.{}: {} rows from {} file(s) in {:.1} s (version {})",
+                if report.created {
+                    "created"
+                } else {
+                    "appended to"
+                },
+                report.table,
+                report.rows,
+                files.len(),
+                started.elapsed().as_secs_f64(),
+                report.version
+            );
             Ok(())
         }
         Command::Generate {

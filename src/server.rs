@@ -38,8 +38,9 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
     ));
     let scheduler = tokio::spawn(run_schedules(
         std::sync::Arc::clone(&engine),
-        stopped(stop_rx),
+        stopped(stop_rx.clone()),
     ));
+    let upkeep = tokio::spawn(run_upkeep(std::sync::Arc::clone(&engine), stopped(stop_rx)));
 
     stop.await;
     tracing::info!("stopping: no new connections, closing sessions");
@@ -48,6 +49,7 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
     pg_task.await.map_err(joined)?;
     scheduler.await.map_err(joined)?;
     delivery.await.map_err(joined)?;
+    upkeep.await.map_err(joined)?;
     http_task.await.map_err(joined)??;
     tracing::info!("stopped cleanly");
     Ok(())
@@ -67,6 +69,31 @@ async fn run_schedules(engine: std::sync::Arc<Engine>, stop: impl Future<Output 
     }
 }
 
+/// Compacts landed tables every few seconds (group commits make many small files) and
+/// vacuums them hourly, until `stop`. Its own task, so a long compaction never delays a
+/// scheduled refresh.
+async fn run_upkeep(engine: std::sync::Arc<Engine>, stop: impl Future<Output = ()>) {
+    use crate::storage::maintenance::VACUUM_RETENTION;
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_vacuum = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let vacuum = last_vacuum.elapsed() >= std::time::Duration::from_secs(3600);
+        if vacuum {
+            last_vacuum = std::time::Instant::now();
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = engine.landed().maintain(vacuum, VACUUM_RETENTION) => {}
+        }
+    }
+}
+
 fn print_banner(engine: &Engine, pg: &PgServer, http: &HttpServer) -> Result<()> {
     let pg_addr = pg.local_addr()?;
     let http_addr = http.local_addr()?;
@@ -76,6 +103,7 @@ fn print_banner(engine: &Engine, pg: &PgServer, http: &HttpServer) -> Result<()>
         "c360 is up: workspace {} ({} statements in {} files), storage {}\n\
          \x20 connect:  psql -h {} -p {} -d {}\n\
          \x20 health:   http://{}/health\n\
+         \x20 events:   POST http://{}/v1/batch (Segment HTTP tracking API)\n\
          Press Ctrl-C to stop.\n",
         engine.settings().workspace.display(),
         applied.statements,
@@ -84,6 +112,7 @@ fn print_banner(engine: &Engine, pg: &PgServer, http: &HttpServer) -> Result<()>
         pg_addr.ip(),
         pg_addr.port(),
         engine.database_name(),
+        http_addr,
         http_addr,
     );
     out.write_all(text.as_bytes())

@@ -20,18 +20,9 @@ fn money() -> DataType {
     DataType::Decimal128(12, 2)
 }
 
+/// The Segment columns, shared with the landed `events` table the collector writes.
 pub fn events_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("message_id", DataType::Utf8, false),
-        Field::new("type", DataType::Utf8, false),
-        Field::new("anonymous_id", DataType::Utf8, true),
-        Field::new("user_id", DataType::Utf8, true),
-        Field::new("event", DataType::Utf8, true),
-        Field::new("properties", DataType::Utf8, false),
-        Field::new("traits", DataType::Utf8, true),
-        Field::new("context", DataType::Utf8, false),
-        Field::new("timestamp", timestamp(), false),
-    ]))
+    Arc::new(Schema::new(crate::sources::events::bundled_fields()))
 }
 
 pub fn pos_sales_schema() -> SchemaRef {

@@ -186,6 +186,11 @@ impl IdentityGraphs {
             .await
     }
 
+    /// The names of the graphs, in order.
+    pub async fn names(&self) -> Vec<String> {
+        self.graphs.lock().await.keys().cloned().collect()
+    }
+
     /// Graphs whose `EVERY` period has passed since their last refresh.
     pub async fn due(&self) -> Vec<String> {
         let graphs: Vec<(String, Arc<Mutex<Managed>>)> = self

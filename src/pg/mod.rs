@@ -230,6 +230,7 @@ fn command_tag(statement: &ddl::Statement) -> &'static str {
             ddl::QueryKind::Trigger => "DROP TRIGGER",
         },
         ddl::Statement::ExplainTrigger { .. } => "EXPLAIN",
+        ddl::Statement::ForgetProfile { .. } => "FORGET PROFILE",
     }
 }
 

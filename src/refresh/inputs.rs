@@ -2,8 +2,8 @@
 //!
 //! The query's logical plan (views expanded, subqueries included) names its base tables. Each
 //! gets a version token where one can be known cheaply: a c360-published table (identity
-//! graph outputs, segments, materialized views) counts its publications; a file-backed table
-//! hashes its files' names, sizes and modification times. The fingerprint of a refresh is the
+//! graph outputs, segments, materialized views) counts its publications; a landed table gives
+//! its Delta log version; a file-backed table hashes its files' names, sizes and times. The fingerprint of a refresh is the
 //! hash of all tokens; when it matches the last one, nothing the query reads has changed and
 //! the refresh is skipped. A query that reads a table of unknown version (an in-memory table)
 //! or calls a time-dependent function (`now()`, `random()`) has no fingerprint: it always runs.
@@ -22,6 +22,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 
+use crate::storage::provider::LandedProvider;
 use crate::storage::published::PublishedTable;
 
 /// The tables and views a query reads.
@@ -103,6 +104,18 @@ async fn version_token(ctx: &SessionContext, provider: &dyn TableProvider) -> Re
     let any: &dyn Any = provider;
     if let Some(published) = any.downcast_ref::<PublishedTable>() {
         return Ok(Some(published.generation()));
+    }
+    if let Some(landed) = any.downcast_ref::<LandedProvider>() {
+        // A landed table's Delta log version changes with every commit, and only then.
+        let snapshot = landed
+            .0
+            .refresh()
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        landed.0.dir().hash(&mut hasher);
+        snapshot.version.hash(&mut hasher);
+        return Ok(Some(hasher.finish()));
     }
     if let Some(listing) = any.downcast_ref::<ListingTable>() {
         let state = ctx.state();

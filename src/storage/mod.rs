@@ -6,7 +6,15 @@
 //! root proves it is writable before the server announces itself, so that a bad `--data`
 //! fails at start-up with the path in the message rather than at the first commit.
 
+pub mod checkpoint;
+pub mod delete;
+pub mod delta;
+pub mod landed;
+pub mod maintenance;
+pub mod provider;
 pub mod published;
+pub mod table;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
@@ -34,7 +42,14 @@ pub struct Storage {
     /// Held open for the life of the process: the OS lock on it keeps a second c360 from
     /// committing into the same local root (object stores have no such lock yet).
     _lock: Option<Arc<std::fs::File>>,
+    /// The directory of a local root: commits fsync what they wrote there, because a local
+    /// put only reaches the page cache (an object store's completed PUT is already durable).
+    local_dir: Option<PathBuf>,
 }
+
+/// The URL under which the root's store is registered for scans of landed tables: one fixed
+/// name whatever the root, so that plans need not know whether it is local or remote.
+pub const SCAN_URL: &str = "c360://storage/";
 
 impl Storage {
     /// Opens `location`: a URL with a scheme (`s3://`, `gs://`, `az://`, `file://`,
@@ -77,6 +92,7 @@ impl Storage {
             store: Arc::new(store),
             root: Path::default(),
             _lock: Some(Arc::new(lock)),
+            local_dir: Some(absolute),
         })
     }
 
@@ -92,6 +108,7 @@ impl Storage {
             store: Arc::from(store),
             root,
             _lock: None,
+            local_dir: None,
         })
     }
 
@@ -115,6 +132,80 @@ impl Storage {
         if self.url.scheme() != "file" {
             ctx.runtime_env()
                 .register_object_store(&self.url, Arc::clone(&self.store));
+        }
+        if let Ok(url) = Url::parse(SCAN_URL) {
+            ctx.runtime_env()
+                .register_object_store(&url, Arc::clone(&self.store));
+        }
+    }
+
+    /// Writes `bytes` at `relative` only if nothing is there yet: `Ok(false)` when another
+    /// writer got there first. This is the one primitive a commit log needs on every store.
+    pub async fn put_if_absent(&self, relative: &str, bytes: Vec<u8>) -> Result<bool> {
+        let options = object_store::PutOptions::from(object_store::PutMode::Create);
+        match self
+            .store
+            .put_opts(&self.path(relative), PutPayload::from(bytes), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(C360Error::StorageUrl {
+                url: format!("{}{relative}", self.url),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Makes `relative` and its directory entry durable on a local root (no-op elsewhere).
+    pub async fn sync(&self, relative: &str) -> Result<()> {
+        let Some(dir) = &self.local_dir else {
+            return Ok(());
+        };
+        let file = dir.join(relative);
+        let parent = file.parent().map(FsPath::to_path_buf);
+        // The file's contents and its directory entry are independent: fsync both at once,
+        // which halves the wait on disks that serve them in parallel.
+        let sync = |path: PathBuf| {
+            tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| C360Error::io(&path, e))
+            })
+        };
+        let file_synced = sync(file);
+        if let Some(parent) = parent {
+            sync(parent)
+                .await
+                .map_err(|e| C360Error::io("fsync task", std::io::Error::other(e)))??;
+        }
+        file_synced
+            .await
+            .map_err(|e| C360Error::io("fsync task", std::io::Error::other(e)))?
+    }
+
+    /// The objects directly under `prefix`: (name, size, last modified in ms since the epoch).
+    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64, i64)>> {
+        Ok(self
+            .list(prefix)
+            .await?
+            .objects
+            .iter()
+            .filter_map(|o| {
+                o.location
+                    .filename()
+                    .map(|n| (n.to_string(), o.size, o.last_modified.timestamp_millis()))
+            })
+            .collect())
+    }
+
+    pub async fn delete(&self, relative: &str) -> Result<()> {
+        match self.store.delete(&self.path(relative)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(C360Error::StorageUrl {
+                url: format!("{}{relative}", self.url),
+                message: e.to_string(),
+            }),
         }
     }
 
@@ -243,19 +334,24 @@ impl Storage {
 
     /// Names of the direct children of `prefix` (versions of a state folder).
     pub async fn list_children(&self, prefix: &str) -> Result<Vec<String>> {
-        let listed = self
-            .store
+        Ok(self
+            .list(prefix)
+            .await?
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
+    }
+
+    /// One level of listing under `prefix`: its objects and its sub-folders.
+    async fn list(&self, prefix: &str) -> Result<object_store::ListResult> {
+        self.store
             .list_with_delimiter(Some(&self.path(prefix)))
             .await
             .map_err(|e| C360Error::StorageUrl {
                 url: format!("{}{prefix}", self.url),
                 message: e.to_string(),
-            })?;
-        Ok(listed
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_string))
-            .collect())
+            })
     }
 
     /// Names of the objects directly under `prefix` (not in its sub-folders).

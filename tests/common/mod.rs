@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -174,10 +176,10 @@ impl Server {
 }
 
 impl Server {
-    /// Kills the server with SIGKILL (no chance to clean up) and hands back its storage root.
+    /// Kills the server with SIGKILL, as a crash would, and hands back its storage root.
     pub fn kill_keeping_data(mut self) -> tempfile::TempDir {
         self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
+        self.child.wait().expect("wait");
         let placeholder = tempfile::tempdir().expect("tempdir");
         std::mem::replace(&mut self.data, placeholder)
     }

@@ -1,0 +1,265 @@
+//! Collector throughput: `/v1/batch` with 100-event batches from 32 keep-alive connections
+//! against a real `c360 serve` (fsync'd group commit), beside the disk's own fsync rate.
+//!
+//! ```sh
+//! cargo bench --bench ingest                    # 10 s of load, then the figures
+//! cargo bench --bench ingest -- --fsync-only    # the disk's fsync rate alone
+//! cargo bench --bench ingest -- --seconds 30 --connections 64 --batch 100
+//! ```
+//!
+//! It prints events/s, acknowledgement latency percentiles, the server's resident memory
+//! at the start and end of the load (flat means no unbounded buffering), and the fsync rate
+//! measured in the same run, so that figures compare run to run and machine to machine.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Options {
+    fsync_only: bool,
+    seconds: u64,
+    connections: usize,
+    batch: usize,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        fsync_only: false,
+        seconds: 10,
+        connections: 32,
+        batch: 100,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |i: usize| args.get(i + 1).and_then(|v| v.parse::<u64>().ok());
+    for (i, arg) in args.iter().enumerate() {
+        match arg.as_str() {
+            "--fsync-only" => options.fsync_only = true,
+            "--seconds" => options.seconds = value(i).unwrap_or(options.seconds),
+            "--connections" => {
+                options.connections = value(i).map_or(options.connections, |v| v as usize)
+            }
+            "--batch" => options.batch = value(i).map_or(options.batch, |v| v as usize),
+            _ => {}
+        }
+    }
+    options
+}
+
+/// fsyncs per second of small appends in `dir`: the ceiling of any durable commit rate.
+fn fsync_rate(dir: &std::path::Path) -> f64 {
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path).expect("probe file");
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(2) {
+        file.write_all(&[0u8; 4096]).expect("write");
+        file.sync_all().expect("fsync");
+        n += 1;
+    }
+    let _ = std::fs::remove_file(path);
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One keep-alive connection: POST, then read the status line, headers and body.
+fn post(
+    stream: &mut BufReader<TcpStream>,
+    head: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    stream.get_mut().write_all(head.as_bytes())?;
+    stream.get_mut().write_all(body)?;
+    let mut line = String::new();
+    stream.read_line(&mut line)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        stream.read_line(&mut line)?;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body)?;
+    Ok((status, body))
+}
+
+fn main() {
+    let options = options();
+    let data = tempfile::tempdir().expect("tempdir");
+    let fsyncs = fsync_rate(data.path());
+    println!("disk: {fsyncs:.0} fsync/s (4 KiB append + fsync, in the storage root's file system)");
+    if options.fsync_only {
+        return;
+    }
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_c360"))
+        .args([
+            "serve",
+            "--pg",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(data.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("C360_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("c360 serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("banner").expect("banner line");
+        if let Some(url) = line.trim().strip_prefix("health:") {
+            break url
+                .trim()
+                .trim_start_matches("http://")
+                .trim_end_matches("/health")
+                .to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let pid = child.id();
+    let rss_before = rss_kib(pid);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let events = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let started = Instant::now();
+    let clients: Vec<_> = (0..options.connections)
+        .map(|client| {
+            let (addr, stop, events, refused, latencies) = (
+                addr.clone(),
+                stop.clone(),
+                events.clone(),
+                refused.clone(),
+                latencies.clone(),
+            );
+            let batch = options.batch;
+            std::thread::spawn(move || {
+                let stream = TcpStream::connect(&addr).expect("connect");
+                stream.set_nodelay(true).expect("nodelay");
+                let mut stream = BufReader::new(stream);
+                let mut mine = Vec::new();
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let messages: Vec<String> = (0..batch)
+                        .map(|i| {
+                            format!(
+                                r#"{{"type":"track","anonymousId":"bench-{client}","event":"Product Viewed","messageId":"{client}-{seq}-{i}","properties":{{"sku":"SKU-{i}","price":19.9}},"context":{{"library":{{"name":"bench"}}}}}}"#
+                            )
+                        })
+                        .collect();
+                    seq += 1;
+                    let body = format!(r#"{{"batch":[{}]}}"#, messages.join(","));
+                    let head = format!(
+                        "POST /v1/batch HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let sent = Instant::now();
+                    match post(&mut stream, &head, body.as_bytes()) {
+                        Ok((200, _)) => {
+                            mine.push(sent.elapsed());
+                            events.fetch_add(batch as u64, Ordering::Relaxed);
+                        }
+                        Ok(_) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => panic!("connection {client}: {e}"),
+                    }
+                }
+                latencies.lock().expect("latencies").extend(mine);
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(options.seconds));
+    let rss_during = rss_kib(pid);
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("client thread");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let metrics = {
+        let stream = TcpStream::connect(&addr).expect("connect");
+        let mut stream = BufReader::new(stream);
+        let head = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        post(&mut stream, &head, b"")
+            .map(|(_, body)| String::from_utf8_lossy(&body).into_owned())
+            .unwrap_or_default()
+    };
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let commits = metric("c360_collector_commit_seconds_count ");
+    let commit_seconds = metric("c360_collector_commit_seconds_sum ");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let mut latencies = std::mem::take(&mut *latencies.lock().expect("latencies"));
+    latencies.sort();
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    let total = events.load(Ordering::Relaxed);
+    println!(
+        "collector: {:.0} events/s acknowledged ({} connections x {}-event batches, {:.1} s), \
+         {} requests refused (503)",
+        total as f64 / elapsed,
+        options.connections,
+        options.batch,
+        elapsed,
+        refused.load(Ordering::Relaxed)
+    );
+    println!(
+        "ack latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(0.5),
+        percentile(0.99),
+        percentile(1.0)
+    );
+    println!(
+        "server memory: {} MiB at start, {} MiB under load",
+        rss_before / 1024,
+        rss_during / 1024
+    );
+    println!(
+        "group commits: {:.0}/s, {:.0} events each, {:.1} ms each on average",
+        commits / elapsed,
+        total as f64 / commits.max(1.0),
+        commit_seconds * 1e3 / commits.max(1.0)
+    );
+    println!(
+        "commits can be at most {fsyncs:.0}/s on this disk; each commit fsyncs the data file, \
+         the log entry and their directories"
+    );
+}

@@ -1,0 +1,322 @@
+//! The Segment HTTP tracking API's messages: validation and conversion into event rows.
+//!
+//! Every message of a request is checked before anything is kept, so that a bad message in
+//! a batch rejects the whole batch and nothing of it is written. A rejection names the
+//! field (`batch[3].userId`) so that an SDK author can fix the call from the message alone.
+
+use serde_json::{Map, Value};
+
+use crate::sources::events::EventRow;
+
+/// The message types of the spec, as they appear in `type` and in the endpoint names.
+pub const TYPES: [&str; 6] = ["track", "identify", "page", "screen", "group", "alias"];
+
+/// A message that does not follow the spec: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    pub field: String,
+    pub reason: String,
+}
+
+impl Invalid {
+    fn new(field: &str, reason: impl Into<String>) -> Invalid {
+        Invalid {
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Parses the body of `/v1/<kind>` (one message) or, with `kind` = `batch`, of `/v1/batch`.
+/// `received_at` is the collector's clock, in microseconds since the epoch.
+pub fn parse_body(
+    kind: &str,
+    body: &[u8],
+    received_at: i64,
+) -> Result<(Option<String>, Vec<EventRow>), Invalid> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Invalid::new("body", format!("not valid JSON: {e}")))?;
+    let Value::Object(object) = value else {
+        return Err(Invalid::new("body", "must be a JSON object"));
+    };
+    let write_key = optional_string(&object, "writeKey", "writeKey")?;
+    if kind != "batch" {
+        let row = message(kind, &object, "", None, None, received_at)?;
+        return Ok((write_key, vec![row]));
+    }
+    let batch = match object.get("batch") {
+        Some(Value::Array(batch)) => batch,
+        Some(_) => return Err(Invalid::new("batch", "must be an array of messages")),
+        None => return Err(Invalid::new("batch", "is required")),
+    };
+    let sent_at = optional_time(&object, "sentAt", "sentAt")?;
+    let context = match object.get("context") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(c)) => Some(c),
+        Some(_) => return Err(Invalid::new("context", "must be an object")),
+    };
+    let mut rows = Vec::with_capacity(batch.len());
+    for (i, item) in batch.iter().enumerate() {
+        let at = format!("batch[{i}].");
+        let Value::Object(item) = item else {
+            return Err(Invalid::new(&format!("batch[{i}]"), "must be an object"));
+        };
+        let item_kind = match item.get("type") {
+            Some(Value::String(t)) if TYPES.contains(&t.as_str()) => t.as_str(),
+            Some(Value::String(t)) => {
+                return Err(Invalid::new(
+                    &format!("{at}type"),
+                    format!("'{t}' is not one of {}", TYPES.join(", ")),
+                ));
+            }
+            Some(_) => return Err(Invalid::new(&format!("{at}type"), "must be a string")),
+            None => return Err(Invalid::new(&format!("{at}type"), "is required")),
+        };
+        rows.push(message(
+            item_kind,
+            item,
+            &at,
+            sent_at,
+            context,
+            received_at,
+        )?);
+    }
+    Ok((write_key, rows))
+}
+
+/// One message. `at` prefixes field names in errors; `batch_sent_at` and `batch_context`
+/// come from the enclosing batch and yield to the message's own.
+fn message(
+    kind: &str,
+    m: &Map<String, Value>,
+    at: &str,
+    batch_sent_at: Option<i64>,
+    batch_context: Option<&Map<String, Value>>,
+    received_at: i64,
+) -> Result<EventRow, Invalid> {
+    let kind = TYPES
+        .iter()
+        .find(|t| **t == kind)
+        .copied()
+        .ok_or_else(|| Invalid::new("type", format!("unknown message type '{kind}'")))?;
+    let field = |name: &str| format!("{at}{name}");
+    let user_id = optional_id(m, "userId", &field("userId"))?;
+    let anonymous_id = optional_id(m, "anonymousId", &field("anonymousId"))?;
+    if user_id.is_none() && anonymous_id.is_none() {
+        return Err(Invalid::new(
+            &field("userId"),
+            "userId or anonymousId is required",
+        ));
+    }
+    let event = optional_string(m, "event", &field("event"))?;
+    if kind == "track" && event.is_none() {
+        return Err(Invalid::new(&field("event"), "is required for track"));
+    }
+    let group_id = optional_id(m, "groupId", &field("groupId"))?;
+    if kind == "group" && group_id.is_none() {
+        return Err(Invalid::new(&field("groupId"), "is required for group"));
+    }
+    let previous_id = optional_id(m, "previousId", &field("previousId"))?;
+    if kind == "alias" && (previous_id.is_none() || user_id.is_none()) {
+        let missing = if previous_id.is_none() {
+            "previousId"
+        } else {
+            "userId"
+        };
+        return Err(Invalid::new(&field(missing), "is required for alias"));
+    }
+    let message_id = optional_id(m, "messageId", &field("messageId"))?
+        .unwrap_or_else(|| format!("c360-{}", uuid::Uuid::new_v4()));
+    let properties = optional_object(m, "properties", &field("properties"))?;
+    let traits = optional_object(m, "traits", &field("traits"))?;
+    let context = match optional_object(m, "context", &field("context"))? {
+        Some(context) => context,
+        None => {
+            batch_context.map_or_else(|| "{}".to_string(), |c| Value::from(c.clone()).to_string())
+        }
+    };
+    let original = optional_time(m, "timestamp", &field("timestamp"))?.or(optional_time(
+        m,
+        "originalTimestamp",
+        &field("originalTimestamp"),
+    )?);
+    let sent_at = optional_time(m, "sentAt", &field("sentAt"))?.or(batch_sent_at);
+    Ok(EventRow {
+        message_id,
+        kind,
+        anonymous_id,
+        user_id,
+        event,
+        properties: properties.unwrap_or_else(|| "{}".to_string()),
+        traits,
+        context,
+        timestamp: corrected_timestamp(original, sent_at, received_at),
+        name: optional_string(m, "name", &field("name"))?,
+        group_id,
+        previous_id,
+        original_timestamp: original,
+        sent_at,
+        received_at,
+    })
+}
+
+/// The spec's clock-skew correction: a device's clock may be off, but the time between its
+/// `timestamp` and its `sentAt` is right, so the event happened that long before the
+/// collector received it. Without `sentAt` the device's timestamp stands; without a
+/// timestamp the event happened when it was received.
+pub fn corrected_timestamp(original: Option<i64>, sent_at: Option<i64>, received_at: i64) -> i64 {
+    match (original, sent_at) {
+        (Some(t), Some(sent)) => received_at - (sent - t),
+        (Some(t), None) => t,
+        (None, _) => received_at,
+    }
+}
+
+/// Identifiers: strings, or numbers (some SDKs send numeric user ids), kept as text.
+fn optional_id(m: &Map<String, Value>, key: &str, field: &str) -> Result<Option<String>, Invalid> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(Invalid::new(field, "must be a string")),
+    }
+}
+
+fn optional_string(
+    m: &Map<String, Value>,
+    key: &str,
+    field: &str,
+) -> Result<Option<String>, Invalid> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Invalid::new(field, "must be a string")),
+    }
+}
+
+/// Objects are kept as JSON text, for SQL's `->` and `->>`.
+fn optional_object(
+    m: &Map<String, Value>,
+    key: &str,
+    field: &str,
+) -> Result<Option<String>, Invalid> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value @ Value::Object(_)) => Ok(Some(value.to_string())),
+        Some(_) => Err(Invalid::new(field, "must be an object")),
+    }
+}
+
+/// ISO-8601 times, as microseconds since the epoch.
+fn optional_time(m: &Map<String, Value>, key: &str, field: &str) -> Result<Option<i64>, Invalid> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| Some(t.timestamp_micros()))
+            .map_err(|e| Invalid::new(field, format!("'{s}' is not an ISO-8601 time: {e}"))),
+        Some(_) => Err(Invalid::new(field, "must be an ISO-8601 string")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_750_000_000_000_000;
+
+    fn one(kind: &str, body: &str) -> Result<EventRow, Invalid> {
+        parse_body(kind, body.as_bytes(), NOW).map(|(_, mut rows)| rows.remove(0))
+    }
+
+    #[test]
+    fn a_track_call_becomes_a_row_with_json_text() {
+        let row = one(
+            "track",
+            r#"{"userId":"u1","event":"Order Completed","messageId":"m1",
+                "properties":{"revenue":12.5},"context":{"ip":"1.2.3.4"}}"#,
+        )
+        .unwrap();
+        assert_eq!(row.kind, "track");
+        assert_eq!(row.user_id.as_deref(), Some("u1"));
+        assert_eq!(row.properties, r#"{"revenue":12.5}"#);
+        assert_eq!(row.context, r#"{"ip":"1.2.3.4"}"#);
+        assert_eq!(row.timestamp, NOW);
+    }
+
+    #[test]
+    fn clock_skew_is_corrected_from_sent_at() {
+        // The device clock is an hour ahead: it says it sent at 11:00:05 an event of
+        // 11:00:00; the collector received it at 10:00:07, so it happened at 10:00:02.
+        let received = chrono::DateTime::parse_from_rfc3339("2025-06-15T10:00:07Z")
+            .unwrap()
+            .timestamp_micros();
+        let row = parse_body(
+            "track",
+            br#"{"anonymousId":"a","event":"x","timestamp":"2025-06-15T11:00:00Z","sentAt":"2025-06-15T11:00:05Z"}"#,
+            received,
+        )
+        .unwrap()
+        .1
+        .remove(0);
+        let expected = chrono::DateTime::parse_from_rfc3339("2025-06-15T10:00:02Z")
+            .unwrap()
+            .timestamp_micros();
+        assert_eq!(row.timestamp, expected);
+        let sent = chrono::DateTime::parse_from_rfc3339("2025-06-15T11:00:00Z")
+            .unwrap()
+            .timestamp_micros();
+        assert_eq!(row.original_timestamp, Some(sent));
+    }
+
+    #[test]
+    fn batch_level_sent_at_and_context_apply_to_every_message() {
+        let body = r#"{"sentAt":"2025-06-15T11:00:05Z","context":{"library":"x"},"batch":[
+            {"type":"identify","userId":"u","traits":{"email":"a@b.c"},"timestamp":"2025-06-15T11:00:00Z"},
+            {"type":"page","anonymousId":"a","name":"Home","context":{"own":true}}]}"#;
+        let (_, rows) = parse_body("batch", body.as_bytes(), NOW).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].timestamp, NOW - 5_000_000);
+        assert_eq!(rows[0].context, r#"{"library":"x"}"#);
+        assert_eq!(rows[1].context, r#"{"own":true}"#);
+        assert_eq!(rows[1].name.as_deref(), Some("Home"));
+    }
+
+    #[test]
+    fn rejections_name_the_field() {
+        let cases = [
+            ("track", "{not json", "body"),
+            ("track", r#"[1]"#, "body"),
+            ("track", r#"{"event":"x"}"#, "userId"),
+            ("track", r#"{"userId":"u"}"#, "event"),
+            ("track", r#"{"userId":{"a":1},"event":"x"}"#, "userId"),
+            (
+                "track",
+                r#"{"userId":"u","event":"x","properties":"str"}"#,
+                "properties",
+            ),
+            (
+                "track",
+                r#"{"userId":"u","event":"x","timestamp":"yesterday"}"#,
+                "timestamp",
+            ),
+            ("alias", r#"{"userId":"u"}"#, "previousId"),
+            ("group", r#"{"userId":"u"}"#, "groupId"),
+            ("batch", r#"{"batch":{}}"#, "batch"),
+            (
+                "batch",
+                r#"{"batch":[{"type":"track","userId":"u","event":"e"},{"type":"nope"}]}"#,
+                "batch[1].type",
+            ),
+            (
+                "batch",
+                r#"{"batch":[{"type":"identify","userId":"u","traits":[1]}]}"#,
+                "batch[0].traits",
+            ),
+        ];
+        for (kind, body, field) in cases {
+            let err = parse_body(kind, body.as_bytes(), NOW).unwrap_err();
+            assert_eq!(err.field, field, "{body}: {err:?}");
+        }
+    }
+}
