@@ -47,6 +47,9 @@ enum Command {
         /// One or more `;`-separated statements.
         sql: String,
     },
+    /// Read a password on standard input and print its SCRAM-SHA-256 verifier, for the
+    /// `scram` field of a `[[pg.users]]` entry in c360.toml.
+    HashPassword,
     /// Write realistic multi-source demo data (and its ground truth) to a directory.
     Generate {
         /// Number of people to simulate.
@@ -165,6 +168,15 @@ async fn run(cli: Cli) -> Result<()> {
             for result in &results {
                 c360::render::write_result(&mut out, result, format)?;
             }
+            Ok(())
+        }
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .map_err(|e| c360::C360Error::io("stdin", e))?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            println!("{}", c360::pg::hash_password(password)?);
             Ok(())
         }
         Command::Generate {

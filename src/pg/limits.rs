@@ -1,0 +1,206 @@
+//! Limits on what one session may take: a place among `max_connections`, a
+//! `statement_timeout`, a memory pool of its own, and cancellation from the client.
+//!
+//! pgwire only lets a cancel interrupt the planning of a query, not the streaming of its rows,
+//! which is where DataFusion does the work; so c360 keeps its own registry of sessions and
+//! wraps both the planning future and the row stream of every query in a [`QueryGuard`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool, UnboundedMemoryPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::SessionContext;
+use futures::{Stream, StreamExt};
+use pgwire::api::ClientInfo;
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::startup::SecretKey;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::errors;
+
+/// The client metadata key where datafusion-postgres's `SET statement_timeout` keeps the
+/// session's timeout in milliseconds; c360 seeds it from config at start-up and reads it
+/// back here, so that `SET`, `SHOW` and enforcement agree.
+pub const STATEMENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
+
+/// A live session, as the cancel registry knows it.
+pub struct SessionControl {
+    /// Counts cancel requests; a query is cancelled by any request made after it started.
+    cancels: watch::Sender<u64>,
+}
+
+impl SessionControl {
+    fn cancel(&self) {
+        self.cancels.send_modify(|n| *n += 1);
+    }
+}
+
+/// Sessions by (pid, secret key), as sent in BackendKeyData and echoed in CancelRequest.
+#[derive(Default)]
+pub struct Sessions {
+    by_key: Mutex<HashMap<(i32, Vec<u8>), Arc<SessionControl>>>,
+}
+
+impl Sessions {
+    /// Registers a session; it stays registered as long as the returned guard lives (the
+    /// guard is kept in the connection's session extensions, so it drops with the socket).
+    pub fn register(
+        self: &Arc<Self>,
+        pid: i32,
+        secret: &SecretKey,
+    ) -> (Arc<SessionControl>, Registration) {
+        let key = (pid, secret.to_bytes().to_vec());
+        let (cancels, _) = watch::channel(0);
+        let control = Arc::new(SessionControl { cancels });
+        if let Ok(mut map) = self.by_key.lock() {
+            map.insert(key.clone(), Arc::clone(&control));
+        }
+        let registration = Registration {
+            sessions: Arc::clone(self),
+            key,
+        };
+        (control, registration)
+    }
+
+    /// Cancels the running query of the session with this key, if any; an unknown key is
+    /// ignored, as PostgreSQL does, so that a guesser learns nothing.
+    pub fn cancel(&self, pid: i32, secret: &SecretKey) {
+        let key = (pid, secret.to_bytes().to_vec());
+        let control = self
+            .by_key
+            .lock()
+            .ok()
+            .and_then(|map| map.get(&key).cloned());
+        if let Some(control) = control {
+            control.cancel();
+        }
+    }
+}
+
+/// Removes a session from the registry when the connection goes away.
+pub struct Registration {
+    sessions: Arc<Sessions>,
+    key: (i32, Vec<u8>),
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.sessions.by_key.lock() {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// The session's `statement_timeout`, if any.
+pub fn statement_timeout<C: ClientInfo + ?Sized>(client: &C) -> Option<Duration> {
+    client
+        .metadata()
+        .get(STATEMENT_TIMEOUT_KEY)
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+}
+
+/// Interrupts one query when its session is cancelled or its timeout passes.
+#[derive(Clone)]
+pub struct QueryGuard {
+    deadline: Option<Instant>,
+    cancels: Option<watch::Receiver<u64>>,
+    started_at_cancel: u64,
+}
+
+impl QueryGuard {
+    /// Starts guarding a query of `client`'s session, now.
+    pub fn start<C: ClientInfo + ?Sized>(client: &C) -> QueryGuard {
+        let cancels = client
+            .session_extensions()
+            .get::<Arc<SessionControl>>()
+            .map(|control| control.cancels.subscribe());
+        QueryGuard {
+            deadline: statement_timeout(client).map(|timeout| Instant::now() + timeout),
+            started_at_cancel: cancels.as_ref().map_or(0, |rx| *rx.borrow()),
+            cancels,
+        }
+    }
+
+    /// Resolves with the error to report once the query must stop; never resolves otherwise.
+    async fn interrupted(mut self) -> PgWireError {
+        let started = self.started_at_cancel;
+        let cancelled = async {
+            match self.cancels.as_mut() {
+                Some(rx) => {
+                    if rx.wait_for(|n| *n > started).await.is_err() {
+                        // The session is gone: nothing will ever cancel this query.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let timed_out = async {
+            match self.deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = cancelled => errors::query_canceled("canceling statement due to user request"),
+            _ = timed_out => errors::query_canceled("canceling statement due to statement timeout"),
+        }
+    }
+
+    /// Runs `work` (planning, or a whole statement) until it ends or the query must stop.
+    pub async fn run<T>(&self, work: impl Future<Output = PgWireResult<T>>) -> PgWireResult<T> {
+        tokio::select! {
+            biased;
+            error = self.clone().interrupted() => Err(error),
+            result = work => result.map_err(errors::classify),
+        }
+    }
+
+    /// Guards a result stream: it ends with a 57014 error when the query must stop, and
+    /// dropping it (which pgwire does right after) stops DataFusion's work.
+    pub fn stream<T, S>(&self, rows: S) -> impl Stream<Item = PgWireResult<T>> + Send + 'static
+    where
+        S: Stream<Item = PgWireResult<T>> + Send + Unpin + 'static,
+        T: Send + 'static,
+    {
+        let interrupted = Box::pin(self.clone().interrupted());
+        futures::stream::unfold(Some((rows, interrupted)), |state| async move {
+            let (mut rows, mut interrupted) = state?;
+            tokio::select! {
+                biased;
+                error = &mut interrupted => Some((Err(error), None)),
+                item = rows.next() => {
+                    let item = item?.map_err(errors::classify);
+                    Some((item, Some((rows, interrupted))))
+                }
+            }
+        })
+    }
+}
+
+/// A session context of its own for one connection: the engine's catalogs, functions and
+/// settings, with a memory pool of `limit_mb` (0: unbounded). A session runs one query at a
+/// time, so this is the per-query limit; a query over it fails alone (53200).
+pub fn session_context(engine_ctx: &SessionContext, limit_mb: u64) -> PgWireResult<SessionContext> {
+    let pool: Arc<dyn MemoryPool> = if limit_mb == 0 {
+        Arc::new(UnboundedMemoryPool::default())
+    } else {
+        let bytes = usize::try_from(limit_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+        Arc::new(GreedyMemoryPool::new(bytes))
+    };
+    let runtime = RuntimeEnvBuilder::from_runtime_env(engine_ctx.runtime_env().as_ref())
+        .with_memory_pool(pool)
+        .build_arc()
+        .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+    let state = SessionStateBuilder::new_from_existing(engine_ctx.state())
+        .with_runtime_env(runtime)
+        .build();
+    Ok(SessionContext::new_with_state(state))
+}

@@ -1,0 +1,265 @@
+//! One session's queries, simple and extended: role checks on the parsed statement, c360's
+//! own statements, `COPY … TO STDOUT`, and everything else through datafusion-postgres, with
+//! the session's timeout, cancellation and SQLSTATEs around it.
+
+use std::sync::Arc;
+
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast;
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_postgres::{DfSessionService, Parser};
+use futures::Sink;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+
+use super::copy;
+use super::errors;
+use super::limits::QueryGuard;
+use super::roles::{self, Role};
+use crate::{Engine, ddl, workspace};
+
+/// datafusion-postgres's prepared statement: the SQL, and its parsed form and plan (none for
+/// c360's own statements and `COPY`, which are run from their text).
+pub type Statement = (String, Option<(ast::Statement, LogicalPlan)>);
+
+/// The query side of one connection.
+pub struct Queries {
+    engine: Arc<Engine>,
+    /// The session's own context (its memory pool; see [`super::limits::session_context`]).
+    ctx: Arc<SessionContext>,
+    datafusion: Arc<DfSessionService>,
+    parser: Arc<CheckedParser>,
+}
+
+impl Queries {
+    pub fn new(engine: Arc<Engine>, ctx: SessionContext) -> Queries {
+        let ctx = Arc::new(ctx);
+        let datafusion = Arc::new(DfSessionService::new(Arc::clone(&ctx)));
+        let parser = Arc::new(CheckedParser {
+            inner: ExtendedQueryHandler::query_parser(&*datafusion),
+            sql: PostgresCompatibilityParser::new(),
+        });
+        Queries {
+            engine,
+            ctx,
+            datafusion,
+            parser,
+        }
+    }
+
+    /// Runs one statement of a simple query.
+    async fn simple_statement<C>(&self, client: &mut C, sql: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let role = role_of(client);
+        if let Some(own) = ddl::parse(sql).map_err(|e| errors::syntax(e.0))? {
+            return Ok(vec![self.run_c360(role, own).await?]);
+        }
+        let parsed = self.parser.checked(role, sql)?;
+        let guard = QueryGuard::start(client);
+        if let [statement] = parsed.as_slice()
+            && let Some(copy) = copy::parse(statement)
+        {
+            return Ok(vec![copy::execute(&self.ctx, copy?, &guard).await?]);
+        }
+        let responses = guard
+            .run(SimpleQueryHandler::do_query(&*self.datafusion, client, sql))
+            .await?;
+        Ok(responses
+            .into_iter()
+            .map(|response| guarded(response, &guard))
+            .collect())
+    }
+
+    /// c360's own statements run on the engine, for admins. They are not interrupted by a
+    /// timeout or a cancel: an identity refresh commits by switching a pointer at its end,
+    /// and is better finished than abandoned half-written.
+    async fn run_c360(&self, role: Role, statement: ddl::Statement) -> PgWireResult<Response> {
+        let tag = command_tag(&statement);
+        roles::check_c360(role, tag)?;
+        self.engine
+            .execute_c360(statement, false)
+            .await
+            .map_err(errors::from_c360)?;
+        Ok(Response::Execution(Tag::new(tag)))
+    }
+}
+
+/// Puts a query's row stream under the guard; other responses are complete already.
+fn guarded(response: Response, guard: &QueryGuard) -> Response {
+    match response {
+        Response::Query(query) => {
+            let mut wrapped = QueryResponse::new(query.row_schema, guard.stream(query.data_rows));
+            wrapped.set_command_tag(&query.command_tag);
+            Response::Query(wrapped)
+        }
+        other => other,
+    }
+}
+
+/// The session's role, set at authentication; a session without one reads only.
+fn role_of<C: ClientInfo + ?Sized>(client: &C) -> Role {
+    client
+        .session_extensions()
+        .get::<Role>()
+        .map_or(Role::Analyst, |role| *role)
+}
+
+fn command_tag(statement: &ddl::Statement) -> &'static str {
+    match statement {
+        ddl::Statement::CreateIdentityGraph(_) => "CREATE IDENTITY GRAPH",
+        ddl::Statement::RefreshIdentityGraph { .. } => "REFRESH IDENTITY GRAPH",
+        ddl::Statement::DropIdentityGraph { .. } => "DROP IDENTITY GRAPH",
+    }
+}
+
+#[async_trait::async_trait]
+impl SimpleQueryHandler for Queries {
+    /// Runs the statements of a query string one by one, as PostgreSQL does: each one's
+    /// results are sent, and the first error ends the string with its ErrorResponse.
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut responses = Vec::new();
+        for statement in workspace::split_statements(query) {
+            match self.simple_statement(client, &statement.sql).await {
+                Ok(more) => responses.extend(more),
+                Err(error) => {
+                    let info: ErrorInfo = errors::classify(error).into();
+                    responses.push(Response::Error(Box::new(info)));
+                    break;
+                }
+            }
+        }
+        if responses.is_empty() {
+            responses.push(Response::EmptyQuery);
+        }
+        Ok(responses)
+    }
+}
+
+#[async_trait::async_trait]
+impl ExtendedQueryHandler for Queries {
+    type Statement = Statement;
+    type QueryParser = CheckedParser;
+
+    fn query_parser(&self) -> Arc<CheckedParser> {
+        Arc::clone(&self.parser)
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (sql, plan) = &portal.statement.statement;
+        let role = role_of(client);
+        let guard = QueryGuard::start(client);
+        if plan.is_none() {
+            // Statements that datafusion-postgres cannot plan; the parser let them through.
+            if let Some(own) = ddl::parse(sql).map_err(|e| errors::syntax(e.0))? {
+                return self.run_c360(role, own).await;
+            }
+            let parsed = self.parser.checked(role, sql)?;
+            if let Some(copy) = parsed.first().and_then(copy::parse) {
+                return copy::execute(&self.ctx, copy?, &guard).await;
+            }
+        }
+        let response = guard
+            .run(ExtendedQueryHandler::do_query(
+                &*self.datafusion,
+                client,
+                portal,
+                max_rows,
+            ))
+            .await?;
+        Ok(guarded(response, &guard))
+    }
+}
+
+/// datafusion-postgres's parser, behind the role check; c360's statements and `COPY` are
+/// kept as text for [`Queries`] to run.
+pub struct CheckedParser {
+    inner: Arc<Parser>,
+    sql: PostgresCompatibilityParser,
+}
+
+impl CheckedParser {
+    /// Parses `sql` and refuses it unless `role` may run every statement in it.
+    fn checked(&self, role: Role, sql: &str) -> PgWireResult<Vec<ast::Statement>> {
+        let parsed = self
+            .sql
+            .parse(sql)
+            .map_err(|e| errors::syntax(e.to_string()))?;
+        for statement in &parsed {
+            roles::check(role, statement)?;
+        }
+        Ok(parsed)
+    }
+}
+
+#[async_trait::async_trait]
+impl QueryParser for CheckedParser {
+    type Statement = Statement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let role = role_of(client);
+        if let Some(own) = ddl::parse(sql).map_err(|e| errors::syntax(e.0))? {
+            roles::check_c360(role, command_tag(&own))?;
+            return Ok(Some((sql.to_string(), None)));
+        }
+        let parsed = self.checked(role, sql)?;
+        if parsed
+            .first()
+            .is_some_and(|s| matches!(s, ast::Statement::Copy { .. }))
+        {
+            return Ok(Some((sql.to_string(), None)));
+        }
+        self.inner
+            .parse_sql(client, sql, types)
+            .await
+            .map_err(errors::classify)
+    }
+
+    fn get_parameter_types(&self, statement: &Statement) -> PgWireResult<Vec<Type>> {
+        self.inner.get_parameter_types(statement)
+    }
+
+    fn get_result_schema(
+        &self,
+        statement: &Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        self.inner.get_result_schema(statement, column_format)
+    }
+}
