@@ -9,7 +9,7 @@
 //! - `tls`: TLS from `[pg.tls]`, required of every client when configured;
 //! - `roles`: analysts read, admins do everything, decided on the parsed statement;
 //! - `limits`: `max_connections`, `statement_timeout`, a memory pool per session, cancel;
-//! - `query`: simple and extended queries, c360's own statements, `copy`;
+//! - `query`: simple and extended queries, c360's own statements, `copy`, `settings`;
 //! - `errors`: a SQLSTATE for every failure.
 
 mod auth;
@@ -19,6 +19,7 @@ mod limits;
 mod query;
 mod roles;
 mod scram;
+mod settings;
 mod tls;
 
 use std::future::Future;

@@ -19,10 +19,10 @@ use pgwire::api::{ClientInfo, ClientPortalStore, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 
-use super::copy;
 use super::errors;
 use super::limits::QueryGuard;
 use super::roles::{self, Role};
+use super::{copy, settings};
 use crate::{Engine, ddl, workspace};
 
 /// datafusion-postgres's prepared statement: the SQL, and its parsed form and plan (none for
@@ -68,10 +68,16 @@ impl Queries {
         }
         let parsed = self.parser.checked(role, sql)?;
         let guard = QueryGuard::start(client);
-        if let [statement] = parsed.as_slice()
-            && let Some(copy) = copy::parse(statement)
-        {
-            return Ok(vec![copy::execute(&self.ctx, copy?, &guard).await?]);
+        if let [statement] = parsed.as_slice() {
+            if let Some((name, value)) = settings::assignment(statement) {
+                return Ok(vec![settings::set(client, &name, value).await?]);
+            }
+            if let Some(name) = settings::shown(statement) {
+                return Ok(vec![settings::show(client, &name)?]);
+            }
+            if let Some(copy) = copy::parse(statement) {
+                return Ok(vec![copy::execute(&self.ctx, copy?, &guard).await?]);
+            }
         }
         let responses = guard
             .run(SimpleQueryHandler::do_query(&*self.datafusion, client, sql))
@@ -183,9 +189,17 @@ impl ExtendedQueryHandler for Queries {
                 return self.run_c360(role, own).await;
             }
             let parsed = self.parser.checked(role, sql)?;
+            if let Some((name, value)) = parsed.first().and_then(settings::assignment) {
+                return settings::set(client, &name, value).await;
+            }
             if let Some(copy) = parsed.first().and_then(copy::parse) {
                 return copy::execute(&self.ctx, copy?, &guard).await;
             }
+        }
+        if let Some((statement, _)) = plan
+            && let Some(name) = settings::shown(statement)
+        {
+            return settings::show(client, &name);
         }
         let response = guard
             .run(ExtendedQueryHandler::do_query(
@@ -239,11 +253,16 @@ impl QueryParser for CheckedParser {
             return Ok(Some((sql.to_string(), None)));
         }
         let parsed = self.checked(role, sql)?;
-        if parsed
-            .first()
-            .is_some_and(|s| matches!(s, ast::Statement::Copy { .. }))
-        {
-            return Ok(Some((sql.to_string(), None)));
+        if let Some(statement) = parsed.first() {
+            if matches!(statement, ast::Statement::Copy { .. })
+                || settings::assignment(statement).is_some()
+            {
+                return Ok(Some((sql.to_string(), None)));
+            }
+            if let Some(name) = settings::shown(statement) {
+                let plan = settings::show_plan(&name)?;
+                return Ok(Some((sql.to_string(), Some((statement.clone(), plan)))));
+            }
         }
         self.inner
             .parse_sql(client, sql, types)
