@@ -39,6 +39,20 @@ pub fn not_supported(message: impl Into<String>) -> PgWireError {
     error("0A000", message)
 }
 
+/// A panic caught while running a query: the query fails, the session and server go on.
+pub fn internal(panic: Box<dyn std::any::Any + Send>) -> PgWireError {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown cause");
+    tracing::error!(panic = what, "query panicked");
+    error(
+        "XX000",
+        format!("internal error: the engine failed on this query ({what})"),
+    )
+}
+
 /// Gives DataFusion's errors, which pgwire reports as XX000, their Postgres SQLSTATE.
 pub fn classify(error: PgWireError) -> PgWireError {
     match error {

@@ -14,7 +14,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool, UnboundedMemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use pgwire::api::ClientInfo;
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::startup::SecretKey;
@@ -155,11 +155,18 @@ impl QueryGuard {
     }
 
     /// Runs `work` (planning, or a whole statement) until it ends or the query must stop.
+    ///
+    /// A panic in the engine (DataFusion has a few on odd plans) becomes an XX000 error for
+    /// this query instead of a dropped connection.
     pub async fn run<T>(&self, work: impl Future<Output = PgWireResult<T>>) -> PgWireResult<T> {
+        let work = std::panic::AssertUnwindSafe(work).catch_unwind();
         tokio::select! {
             biased;
             error = self.clone().interrupted() => Err(error),
-            result = work => result.map_err(errors::classify),
+            result = work => match result {
+                Ok(result) => result.map_err(errors::classify),
+                Err(panic) => Err(errors::internal(panic)),
+            },
         }
     }
 

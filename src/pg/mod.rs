@@ -4,31 +4,34 @@
 //! loop is ours, so that binding errors surface before start-up is announced, shutdown is
 //! clean, and the rules below hold for every connection:
 //!
+//! - `catalog`, `rewrite`: `pg_catalog`, `version()` and the rewrites clients' metadata
+//!   queries need;
 //! - `auth`: SCRAM-SHA-256 against `[[pg.users]]` (verifiers: `scram`), or, with no users,
 //!   an open door on loopback only;
 //! - `tls`: TLS from `[pg.tls]`, required of every client when configured;
 //! - `roles`: analysts read, admins do everything, decided on the parsed statement;
 //! - `limits`: `max_connections`, `statement_timeout`, a memory pool per session, cancel;
-//! - `query`: simple and extended queries, c360's own statements, `copy`, `settings`;
+//! - `query`: simple and extended queries, c360's own statements, `copy`, `settings`,
+//!   `transactions`;
 //! - `errors`: a SQLSTATE for every failure.
 
 mod auth;
+mod catalog;
 mod copy;
 mod errors;
 mod limits;
 mod query;
+mod rewrite;
 mod roles;
 mod scram;
 mod settings;
 mod tls;
+mod transactions;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use datafusion::prelude::SessionContext;
-use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
-use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -78,7 +81,7 @@ impl PgServer {
             });
         }
         let tls = settings.tls.as_ref().map(tls::acceptor).transpose()?;
-        install_catalog(engine.context(), engine.database_name())?;
+        catalog::install(engine.context(), engine.database_name())?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| C360Error::Listen {
@@ -163,18 +166,6 @@ async fn serve_connection(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
         tracing::debug!(%peer, error = %e, "pg session ended with an error");
     }
     drop(permit);
-}
-
-/// Registers `pg_catalog` and its functions, once per context.
-fn install_catalog(ctx: &SessionContext, database: &str) -> Result<()> {
-    let already = ctx
-        .catalog(database)
-        .and_then(|catalog| catalog.schema("pg_catalog"))
-        .is_some();
-    if already {
-        return Ok(());
-    }
-    setup_pg_catalog(ctx, database, EmptyContextProvider).map_err(|e| C360Error::Query(*e))
 }
 
 /// The handlers of one connection.

@@ -22,7 +22,7 @@ use pgwire::messages::PgWireBackendMessage;
 use super::errors;
 use super::limits::QueryGuard;
 use super::roles::{self, Role};
-use super::{copy, settings};
+use super::{copy, rewrite, settings, transactions};
 use crate::{Engine, ddl, workspace};
 
 /// datafusion-postgres's prepared statement: the SQL, and its parsed form and plan (none for
@@ -69,6 +69,9 @@ impl Queries {
         let parsed = self.parser.checked(role, sql)?;
         let guard = QueryGuard::start(client);
         if let [statement] = parsed.as_slice() {
+            if let Some(response) = transactions::savepoint(statement) {
+                return Ok(vec![response]);
+            }
             if let Some((name, value)) = settings::assignment(statement) {
                 return Ok(vec![settings::set(client, &name, value).await?]);
             }
@@ -79,8 +82,13 @@ impl Queries {
                 return Ok(vec![copy::execute(&self.ctx, copy?, &guard).await?]);
             }
         }
+        let sql = rewritten(parsed).unwrap_or_else(|| sql.to_string());
         let responses = guard
-            .run(SimpleQueryHandler::do_query(&*self.datafusion, client, sql))
+            .run(SimpleQueryHandler::do_query(
+                &*self.datafusion,
+                client,
+                &sql,
+            ))
             .await?;
         Ok(responses
             .into_iter()
@@ -99,6 +107,14 @@ impl Queries {
             .await
             .map_err(errors::from_c360)?;
         Ok(Response::Execution(Tag::new(tag)))
+    }
+}
+
+/// The text to run instead of a single statement that [`rewrite`] changed.
+fn rewritten(mut parsed: Vec<ast::Statement>) -> Option<String> {
+    match parsed.as_mut_slice() {
+        [statement] => rewrite::catalog_subqueries(statement).then(|| statement.to_string()),
+        _ => None,
     }
 }
 
@@ -189,6 +205,9 @@ impl ExtendedQueryHandler for Queries {
                 return self.run_c360(role, own).await;
             }
             let parsed = self.parser.checked(role, sql)?;
+            if let Some(response) = parsed.first().and_then(transactions::savepoint) {
+                return Ok(response);
+            }
             if let Some((name, value)) = parsed.first().and_then(settings::assignment) {
                 return settings::set(client, &name, value).await;
             }
@@ -256,6 +275,7 @@ impl QueryParser for CheckedParser {
         if let Some(statement) = parsed.first() {
             if matches!(statement, ast::Statement::Copy { .. })
                 || settings::assignment(statement).is_some()
+                || transactions::savepoint(statement).is_some()
             {
                 return Ok(Some((sql.to_string(), None)));
             }
@@ -264,8 +284,9 @@ impl QueryParser for CheckedParser {
                 return Ok(Some((sql.to_string(), Some((statement.clone(), plan)))));
             }
         }
+        let sql = rewritten(parsed).unwrap_or_else(|| sql.to_string());
         self.inner
-            .parse_sql(client, sql, types)
+            .parse_sql(client, &sql, types)
             .await
             .map_err(errors::classify)
     }
