@@ -28,6 +28,25 @@ use super::errors;
 /// back here, so that `SET`, `SHOW` and enforcement agree.
 pub const STATEMENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
 
+/// The longest query text accepted, in bytes. Past it the query is refused (54000) before
+/// it is parsed: a 100 MB query string is an accident or an attack, not analysis.
+pub const MAX_QUERY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Refuses a query text longer than [`MAX_QUERY_BYTES`].
+pub fn check_query_length(sql: &str) -> PgWireResult<()> {
+    if sql.len() > MAX_QUERY_BYTES {
+        return Err(errors::error(
+            "54000",
+            format!(
+                "query text of {} bytes is longer than the {} bytes c360 accepts",
+                sql.len(),
+                MAX_QUERY_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A live session, as the cancel registry knows it.
 pub struct SessionControl {
     /// Counts cancel requests; a query is cancelled by any request made after it started.

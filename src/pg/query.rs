@@ -20,7 +20,7 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 
 use super::errors;
-use super::limits::QueryGuard;
+use super::limits::{self, QueryGuard};
 use super::roles::{self, Role};
 use super::{copy, rewrite, settings, transactions};
 use crate::{Engine, ddl, workspace};
@@ -157,6 +157,10 @@ impl SimpleQueryHandler for Queries {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let Err(error) = limits::check_query_length(query) {
+            let info: ErrorInfo = error.into();
+            return Ok(vec![Response::Error(Box::new(info))]);
+        }
         let mut responses = Vec::new();
         for statement in workspace::split_statements(query) {
             match self.simple_statement(client, &statement.sql).await {
@@ -266,6 +270,7 @@ impl QueryParser for CheckedParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        limits::check_query_length(sql)?;
         let role = role_of(client);
         if let Some(own) = ddl::parse(sql).map_err(|e| errors::syntax(e.0))? {
             roles::check_c360(role, command_tag(&own))?;
