@@ -47,6 +47,9 @@ pub struct PgSettings {
     pub tls: Option<TlsSettings>,
     /// Most sessions open at once; one more is refused with SQLSTATE 53300.
     pub max_connections: usize,
+    /// Time a new connection has to authenticate before it is closed, in milliseconds, so
+    /// that connections left half-open cannot hold every place.
+    pub authentication_timeout_ms: u64,
     /// Default `statement_timeout` of each session, in milliseconds (0: none). A session
     /// changes its own with `SET statement_timeout`. Expiry fails the query with 57014.
     pub statement_timeout_ms: u64,
@@ -119,6 +122,7 @@ impl Default for PgSettings {
             users: Vec::new(),
             tls: None,
             max_connections: 100,
+            authentication_timeout_ms: 60_000,
             statement_timeout_ms: 0,
             query_memory_mb: 4096,
         }

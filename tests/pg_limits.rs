@@ -46,6 +46,29 @@ async fn connections_past_the_limit_get_53300() {
 }
 
 #[tokio::test]
+async fn half_open_connections_do_not_hold_places_for_long() {
+    let server =
+        Server::start_with_config("[pg]\nmax_connections = 2\nauthentication_timeout_ms = 1000\n");
+    let addr = format!("{}:{}", server.pg_host, server.pg_port);
+    // Two connections that never send a startup packet take both places...
+    let idle = [
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let err = tokio_postgres::connect(&server.pg_config(), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("no place left");
+    assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err:?}");
+    // ...until the authentication timeout closes them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let client = server.connect().await;
+    client.simple_query("SELECT 1").await.unwrap();
+    drop(idle);
+}
+
+#[tokio::test]
 async fn statement_timeout_cancels_with_57014_and_the_session_goes_on() {
     // From config...
     let server = Server::start_with_config("[pg]\nstatement_timeout_ms = 500\n");

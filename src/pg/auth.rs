@@ -80,6 +80,7 @@ pub struct StartupPolicy {
     pub users: Users,
     pub tls_required: bool,
     pub statement_timeout_ms: u64,
+    pub authentication_timeout: std::time::Duration,
     pub sessions: Arc<Sessions>,
 }
 
@@ -103,6 +104,9 @@ pub struct Startup {
     /// Set when the connection came in past `max_connections`: it is refused with 53300.
     over_limit: bool,
     stage: Mutex<Stage>,
+    /// Set once the client is in, so that the connection loop can enforce the
+    /// authentication timeout on the rest.
+    admitted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Startup {
@@ -111,6 +115,21 @@ impl Startup {
             policy,
             over_limit,
             stage: Mutex::new(Stage::Initial),
+            admitted: Arc::default(),
+        }
+    }
+
+    /// Resolves when the connection has not authenticated within the policy's
+    /// `authentication_timeout` (as PostgreSQL's: a client that opens connections and never
+    /// finishes them cannot hold every place); never once it has.
+    pub fn authentication_expired(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let admitted = Arc::clone(&self.admitted);
+        let timeout = self.policy.authentication_timeout;
+        async move {
+            tokio::time::sleep(timeout).await;
+            if admitted.load(std::sync::atomic::Ordering::Acquire) {
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -136,6 +155,8 @@ impl Startup {
                 self.policy.statement_timeout_ms.to_string(),
             );
         }
+        self.admitted
+            .store(true, std::sync::atomic::Ordering::Release);
         let mut parameters = DefaultServerParameterProvider::default();
         // Clients parse server_version; pgwire's "16.6-pgwire-x" trips some of them.
         parameters.server_version = "16.6".to_string();

@@ -101,6 +101,9 @@ impl PgServer {
             users,
             tls_required: tls.is_some(),
             statement_timeout_ms: settings.statement_timeout_ms,
+            authentication_timeout: std::time::Duration::from_millis(
+                settings.authentication_timeout_ms,
+            ),
             sessions: Arc::default(),
         });
         Ok(PgServer {
@@ -154,16 +157,23 @@ async fn serve_connection(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
             return;
         }
     };
+    let startup = Arc::new(auth::Startup::new(
+        Arc::clone(&shared.policy),
+        permit.is_none(),
+    ));
+    let expired = startup.authentication_expired();
     let handlers = Connection {
         queries: Arc::new(query::Queries::new(Arc::clone(&shared.engine), ctx)),
-        startup: Arc::new(auth::Startup::new(
-            Arc::clone(&shared.policy),
-            permit.is_none(),
-        )),
+        startup,
         cancel: Arc::new(CancelRequests(Arc::clone(&shared.policy.sessions))),
     };
-    if let Err(e) = pgwire::tokio::process_socket(socket, shared.tls.clone(), handlers).await {
-        tracing::debug!(%peer, error = %e, "pg session ended with an error");
+    tokio::select! {
+        served = pgwire::tokio::process_socket(socket, shared.tls.clone(), handlers) => {
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "pg session ended with an error");
+            }
+        }
+        () = expired => tracing::info!(%peer, "pg connection closed: no authentication in time"),
     }
     drop(permit);
 }
