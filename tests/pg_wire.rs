@@ -423,3 +423,28 @@ fn psql_meta_commands_describe_the_catalog() {
         stdout_of(&expanded)
     );
 }
+
+#[tokio::test]
+async fn result_columns_are_named_as_in_postgresql() {
+    let server = Server::start_demo();
+    let client = server.connect().await;
+    let statement = client
+        .prepare("SELECT 1, count(*), lower(city), city FROM stores GROUP BY city, lower(city)")
+        .await
+        .unwrap();
+    let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["?column?", "count", "lower", "city"]);
+    let messages = client
+        .simple_query("SELECT CASE WHEN true THEN 1 END, max(store_id) FROM stores")
+        .await
+        .unwrap();
+    let row = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .unwrap();
+    let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["case", "max"]);
+}

@@ -110,10 +110,15 @@ impl Queries {
     }
 }
 
-/// The text to run instead of a single statement that [`rewrite`] changed.
+/// The text to run instead of a single statement that [`rewrite`] changed: catalog
+/// subqueries DataFusion can plan, and PostgreSQL's column names.
 fn rewritten(mut parsed: Vec<ast::Statement>) -> Option<String> {
     match parsed.as_mut_slice() {
-        [statement] => rewrite::catalog_subqueries(statement).then(|| statement.to_string()),
+        [statement] => {
+            let subqueries = rewrite::catalog_subqueries(statement);
+            let names = rewrite::postgres_column_names(statement);
+            (subqueries || names).then(|| statement.to_string())
+        }
         _ => None,
     }
 }

@@ -27,6 +27,93 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
+/// Names a query's unnamed result columns as PostgreSQL does, where DataFusion would name
+/// them after the whole expression: `count(*)` is `count`, `lower(name)` is `lower`, `1` and
+/// `a + b` are `?column?`, `CASE …` is `case`. BI tools show these names as headers, and
+/// clients look columns up by them. A name that would repeat another column's is left as
+/// DataFusion has it (DataFusion refuses duplicate names), as is every name in a `SELECT *`.
+pub fn postgres_column_names(statement: &mut Statement) -> bool {
+    let Statement::Query(query) = statement else {
+        return false;
+    };
+    let mut body = query.body.as_mut();
+    // The leftmost SELECT of a UNION names its columns.
+    while let SetExpr::SetOperation { left, .. } = body {
+        body = left.as_mut();
+    }
+    let SetExpr::Select(select) = body else {
+        return false;
+    };
+    if select.projection.iter().any(|item| {
+        !matches!(
+            item,
+            SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }
+        )
+    }) {
+        return false;
+    }
+    let existing: Vec<Option<String>> = select
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
+            SelectItem::UnnamedExpr(Expr::Identifier(ident)) => Some(ident.value.clone()),
+            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
+                parts.last().map(|p| p.value.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let mut taken: HashSet<String> = existing.iter().flatten().cloned().collect();
+    let mut changed = false;
+    for item in &mut select.projection {
+        let SelectItem::UnnamedExpr(expr) = item else {
+            continue;
+        };
+        let Some(name) = figure_column_name(expr) else {
+            continue;
+        };
+        if !taken.insert(name.clone()) {
+            continue;
+        }
+        *item = SelectItem::ExprWithAlias {
+            expr: expr.clone(),
+            alias: datafusion::sql::sqlparser::ast::Ident::with_quote('"', name),
+        };
+        changed = true;
+    }
+    changed
+}
+
+/// PostgreSQL's FigureColname for the expressions whose names differ from DataFusion's;
+/// `None` where DataFusion's name is already PostgreSQL's (columns, casts of columns).
+fn figure_column_name(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => None,
+        Expr::Nested(inner) => figure_column_name(inner),
+        Expr::Cast { expr, .. } => match expr.as_ref() {
+            Expr::Identifier(_) | Expr::CompoundIdentifier(_) => None,
+            inner => figure_column_name(inner),
+        },
+        Expr::Function(function) => function
+            .name
+            .0
+            .last()
+            .map(|part| part.to_string().trim_matches('"').to_ascii_lowercase()),
+        Expr::Case { .. } => Some("case".to_string()),
+        Expr::Value(_)
+        | Expr::BinaryOp { .. }
+        | Expr::UnaryOp { .. }
+        | Expr::IsNull(_)
+        | Expr::IsNotNull(_)
+        | Expr::Like { .. }
+        | Expr::ILike { .. }
+        | Expr::Between { .. }
+        | Expr::InList { .. } => Some("?column?".to_string()),
+        _ => None,
+    }
+}
+
 /// Rewrites `statement` in place; true when anything changed.
 pub fn catalog_subqueries(statement: &mut Statement) -> bool {
     let mut changed = false;
@@ -315,6 +402,29 @@ mod tests {
             "SELECT CASE WHEN (a.atthasdef) THEN (SELECT max(pg_get_expr(d.adbin, d.adrelid)) \
              FROM pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid) ELSE NULL END \
              FROM pg_catalog.pg_attribute a"
+        );
+    }
+
+    #[test]
+    fn columns_are_named_as_postgresql_names_them() {
+        let named = |sql: &str| {
+            let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
+            postgres_column_names(&mut statements[0]);
+            statements[0].to_string()
+        };
+        assert_eq!(
+            named("SELECT 1, count(*), lower(s.name), s.city, a + b FROM s"),
+            "SELECT 1 AS \"?column?\", count(*) AS \"count\", lower(s.name) AS \"lower\", \
+             s.city, a + b FROM s"
+        );
+        // No duplicate names; SELECT * and aliases are left alone.
+        assert_eq!(
+            named("SELECT count(*), count(DISTINCT x) AS n, count(y) FROM t"),
+            "SELECT count(*) AS \"count\", count(DISTINCT x) AS n, count(y) FROM t"
+        );
+        assert_eq!(
+            named("SELECT *, count(*) FROM t"),
+            "SELECT *, count(*) FROM t"
         );
     }
 
