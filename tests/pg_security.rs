@@ -84,6 +84,18 @@ async fn analysts_read_and_admins_write() {
         .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("42501"));
 
+    // Tools that ask are told the analyst's session is read-only.
+    let read_only = analyst
+        .simple_query("SHOW transaction_read_only")
+        .await
+        .unwrap();
+    assert!(
+        read_only.iter().any(
+            |m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("on"))
+        ),
+        "{read_only:?}"
+    );
+
     // The analyst's session is still usable and reads.
     let profiles: i64 = analyst
         .query_one("SELECT count(*) FROM profiles", &[])

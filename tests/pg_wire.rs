@@ -389,6 +389,14 @@ fn psql_copies_query_results_to_files() {
     ]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(stdout_of(&out).lines().count(), 41);
+
+    // No rows: the header alone.
+    let out = server.psql(&[
+        "-c",
+        "COPY (SELECT store_id FROM stores WHERE false) TO STDOUT WITH (FORMAT csv, HEADER)",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(stdout_of(&out), "store_id\n");
 }
 
 #[test]

@@ -171,7 +171,11 @@ pub async fn execute(
                 .map_err(|e| PgWireError::ApiError(Box::new(e)))
         })
         .await?;
-    let mut header = copy.header.then(|| header_line(&fields, &copy));
+    // Shared with the end of the stream, which sends the header alone when there is no row.
+    let header = Arc::new(std::sync::Mutex::new(
+        copy.header.then(|| header_line(&fields, &copy)),
+    ));
+    let unsent_header = Arc::clone(&header);
     let columns = fields.len();
     let mut encoder = if copy.csv {
         let mut options = CopyCsvOptions::default();
@@ -195,13 +199,20 @@ pub async fn execute(
     // One CopyData a row: pgwire counts them for the `COPY n` tag.
     let lines = batches
         .map(move |batch| {
-            let rows = match batch {
-                Ok(batch) => encode_batch(&mut encoder, &batch, &fields, &mut header),
-                Err(e) => vec![Err(PgWireError::ApiError(Box::new(e)))],
+            let rows = match (batch, header.lock()) {
+                (Ok(batch), Ok(mut header)) => {
+                    encode_batch(&mut encoder, &batch, &fields, &mut header)
+                }
+                (Err(e), _) => vec![Err(PgWireError::ApiError(Box::new(e)))],
+                (Ok(_), Err(_)) => vec![Err(errors::error("XX000", "COPY header lock poisoned"))],
             };
             futures::stream::iter(rows)
         })
         .flatten()
+        .chain(futures::stream::iter(std::iter::from_fn(move || {
+            let header = unsent_header.lock().ok()?.take()?;
+            Some(Ok(CopyData::new(header)))
+        })))
         .boxed();
     Ok(Response::CopyOut(CopyResponse::new(
         0,

@@ -21,6 +21,7 @@ use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::startup::ParameterStatus;
 
 use super::errors;
+use super::roles::Role;
 
 /// Settings answered here: name, default, and whether a change is reported to the client
 /// with ParameterStatus (PostgreSQL's GUC_REPORT settings).
@@ -71,6 +72,8 @@ fn fixed(name: &str) -> bool {
             | "server_version_num"
             | "integer_datetimes"
             | "max_identifier_length"
+            | "transaction_read_only"
+            | "default_transaction_read_only"
             | "lc_messages"
             | "lc_monetary"
             | "lc_numeric"
@@ -122,6 +125,17 @@ pub fn show<C: ClientInfo + ?Sized>(client: &C, name: &str) -> PgWireResult<Resp
 }
 
 fn current<C: ClientInfo + ?Sized>(client: &C, name: &str) -> String {
+    // An analyst's session is read-only, and says so to tools that ask.
+    if matches!(
+        name,
+        "transaction_read_only" | "default_transaction_read_only"
+    ) {
+        let analyst = client
+            .session_extensions()
+            .get::<Role>()
+            .is_none_or(|role| *role == Role::Analyst);
+        return if analyst { "on" } else { "off" }.to_string();
+    }
     let metadata = client.metadata();
     let from_startup = metadata
         .iter()
