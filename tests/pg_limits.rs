@@ -170,3 +170,34 @@ async fn a_query_over_its_memory_limit_fails_alone_with_53200() {
     greedy.simple_query("SELECT 1").await.unwrap();
     other.simple_query("SELECT 1").await.unwrap();
 }
+
+#[test]
+fn ctrl_c_in_psql_cancels_the_query() {
+    let server = Server::start_demo();
+    let psql = std::process::Command::new("psql")
+        .args(["-h", &server.pg_host, "-p", &server.pg_port.to_string()])
+        .args(["-d", "c360", "-U", "analyst", "-X", "-c", SLOW])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql is installed (see .ci/run)");
+    std::thread::sleep(Duration::from_millis(1500));
+    // What the terminal sends psql on Ctrl-C.
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &psql.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let started = Instant::now();
+    let out = psql.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}"
+    );
+}
