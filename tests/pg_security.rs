@@ -264,3 +264,50 @@ fn bad_verifiers_stop_start_up_and_hash_password_needs_a_password() {
     // Two runs salt differently.
     assert_ne!(hash_password("same"), hash_password("same"));
 }
+
+#[test]
+fn an_open_loopback_listener_says_so_in_its_log() {
+    use std::io::BufRead;
+    let data = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(common::c360_bin())
+        .args([
+            "serve",
+            "--pg",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(data.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("C360_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    // Read on a thread, so that a missing warning fails the test instead of hanging it.
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut warned = None;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match received.recv_timeout(left) {
+            Ok(line) if line.contains("WARN") && line.contains("open without authentication") => {
+                warned = Some(line);
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned.is_some(), "no warning about the open listener");
+}
