@@ -97,6 +97,23 @@ async fn statement_timeout_cancels_with_57014_and_the_session_goes_on() {
         .get(0);
     assert_eq!(one, 1);
 
+    // ...from the client's startup options (libpq's PGOPTIONS)...
+    let config = format!(
+        "{} options='-c statement_timeout=300ms'",
+        server.pg_config()
+    );
+    let (with_options, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let shown = with_options
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap();
+    assert_eq!(shown.get::<_, String>(0), "300ms");
+    let err = with_options.simple_query(SLOW).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
+
     // ...and per session with SET, through the extended protocol too.
     client
         .batch_execute("SET statement_timeout = '200ms'")

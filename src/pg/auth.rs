@@ -155,6 +155,8 @@ impl Startup {
                 self.policy.statement_timeout_ms.to_string(),
             );
         }
+        // The client's own `-c` options come after the server's defaults, as in PostgreSQL.
+        super::settings::apply_startup_options(client);
         self.admitted
             .store(true, std::sync::atomic::Ordering::Release);
         let mut parameters = DefaultServerParameterProvider::default();

@@ -212,3 +212,69 @@ where
     }
     Ok(Response::Execution(Tag::new("SET")))
 }
+
+/// Applies the `-c name=value` settings of the startup packet's `options` (libpq's
+/// `PGOPTIONS`, JDBC's `options`), as PostgreSQL does: the session starts with them.
+/// `statement_timeout` takes PostgreSQL's units (`ms`, `s`, `min`; a bare number is ms).
+pub fn apply_startup_options<C: ClientInfo + ?Sized>(client: &mut C) {
+    let Some(options) = client.metadata().get("options").cloned() else {
+        return;
+    };
+    let mut words = options.split_whitespace();
+    while let Some(word) = words.next() {
+        let assignment = match word {
+            "-c" => words.next(),
+            other => other
+                .strip_prefix("-c")
+                .or_else(|| other.strip_prefix("--")),
+        };
+        let Some((name, value)) = assignment.and_then(|a| a.split_once('=')) else {
+            continue;
+        };
+        let name = name.trim().to_ascii_lowercase().replace('-', "_");
+        if name == "statement_timeout" {
+            if let Some(ms) = duration_ms(value) {
+                client.metadata_mut().insert(
+                    super::limits::STATEMENT_TIMEOUT_KEY.to_string(),
+                    ms.to_string(),
+                );
+            }
+        } else if known(&name).is_some() && !fixed(&name) {
+            client.metadata_mut().insert(name, value.to_string());
+        }
+    }
+}
+
+fn duration_ms(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = text.strip_suffix("min") {
+        (n, 60_000)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3_600_000)
+    } else {
+        (text, 1)
+    };
+    number
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|n| n.saturating_mul(scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_postgresql_units() {
+        assert_eq!(duration_ms("250"), Some(250));
+        assert_eq!(duration_ms("250ms"), Some(250));
+        assert_eq!(duration_ms("2s"), Some(2000));
+        assert_eq!(duration_ms("1min"), Some(60_000));
+        assert_eq!(duration_ms("soon"), None);
+    }
+}
