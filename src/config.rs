@@ -56,6 +56,10 @@ pub struct PgSettings {
     /// Memory one query may hold, in MiB (0: unlimited); past it the query spills where it
     /// can, else fails with SQLSTATE 53200 while other sessions carry on.
     pub query_memory_mb: u64,
+    /// Memory all sessions' queries may hold together, in MiB (0: unlimited): each session
+    /// is held to `query_memory_mb` and all of them to this, so that many sessions cannot
+    /// together exhaust the machine.
+    pub memory_mb: u64,
 }
 
 /// One account of the Postgres listener.
@@ -125,6 +129,7 @@ impl Default for PgSettings {
             authentication_timeout_ms: 60_000,
             statement_timeout_ms: 0,
             query_memory_mb: 4096,
+            memory_mb: 0,
         }
     }
 }

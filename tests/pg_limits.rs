@@ -218,3 +218,19 @@ fn ctrl_c_in_psql_cancels_the_query() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_server_memory_limit_holds_whatever_the_session_limit() {
+    let server = Server::start_with_config("[pg]\nquery_memory_mb = 0\nmemory_mb = 8\n");
+    let client = server.connect().await;
+    let join = "SELECT count(*) FROM generate_series(1, 3000000) a \
+                JOIN generate_series(1, 3000000) b ON a.value = b.value";
+    let err = client.simple_query(join).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("53200"), "{err:?}");
+    let stores: i64 = client
+        .query_one("SELECT count(*) FROM stores", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stores, 40);
+}

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool, UnboundedMemoryPool};
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryConsumer, MemoryPool, MemoryReservation, UnboundedMemoryPool,
+};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
 use futures::{FutureExt, Stream, StreamExt};
@@ -211,16 +213,99 @@ impl QueryGuard {
     }
 }
 
-/// A session context of its own for one connection: the engine's catalogs, functions and
-/// settings, with a memory pool of `limit_mb` (0: unbounded). A session runs one query at a
-/// time, so this is the per-query limit; a query over it fails alone (53200).
-pub fn session_context(engine_ctx: &SessionContext, limit_mb: u64) -> PgWireResult<SessionContext> {
-    let pool: Arc<dyn MemoryPool> = if limit_mb == 0 {
+fn pool_of(limit_mb: u64) -> Arc<dyn MemoryPool> {
+    if limit_mb == 0 {
         Arc::new(UnboundedMemoryPool::default())
     } else {
         let bytes = usize::try_from(limit_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
         Arc::new(GreedyMemoryPool::new(bytes))
-    };
+    }
+}
+
+/// The memory all sessions share (`pg.memory_mb`, 0: unbounded).
+pub fn server_pool(limit_mb: u64) -> Arc<dyn MemoryPool> {
+    pool_of(limit_mb)
+}
+
+/// A session's memory: each reservation counts against both the session's limit and the
+/// server's, so that many sessions each under their own limit cannot together exhaust the
+/// machine. Whichever is exceeded fails the query asking for more (53200), not the others.
+#[derive(Debug)]
+struct SessionPool {
+    session: Arc<dyn MemoryPool>,
+    server: Arc<dyn MemoryPool>,
+}
+
+impl std::fmt::Display for SessionPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "session pool ({}) within the server's ({})",
+            self.session, self.server
+        )
+    }
+}
+
+impl MemoryPool for SessionPool {
+    fn name(&self) -> &str {
+        "c360 session"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.session.register(consumer);
+        self.server.register(consumer);
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.session.unregister(consumer);
+        self.server.unregister(consumer);
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.session.grow(reservation, additional);
+        self.server.grow(reservation, additional);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.session.shrink(reservation, shrink);
+        self.server.shrink(reservation, shrink);
+    }
+
+    fn try_grow(
+        &self,
+        reservation: &MemoryReservation,
+        additional: usize,
+    ) -> datafusion::error::Result<()> {
+        self.session.try_grow(reservation, additional)?;
+        if let Err(e) = self.server.try_grow(reservation, additional) {
+            self.session.shrink(reservation, additional);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.session.reserved()
+    }
+
+    fn memory_limit(&self) -> datafusion::execution::memory_pool::MemoryLimit {
+        self.session.memory_limit()
+    }
+}
+
+/// A session context of its own for one connection: the engine's catalogs, functions and
+/// settings, with a memory pool of `limit_mb` (0: unbounded) inside the server's `server`
+/// pool. A session runs one query at a time, so this is the per-query limit; a query over
+/// it fails alone (53200).
+pub fn session_context(
+    engine_ctx: &SessionContext,
+    limit_mb: u64,
+    server: &Arc<dyn MemoryPool>,
+) -> PgWireResult<SessionContext> {
+    let pool: Arc<dyn MemoryPool> = Arc::new(SessionPool {
+        session: pool_of(limit_mb),
+        server: Arc::clone(server),
+    });
     let runtime = RuntimeEnvBuilder::from_runtime_env(engine_ctx.runtime_env().as_ref())
         .with_memory_pool(pool)
         .build_arc()
@@ -229,4 +314,34 @@ pub fn session_context(engine_ctx: &SessionContext, limit_mb: u64) -> PgWireResu
         .with_runtime_env(runtime)
         .build();
     Ok(SessionContext::new_with_state(state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_share_the_server_memory() {
+        let server = server_pool(3);
+        let session = |limit| -> Arc<dyn MemoryPool> {
+            Arc::new(SessionPool {
+                session: pool_of(limit),
+                server: Arc::clone(&server),
+            })
+        };
+        let (first, second) = (session(2), session(2));
+        let mb = 1024 * 1024;
+        let a = MemoryConsumer::new("a").register(&first);
+        let b = MemoryConsumer::new("b").register(&second);
+        // Over its own limit.
+        assert!(a.try_grow(3 * mb).is_err());
+        a.try_grow(2 * mb).unwrap();
+        // Within its own limit, over what the server has left.
+        assert!(b.try_grow(2 * mb).is_err());
+        assert_eq!(second.reserved(), 0, "a refused reservation is given back");
+        b.try_grow(mb).unwrap();
+        drop(a);
+        b.try_grow(mb).unwrap();
+        assert_eq!(server.reserved(), 2 * mb);
+    }
 }

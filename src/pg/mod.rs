@@ -61,6 +61,7 @@ struct Shared {
     tls: Option<TlsAcceptor>,
     connections: Arc<Semaphore>,
     query_memory_mb: u64,
+    memory: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
 }
 
 impl PgServer {
@@ -114,6 +115,7 @@ impl PgServer {
                 tls,
                 connections: Arc::new(Semaphore::new(settings.max_connections)),
                 query_memory_mb: settings.query_memory_mb,
+                memory: limits::server_pool(settings.memory_mb),
             }),
         })
     }
@@ -150,7 +152,11 @@ impl PgServer {
 /// held until then. A connection past the limit still gets a proper 53300 answer.
 async fn serve_connection(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     let permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
-    let ctx = match limits::session_context(shared.engine.context(), shared.query_memory_mb) {
+    let ctx = match limits::session_context(
+        shared.engine.context(),
+        shared.query_memory_mb,
+        &shared.memory,
+    ) {
         Ok(ctx) => ctx,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "cannot set up a pg session");
