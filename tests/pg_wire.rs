@@ -390,6 +390,22 @@ fn psql_copies_query_results_to_files() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(stdout_of(&out).lines().count(), 41);
 
+    // Stopped by the statement timeout midway: PostgreSQL's ErrorResponse, nothing else
+    // that psql would not understand.
+    let out = server.psql(&[
+        "-c",
+        "SET statement_timeout = 500",
+        "-c",
+        "COPY (SELECT value FROM generate_series(1, 100000000000)) TO STDOUT",
+    ]);
+    assert!(!out.status.success());
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("canceling statement due to statement timeout")
+            && !stderr.contains("unexpected response"),
+        "{stderr}"
+    );
+
     // No rows: the header alone.
     let out = server.psql(&[
         "-c",
@@ -455,4 +471,31 @@ async fn result_columns_are_named_as_in_postgresql() {
         .unwrap();
     let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
     assert_eq!(names, ["case", "max"]);
+}
+
+#[tokio::test]
+async fn copy_out_through_the_extended_protocol_and_after_other_statements() {
+    use futures::StreamExt;
+    let server = Server::start_demo();
+    let client = server.connect().await;
+    let stream = client
+        .copy_out("COPY (SELECT store_id FROM stores ORDER BY 1 LIMIT 2) TO STDOUT")
+        .await
+        .unwrap();
+    let chunks: Vec<_> = stream.map(|chunk| chunk.unwrap()).collect().await;
+    let text: String = chunks
+        .iter()
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    assert_eq!(text, "S01\nS02\n");
+    client.simple_query("SELECT 1").await.unwrap();
+
+    // A COPY after another statement of the same query string.
+    let out = server.psql(&[
+        "-c",
+        "SELECT 7 AS seven; COPY (SELECT store_id FROM stores ORDER BY 1 LIMIT 1) TO STDOUT",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let stdout = stdout_of(&out);
+    assert!(stdout.contains('7') && stdout.contains("S01"), "{stdout}");
 }

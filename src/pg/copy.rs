@@ -12,13 +12,15 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion_postgres::arrow_pg::datatypes::arrow_schema_to_pg_fields;
 use datafusion_postgres::arrow_pg::encoder::encode_value;
+use futures::SinkExt;
 use futures::StreamExt;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{
-    CopyCsvOptions, CopyEncoder, CopyResponse, CopyTextOptions, FieldInfo, Response,
+    CopyCsvOptions, CopyEncoder, CopyResponse, CopyTextOptions, FieldInfo, Response, Tag,
 };
 use pgwire::error::{PgWireError, PgWireResult};
-use pgwire::messages::copy::CopyData;
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::copy::{CopyData, CopyDone, CopyOutResponse};
 
 use super::errors;
 use super::limits::QueryGuard;
@@ -144,12 +146,15 @@ fn copy_out(
     Ok(copy)
 }
 
-/// Runs the query and streams its rows as CopyData, under the session's guard.
-pub async fn execute(
+/// Rows of a COPY, each with whether it carries a data row (the header alone does not).
+type Lines = futures::stream::BoxStream<'static, PgWireResult<(CopyData, bool)>>;
+
+/// Runs the query and gives its rows as CopyData, under the session's guard.
+async fn lines(
     ctx: &SessionContext,
     copy: CopyOut,
     guard: &QueryGuard,
-) -> PgWireResult<Response> {
+) -> PgWireResult<(usize, Lines)> {
     let frame = guard
         .run(async {
             ctx.sql(&copy.query)
@@ -196,7 +201,6 @@ pub async fn execute(
         }
         CopyEncoder::new_text(Arc::clone(&fields), options)
     };
-    // One CopyData a row: pgwire counts them for the `COPY n` tag.
     let lines = batches
         .map(move |batch| {
             let rows = match (batch, header.lock()) {
@@ -206,18 +210,68 @@ pub async fn execute(
                 (Err(e), _) => vec![Err(PgWireError::ApiError(Box::new(e)))],
                 (Ok(_), Err(_)) => vec![Err(errors::error("XX000", "COPY header lock poisoned"))],
             };
-            futures::stream::iter(rows)
+            futures::stream::iter(rows.into_iter().map(|row| row.map(|data| (data, true))))
         })
         .flatten()
         .chain(futures::stream::iter(std::iter::from_fn(move || {
             let header = unsent_header.lock().ok()?.take()?;
-            Some(Ok(CopyData::new(header)))
+            Some(Ok((CopyData::new(header), false)))
         })))
         .boxed();
+    Ok((columns, guard.stream(lines).boxed()))
+}
+
+/// Runs a COPY and sends its CopyOutResponse, CopyData and CopyDone itself; the
+/// CommandComplete (`COPY n`) follows from the returned response.
+///
+/// pgwire's own COPY OUT answers an error in the middle (a cancel, a timeout) with a
+/// CopyFail, which is a frontend message that psql reports as garbage; here the error goes
+/// out as the ErrorResponse that PostgreSQL sends, which clients expect during COPY OUT.
+/// The messages are sent while the statement runs, so only a COPY that comes first in its
+/// query string goes this way (see [`execute`] for the others).
+pub async fn send<C>(
+    client: &mut C,
+    ctx: &SessionContext,
+    copy: CopyOut,
+    guard: &QueryGuard,
+) -> PgWireResult<Response>
+where
+    C: futures::Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+{
+    let (columns, mut lines) = lines(ctx, copy, guard).await?;
+    let columns = i16::try_from(columns)
+        .map_err(|_| errors::not_supported("COPY of more than 32767 columns"))?;
+    client
+        .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(
+            0,
+            columns,
+            vec![0; columns as usize],
+        )))
+        .await?;
+    let mut rows = 0;
+    while let Some(line) = lines.next().await {
+        let (data, is_row) = line?;
+        rows += usize::from(is_row);
+        client.feed(PgWireBackendMessage::CopyData(data)).await?;
+    }
+    client
+        .send(PgWireBackendMessage::CopyDone(CopyDone::new()))
+        .await?;
+    Ok(Response::Execution(Tag::new("COPY").with_rows(rows)))
+}
+
+/// Runs a COPY as a response for pgwire to send (after the statements before it).
+pub async fn execute(
+    ctx: &SessionContext,
+    copy: CopyOut,
+    guard: &QueryGuard,
+) -> PgWireResult<Response> {
+    let (columns, lines) = lines(ctx, copy, guard).await?;
     Ok(Response::CopyOut(CopyResponse::new(
         0,
         columns,
-        guard.stream(lines),
+        lines.map(|line| line.map(|(data, _)| data)),
     )))
 }
 

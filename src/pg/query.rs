@@ -54,8 +54,14 @@ impl Queries {
         }
     }
 
-    /// Runs one statement of a simple query.
-    async fn simple_statement<C>(&self, client: &mut C, sql: &str) -> PgWireResult<Vec<Response>>
+    /// Runs one statement of a simple query; `first` when no statement of the string came
+    /// before it (a COPY then sends its rows itself).
+    async fn simple_statement<C>(
+        &self,
+        client: &mut C,
+        sql: &str,
+        first: bool,
+    ) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -79,7 +85,12 @@ impl Queries {
                 return Ok(vec![settings::show(client, &name)?]);
             }
             if let Some(copy) = copy::parse(statement) {
-                return Ok(vec![copy::execute(&self.ctx, copy?, &guard).await?]);
+                let response = if first {
+                    copy::send(client, &self.ctx, copy?, &guard).await?
+                } else {
+                    copy::execute(&self.ctx, copy?, &guard).await?
+                };
+                return Ok(vec![response]);
             }
         }
         let sql = rewritten(parsed).unwrap_or_else(|| sql.to_string());
@@ -168,7 +179,8 @@ impl SimpleQueryHandler for Queries {
         }
         let mut responses = Vec::new();
         for statement in workspace::split_statements(query) {
-            match self.simple_statement(client, &statement.sql).await {
+            let first = responses.is_empty();
+            match self.simple_statement(client, &statement.sql, first).await {
                 Ok(more) => responses.extend(more),
                 Err(error) => {
                     let info: ErrorInfo = errors::classify(error).into();
@@ -221,7 +233,7 @@ impl ExtendedQueryHandler for Queries {
                 return settings::set(client, &name, value).await;
             }
             if let Some(copy) = parsed.first().and_then(copy::parse) {
-                return copy::execute(&self.ctx, copy?, &guard).await;
+                return copy::send(client, &self.ctx, copy?, &guard).await;
             }
         }
         if let Some((statement, _)) = plan
