@@ -96,6 +96,58 @@ pub struct PgSettings {
     pub listen: SocketAddr,
     /// The database name clients connect to.
     pub database: String,
+    /// Who may connect (`[[pg.users]]`). With none, the listener serves loopback only and
+    /// lets anyone in as admin; with some, every client authenticates with SCRAM-SHA-256.
+    pub users: Vec<PgUser>,
+    /// TLS certificate and key (`[pg.tls]`). When set, clients must use TLS, and a
+    /// certificate or key that cannot be loaded stops start-up.
+    pub tls: Option<TlsSettings>,
+    /// Most sessions open at once; one more is refused with SQLSTATE 53300.
+    pub max_connections: usize,
+    /// Time a new connection has to authenticate before it is closed, in milliseconds, so
+    /// that connections left half-open cannot hold every place.
+    pub authentication_timeout_ms: u64,
+    /// Default `statement_timeout` of each session, in milliseconds (0: none). A session
+    /// changes its own with `SET statement_timeout`. Expiry fails the query with 57014.
+    pub statement_timeout_ms: u64,
+    /// Memory one query may hold, in MiB (0: unlimited); past it the query spills where it
+    /// can, else fails with SQLSTATE 53200 while other sessions carry on.
+    pub query_memory_mb: u64,
+    /// Memory all sessions' queries may hold together, in MiB (0: unlimited): each session
+    /// is held to `query_memory_mb` and all of them to this, so that many sessions cannot
+    /// together exhaust the machine.
+    pub memory_mb: u64,
+}
+
+/// One account of the Postgres listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgUser {
+    pub name: String,
+    pub role: Role,
+    /// A SCRAM-SHA-256 verifier, `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`
+    /// (the format PostgreSQL keeps in pg_authid), as printed by `c360 hash-password`. It
+    /// lets the server check a password without being able to log in with it.
+    pub scram: String,
+}
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads anything; any statement that changes data or definitions is refused (42501).
+    Analyst,
+    /// Everything, including c360's own DDL.
+    Admin,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM file with the server certificate (and its chain).
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,6 +196,13 @@ impl Default for PgSettings {
         PgSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 5433)),
             database: "c360".to_string(),
+            users: Vec::new(),
+            tls: None,
+            max_connections: 100,
+            authentication_timeout_ms: 60_000,
+            statement_timeout_ms: 0,
+            query_memory_mb: 4096,
+            memory_mb: 0,
         }
     }
 }
@@ -226,6 +285,21 @@ mod tests {
     fn unknown_keys_are_refused_by_name() {
         let err = Settings::from_toml("[pg]\nlisen = '127.0.0.1:6000'\n").unwrap_err();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn users_and_tls_are_read() {
+        let settings = Settings::from_toml(
+            "[pg]\nmax_connections = 5\n[pg.tls]\ncert = 'c.pem'\nkey = 'k.pem'\n\
+             [[pg.users]]\nname = 'ana'\nrole = 'analyst'\nscram = 'SCRAM-SHA-256$4096:c2FsdA==$YQ==:Yg=='\n",
+        )
+        .unwrap();
+        assert_eq!(settings.pg.max_connections, 5);
+        assert_eq!(settings.pg.users[0].role, Role::Analyst);
+        assert_eq!(settings.pg.tls.unwrap().key, PathBuf::from("k.pem"));
+        let err = Settings::from_toml("[[pg.users]]\nname = 'x'\nrole = 'root'\nscram = ''\n")
+            .unwrap_err();
+        assert!(err.contains("root"), "{err}");
     }
 
     #[test]

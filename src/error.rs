@@ -54,6 +54,15 @@ pub enum C360Error {
     #[error("refusing to listen on {addr}: {reason}")]
     UnsafeListen { addr: String, reason: String },
 
+    /// TLS is configured but cannot start: the server refuses to run rather than serve
+    /// plaintext.
+    #[error("cannot start TLS with {path}: {message}")]
+    Tls { path: PathBuf, message: String },
+
+    /// A `[[pg.users]]` entry that cannot be used (bad verifier, duplicate name…).
+    #[error("pg user {user}: {message}")]
+    PgUser { user: String, message: String },
+
     #[error("writing {path}: {source}")]
     Parquet {
         path: PathBuf,

@@ -58,6 +58,9 @@ enum Command {
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// Read a password on standard input and print its SCRAM-SHA-256 verifier, for the
+    /// `scram` field of a `[[pg.users]]` entry in c360.toml.
+    HashPassword,
     /// Write realistic multi-source demo data (and its ground truth) to a directory.
     Generate {
         /// Number of people to simulate.
@@ -210,6 +213,15 @@ async fn run(cli: Cli) -> Result<()> {
                 started.elapsed().as_secs_f64(),
                 report.version
             );
+            Ok(())
+        }
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .map_err(|e| c360::C360Error::io("stdin", e))?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            println!("{}", c360::pg::hash_password(password)?);
             Ok(())
         }
         Command::Generate {

@@ -127,7 +127,7 @@ fn a_port_in_use_fails_start_up_with_the_address() {
 }
 
 #[test]
-fn non_loopback_addresses_are_refused_until_auth_exists() {
+fn non_loopback_addresses_are_refused_without_users() {
     let data = tempfile::tempdir().unwrap();
     let out = run_c360(&[
         "serve",
@@ -140,7 +140,7 @@ fn non_loopback_addresses_are_refused_until_auth_exists() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr_of(&out).contains("refusing to listen on 0.0.0.0:0"),
+        stderr_of(&out).contains("refusing to listen on 0.0.0.0:0: no [[pg.users]]"),
         "{}",
         stderr_of(&out)
     );
@@ -233,4 +233,270 @@ fn profile_ids_survive_a_restart() {
     assert!(after.status.success(), "{}", stderr_of(&after));
     assert_eq!(stdout_of(&before), stdout_of(&after));
     assert_eq!(stdout_of(&before).lines().count(), 50);
+}
+
+/// The text of every data row a simple query returned, statement after statement.
+fn rows_of(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn several_statements_in_one_query_string() {
+    let server = Server::start_demo();
+    let client = server.connect().await;
+    let messages = client
+        .simple_query(
+            "SELECT 1 AS a; SELECT count(*) FROM stores; \
+             CREATE VIEW two_stores AS SELECT store_id FROM stores ORDER BY 1 LIMIT 2; \
+             SELECT store_id FROM two_stores ORDER BY 1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows_of(&messages), ["1", "40", "S01", "S02"]);
+
+    // The first error ends the string with its SQLSTATE; what ran before it stays done.
+    let err = client
+        .simple_query(
+            "CREATE VIEW before_error AS SELECT 1 AS one; SELECT * FROM no_such_table; \
+             CREATE VIEW after_error AS SELECT 1 AS one",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&err).as_deref(), Some("42P01"), "{err:?}");
+    client
+        .simple_query("SELECT * FROM before_error")
+        .await
+        .unwrap();
+    let after = client.simple_query("SELECT * FROM after_error").await;
+    assert!(after.is_err(), "the statement after the error ran");
+
+    // Syntax errors and unknown columns get their own codes, and the session goes on.
+    let err = client.simple_query("SELEC 1").await.unwrap_err();
+    assert_eq!(common::sqlstate(&err).as_deref(), Some("42601"), "{err:?}");
+    let err = client
+        .query("SELECT no_such_column FROM stores", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&err).as_deref(), Some("42703"), "{err:?}");
+    let messages = client.simple_query("SELECT 2 AS b;;").await.unwrap();
+    assert_eq!(rows_of(&messages), ["2"]);
+}
+
+#[tokio::test]
+async fn transactions_are_accepted_and_statements_apply_at_once() {
+    let server = Server::start_demo();
+    let mut client = server.connect().await;
+    let transaction = client.transaction().await.unwrap();
+    let stores: i64 = transaction
+        .query_one("SELECT count(*) FROM stores", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stores, 40);
+    transaction.commit().await.unwrap();
+    let transaction = client.transaction().await.unwrap();
+    transaction.batch_execute("SELECT 1").await.unwrap();
+    transaction.rollback().await.unwrap();
+    let messages = client
+        .simple_query("BEGIN; SELECT 3 AS c; COMMIT; ROLLBACK")
+        .await
+        .unwrap();
+    assert_eq!(rows_of(&messages), ["3"]);
+}
+
+#[tokio::test]
+async fn set_and_show_the_settings_clients_send() {
+    let server = Server::start_demo();
+    let client = server.connect().await;
+    for (set, show, expected) in [
+        (
+            "SET application_name = 'report-42'",
+            "SHOW application_name",
+            "report-42",
+        ),
+        ("SET search_path = public", "SHOW search_path", "public"),
+        ("SET DateStyle = 'ISO, MDY'", "SHOW DateStyle", "ISO, MDY"),
+        ("SET extra_float_digits = 3", "SHOW extra_float_digits", "3"),
+        (
+            "SET client_encoding = 'UTF8'",
+            "SHOW client_encoding",
+            "UTF8",
+        ),
+        (
+            "SET statement_timeout = '5s'",
+            "SHOW statement_timeout",
+            "5000ms",
+        ),
+    ] {
+        client.batch_execute(set).await.unwrap();
+        let shown = client.simple_query(show).await.unwrap();
+        assert_eq!(rows_of(&shown), [expected], "{show}");
+        // The extended protocol sees the same value.
+        let row = client.query_one(show, &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), expected, "{show}");
+    }
+    let err = client
+        .batch_execute("SET client_encoding = 'LATIN1'")
+        .await
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&err).as_deref(), Some("0A000"), "{err:?}");
+    let shown = client.simple_query("SHOW server_version").await.unwrap();
+    assert_eq!(rows_of(&shown), ["16.6"]);
+}
+
+#[test]
+fn psql_copies_query_results_to_files() {
+    let server = Server::start_demo();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stores.csv");
+    let copy = format!(
+        "\\copy (SELECT store_id, name FROM stores WHERE store_id IN ('S01', 'S02') ORDER BY 1) \
+         to '{}' csv header",
+        file.display()
+    );
+    let out = server.psql(&["-c", &copy]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(stdout_of(&out).trim(), "COPY 2");
+    let csv = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        csv,
+        "store_id,name\nS01,Maison Lumière Paris Bercy\nS02,Maison Lumière Boulogne\n"
+    );
+
+    // Text format, with NULL as \N and tabs escaped, straight to stdout.
+    let out = server.psql(&[
+        "-c",
+        "COPY (SELECT 'a\tb' AS t, NULL::text AS n, 7 AS i) TO STDOUT",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(stdout_of(&out), "a\\tb\t\\N\t7\n");
+
+    // A whole table, in CSV with options.
+    let out = server.psql(&[
+        "-c",
+        "COPY stores (store_id) TO STDOUT WITH (FORMAT csv, HEADER true)",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(stdout_of(&out).lines().count(), 41);
+
+    // Stopped by the statement timeout midway: PostgreSQL's ErrorResponse, nothing else
+    // that psql would not understand.
+    let out = server.psql(&[
+        "-c",
+        "SET statement_timeout = 500",
+        "-c",
+        "COPY (SELECT value FROM generate_series(1, 100000000000)) TO STDOUT",
+    ]);
+    assert!(!out.status.success());
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("canceling statement due to statement timeout")
+            && !stderr.contains("unexpected response"),
+        "{stderr}"
+    );
+
+    // No rows: the header alone.
+    let out = server.psql(&[
+        "-c",
+        "COPY (SELECT store_id FROM stores WHERE false) TO STDOUT WITH (FORMAT csv, HEADER)",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(stdout_of(&out), "store_id\n");
+}
+
+#[test]
+fn psql_meta_commands_describe_the_catalog() {
+    let server = Server::start_demo();
+    for (command, expected) in [
+        ("\\l", "c360"),
+        ("\\dt", "pos_sales"),
+        ("\\dv", "web_orders"),
+        ("\\dt", "profiles"),
+        ("\\dn", "public"),
+        ("\\d profiles", "lifetime_value"),
+        ("\\d stores", "store_id"),
+    ] {
+        let out = server.psql(&["-c", command]);
+        assert!(out.status.success(), "{command}: {}", stderr_of(&out));
+        assert!(
+            stdout_of(&out).contains(expected),
+            "{command}: {}",
+            stdout_of(&out)
+        );
+    }
+    let expanded = server.psql(&[
+        "-c",
+        "\\x",
+        "-c",
+        "SELECT store_id FROM stores WHERE store_id = 'S01'",
+    ]);
+    assert!(expanded.status.success(), "{}", stderr_of(&expanded));
+    assert!(
+        stdout_of(&expanded).contains("-[ RECORD 1 ]"),
+        "{}",
+        stdout_of(&expanded)
+    );
+}
+
+#[tokio::test]
+async fn result_columns_are_named_as_in_postgresql() {
+    let server = Server::start_demo();
+    let client = server.connect().await;
+    let statement = client
+        .prepare("SELECT 1, count(*), lower(city), city FROM stores GROUP BY city, lower(city)")
+        .await
+        .unwrap();
+    let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["?column?", "count", "lower", "city"]);
+    let messages = client
+        .simple_query("SELECT CASE WHEN true THEN 1 END, max(store_id) FROM stores")
+        .await
+        .unwrap();
+    let row = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .unwrap();
+    let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["case", "max"]);
+}
+
+#[tokio::test]
+async fn copy_out_through_the_extended_protocol_and_after_other_statements() {
+    use futures::StreamExt;
+    let server = Server::start_demo();
+    let client = server.connect().await;
+    let stream = client
+        .copy_out("COPY (SELECT store_id FROM stores ORDER BY 1 LIMIT 2) TO STDOUT")
+        .await
+        .unwrap();
+    let chunks: Vec<_> = stream.map(|chunk| chunk.unwrap()).collect().await;
+    let text: String = chunks
+        .iter()
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    assert_eq!(text, "S01\nS02\n");
+    client.simple_query("SELECT 1").await.unwrap();
+
+    // A COPY after another statement of the same query string.
+    let out = server.psql(&[
+        "-c",
+        "SELECT 7 AS seven; COPY (SELECT store_id FROM stores ORDER BY 1 LIMIT 1) TO STDOUT",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let stdout = stdout_of(&out);
+    assert!(stdout.contains('7') && stdout.contains("S01"), "{stdout}");
 }

@@ -2,64 +2,121 @@
 //!
 //! Query handling and the `pg_catalog` come from the datafusion-postgres family; the accept
 //! loop is ours, so that binding errors surface before start-up is announced, shutdown is
-//! clean, and the listening rules (loopback only until authentication lands) hold.
+//! clean, and the rules below hold for every connection:
+//!
+//! - `catalog`, `rewrite`: `pg_catalog`, `version()` and the rewrites clients' metadata
+//!   queries need;
+//! - `auth`: SCRAM-SHA-256 against `[[pg.users]]` (verifiers: `scram`), or, with no users,
+//!   an open door on loopback only;
+//! - `tls`: TLS from `[pg.tls]`, required of every client when configured;
+//! - `roles`: analysts read, admins do everything, decided on the parsed statement;
+//! - `limits`: `max_connections`, `statement_timeout`, a memory pool per session, cancel;
+//! - `query`: simple and extended queries, c360's own statements, `copy`, `settings`,
+//!   `transactions`;
+//! - `errors`: a SQLSTATE for every failure.
+
+mod auth;
+mod catalog;
+mod copy;
+mod errors;
+mod limits;
+mod query;
+mod rewrite;
+mod roles;
+mod scram;
+mod settings;
+mod tls;
+mod transactions;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use datafusion::prelude::SessionContext;
-use datafusion_postgres::DfSessionService;
-use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
-use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use pgwire::api::auth::StartupHandler;
-use pgwire::api::auth::noop::NoopStartupHandler;
-use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use pgwire::api::cancel::CancelHandler;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{Response, Tag};
-use pgwire::api::store::PortalStore;
-use pgwire::api::{
-    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireServerHandlers,
-};
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::PgWireBackendMessage;
-use tokio::net::TcpListener;
+use pgwire::api::{ClientInfo, ErrorHandler, PgWireServerHandlers};
+use pgwire::error::PgWireError;
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::tokio::TlsAcceptor;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+pub use auth::hash_password;
+
+use crate::Engine;
 use crate::error::{C360Error, Result};
-use crate::{Engine, ddl, workspace};
 
 /// A bound, not yet serving, Postgres listener.
 pub struct PgServer {
     listener: TcpListener,
-    handlers: Arc<Handlers>,
+    shared: Arc<Shared>,
+}
+
+/// What every connection of the listener shares.
+struct Shared {
+    engine: Arc<Engine>,
+    policy: Arc<auth::StartupPolicy>,
+    tls: Option<TlsAcceptor>,
+    connections: Arc<Semaphore>,
+    query_memory_mb: u64,
+    memory: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
 }
 
 impl PgServer {
-    /// Installs the `pg_catalog` on the engine's context and binds `addr`.
+    /// Checks the security settings, loads TLS, installs the `pg_catalog` and binds `addr`.
     ///
-    /// Only loopback addresses are accepted: without authentication (a later issue), anything
-    /// else would open every profile to the network.
+    /// Without `[[pg.users]]` only loopback addresses are accepted: anything else would open
+    /// every profile to the network. A TLS configuration that cannot be loaded is an error,
+    /// never a silent fallback to plaintext.
     pub async fn bind(engine: &Arc<Engine>, addr: SocketAddr) -> Result<PgServer> {
-        if !addr.ip().is_loopback() {
+        let settings = &engine.settings().pg;
+        let users = auth::Users::from_config(&settings.users)?;
+        if users.is_empty() && !addr.ip().is_loopback() {
             return Err(C360Error::UnsafeListen {
                 addr: addr.to_string(),
-                reason: "the Postgres listener has no authentication yet, so it serves loopback \
-                         addresses only (use 127.0.0.1 or ::1)"
+                reason: "no [[pg.users]] are configured, so the Postgres listener would let \
+                         anyone in; add users (see c360 hash-password) or listen on 127.0.0.1"
                     .to_string(),
             });
         }
-        install_catalog(engine.context(), engine.database_name())?;
+        let tls = settings.tls.as_ref().map(tls::acceptor).transpose()?;
+        catalog::install(engine.context(), engine.database_name())?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| C360Error::Listen {
                 addr: addr.to_string(),
                 source,
             })?;
-        tracing::warn!(%addr, "Postgres listener is open without authentication (loopback only)");
+        if users.is_empty() {
+            tracing::warn!(
+                %addr,
+                "Postgres listener is open without authentication: any local client is admin \
+                 (configure [[pg.users]] to require passwords)"
+            );
+        } else {
+            tracing::info!(%addr, tls = tls.is_some(), "Postgres listener requires SCRAM-SHA-256");
+        }
+        let policy = Arc::new(auth::StartupPolicy {
+            users,
+            tls_required: tls.is_some(),
+            statement_timeout_ms: settings.statement_timeout_ms,
+            authentication_timeout: std::time::Duration::from_millis(
+                settings.authentication_timeout_ms,
+            ),
+            sessions: Arc::default(),
+        });
         Ok(PgServer {
             listener,
-            handlers: Arc::new(Handlers::new(Arc::clone(engine))),
+            shared: Arc::new(Shared {
+                engine: Arc::clone(engine),
+                policy,
+                tls,
+                connections: Arc::new(Semaphore::new(settings.max_connections)),
+                query_memory_mb: settings.query_memory_mb,
+                memory: limits::server_pool(settings.memory_mb),
+            }),
         })
     }
 
@@ -78,12 +135,7 @@ impl PgServer {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((socket, peer)) => {
-                        let handlers = Arc::clone(&self.handlers);
-                        sessions.spawn(async move {
-                            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
-                                tracing::debug!(%peer, error = %e, "pg session ended with an error");
-                            }
-                        });
+                        sessions.spawn(serve_connection(Arc::clone(&self.shared), socket, peer));
                     }
                     // Out of file descriptors and the like: keep serving the sessions we have.
                     Err(e) => tracing::warn!(error = %e, "pg accept failed"),
@@ -96,50 +148,56 @@ impl PgServer {
     }
 }
 
-/// Registers `pg_catalog` and its functions, once per context.
-fn install_catalog(ctx: &SessionContext, database: &str) -> Result<()> {
-    let already = ctx
-        .catalog(database)
-        .and_then(|catalog| catalog.schema("pg_catalog"))
-        .is_some();
-    if already {
-        return Ok(());
-    }
-    setup_pg_catalog(ctx, database, EmptyContextProvider).map_err(|e| C360Error::Query(*e))
-}
-
-struct Handlers {
-    simple: Arc<SimpleQueries>,
-    session: Arc<DfSessionService>,
-    startup: Arc<OpenStartup>,
-    cancel: Arc<DefaultCancelHandler>,
-}
-
-impl Handlers {
-    fn new(engine: Arc<Engine>) -> Handlers {
-        let connections = Arc::new(ConnectionManager::new());
-        let session = Arc::new(DfSessionService::new(Arc::new(engine.context().clone())));
-        Handlers {
-            simple: Arc::new(SimpleQueries {
-                engine,
-                datafusion: Arc::clone(&session),
-            }),
-            session,
-            startup: Arc::new(OpenStartup {
-                connections: Arc::clone(&connections),
-            }),
-            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+/// One connection, from its first byte to its end; its place among `max_connections` is
+/// held until then. A connection past the limit still gets a proper 53300 answer.
+async fn serve_connection(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+    let permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
+    let ctx = match limits::session_context(
+        shared.engine.context(),
+        shared.query_memory_mb,
+        &shared.memory,
+    ) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot set up a pg session");
+            return;
         }
+    };
+    let startup = Arc::new(auth::Startup::new(
+        Arc::clone(&shared.policy),
+        permit.is_none(),
+    ));
+    let expired = startup.authentication_expired();
+    let handlers = Connection {
+        queries: Arc::new(query::Queries::new(Arc::clone(&shared.engine), ctx)),
+        startup,
+        cancel: Arc::new(CancelRequests(Arc::clone(&shared.policy.sessions))),
+    };
+    tokio::select! {
+        served = pgwire::tokio::process_socket(socket, shared.tls.clone(), handlers) => {
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "pg session ended with an error");
+            }
+        }
+        () = expired => tracing::info!(%peer, "pg connection closed: no authentication in time"),
     }
+    drop(permit);
 }
 
-impl PgWireServerHandlers for Handlers {
+/// The handlers of one connection.
+struct Connection {
+    queries: Arc<query::Queries>,
+    startup: Arc<auth::Startup>,
+    cancel: Arc<CancelRequests>,
+}
+
+impl PgWireServerHandlers for Connection {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        Arc::clone(&self.simple)
+        Arc::clone(&self.queries)
     }
 
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
-        Arc::clone(&self.session)
+        Arc::clone(&self.queries)
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
@@ -155,116 +213,13 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
-/// Simple queries: c360's own statements go to the engine, everything else to DataFusion.
-///
-/// c360's statements are not SQL that DataFusion's parser knows, so they are recognised on
-/// the text before it gets there. A query string mixing both runs statement by statement.
-struct SimpleQueries {
-    engine: Arc<Engine>,
-    datafusion: Arc<DfSessionService>,
-}
+/// Cancel requests arrive on a connection of their own and name a session by its key.
+struct CancelRequests(Arc<limits::Sessions>);
 
 #[async_trait::async_trait]
-impl SimpleQueryHandler for SimpleQueries {
-    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
-    where
-        C: ClientInfo
-            + ClientPortalStore
-            + futures::Sink<PgWireBackendMessage>
-            + Unpin
-            + Send
-            + Sync,
-        C::PortalStore: PortalStore,
-        C::Error: std::fmt::Debug,
-        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
-    {
-        let statements = workspace::split_statements(query);
-        let mut own = Vec::with_capacity(statements.len());
-        for statement in &statements {
-            own.push(ddl::parse(&statement.sql).map_err(|e| user_error("42601", e.0))?);
-        }
-        if own.iter().all(Option::is_none) {
-            return SimpleQueryHandler::do_query(&*self.datafusion, client, query).await;
-        }
-        let mut responses = Vec::new();
-        for (statement, own) in statements.iter().zip(own) {
-            match own {
-                Some(own) => {
-                    let tag = command_tag(&own);
-                    self.engine
-                        .execute_c360(own, false)
-                        .await
-                        .map_err(to_pg_error)?;
-                    responses.push(Response::Execution(Tag::new(tag)));
-                }
-                None => {
-                    responses.extend(
-                        SimpleQueryHandler::do_query(&*self.datafusion, client, &statement.sql)
-                            .await?,
-                    );
-                }
-            }
-        }
-        Ok(responses)
-    }
-}
-
-fn command_tag(statement: &ddl::Statement) -> &'static str {
-    match statement {
-        ddl::Statement::CreateIdentityGraph(_) => "CREATE IDENTITY GRAPH",
-        ddl::Statement::RefreshIdentityGraph { .. } => "REFRESH IDENTITY GRAPH",
-        ddl::Statement::DropIdentityGraph { .. } => "DROP IDENTITY GRAPH",
-        ddl::Statement::CreateQuery(definition) => match definition.kind {
-            ddl::QueryKind::Segment => "CREATE SEGMENT",
-            ddl::QueryKind::MaterializedView => "CREATE MATERIALIZED VIEW",
-            ddl::QueryKind::Trigger => "CREATE TRIGGER",
-        },
-        ddl::Statement::RefreshQuery { kind, .. } => match kind {
-            ddl::QueryKind::Segment => "REFRESH SEGMENT",
-            ddl::QueryKind::MaterializedView => "REFRESH MATERIALIZED VIEW",
-            ddl::QueryKind::Trigger => "REFRESH TRIGGER",
-        },
-        ddl::Statement::DropQuery { kind, .. } => match kind {
-            ddl::QueryKind::Segment => "DROP SEGMENT",
-            ddl::QueryKind::MaterializedView => "DROP MATERIALIZED VIEW",
-            ddl::QueryKind::Trigger => "DROP TRIGGER",
-        },
-        ddl::Statement::ExplainTrigger { .. } => "EXPLAIN",
-        ddl::Statement::ForgetProfile { .. } => "FORGET PROFILE",
-    }
-}
-
-fn user_error(code: &str, message: String) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".to_string(),
-        code.to_string(),
-        message,
-    )))
-}
-
-/// The SQLSTATE a client can act on for each kind of engine error.
-fn to_pg_error(error: C360Error) -> PgWireError {
-    let code = match &error {
-        C360Error::Syntax(_) => "42601",
-        C360Error::AlreadyExists(_) => "42P07",
-        C360Error::NotFound(_) => "42704",
-        C360Error::DependentObjects(_) => "2BP01",
-        C360Error::Identity(_) | C360Error::InvalidArgument(_) => "22023",
-        C360Error::Query(_) => "XX000",
-        _ => "58000",
-    };
-    user_error(code, error.to_string())
-}
-
-/// Accepts every client without a password; registered so that cancel requests find them.
-struct OpenStartup {
-    connections: Arc<ConnectionManager>,
-}
-
-#[async_trait::async_trait]
-impl NoopStartupHandler for OpenStartup {
-    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
-        Some(Arc::clone(&self.connections))
+impl CancelHandler for CancelRequests {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        self.0.cancel(request.pid, &request.secret_key);
     }
 }
 
@@ -275,6 +230,9 @@ impl ErrorHandler for LogErrors {
     where
         C: ClientInfo,
     {
+        // Errors raised on pgwire's own paths (bind, describe) get their SQLSTATE here too.
+        let raw = std::mem::replace(error, PgWireError::InvalidSASLState);
+        *error = errors::classify(raw);
         tracing::debug!(peer = %client.socket_addr(), %error, "query failed");
     }
 }

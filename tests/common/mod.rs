@@ -38,6 +38,8 @@ pub struct Server {
     pub pg_port: u16,
     pub http_addr: String,
     pub data: tempfile::TempDir,
+    /// Holds the `--config` file of [`Server::start_with_config`], if any.
+    pub config_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -48,6 +50,17 @@ impl Server {
 
     pub fn start(extra_args: &[&str]) -> Server {
         Server::start_in(tempfile::tempdir().expect("tempdir"), extra_args)
+    }
+
+    /// Starts the demo with `toml` as its config file.
+    pub fn start_with_config(toml: &str) -> Server {
+        let config_dir = tempfile::tempdir().expect("tempdir");
+        let path = config_dir.path().join("c360.toml");
+        std::fs::write(&path, toml).expect("config file written");
+        let path = path.display().to_string();
+        let mut server = Server::start(&["--config", &path]);
+        server.config_dir = Some(config_dir);
+        server
     }
 
     /// Starts on an existing storage root, as a restart does.
@@ -110,6 +123,7 @@ impl Server {
             pg_port,
             http_addr: http.unwrap(),
             data,
+            config_dir: None,
         }
     }
 
@@ -127,6 +141,36 @@ impl Server {
                 .expect("tokio-postgres connects");
         tokio::spawn(connection);
         client
+    }
+
+    /// Connects as `user` with `password` (SCRAM-SHA-256), without TLS.
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        // libpq-style quoting, so that passwords with spaces or quotes go through.
+        let quoted = password.replace('\\', "\\\\").replace('\'', "\\'");
+        let config = format!(
+            "host={} port={} dbname=c360 user={user} password='{quoted}'",
+            self.pg_host, self.pg_port
+        );
+        let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// Runs `psql` as `user`, with `PGPASSWORD` and `PGSSLMODE` set.
+    pub fn psql_as(&self, user: &str, password: &str, sslmode: &str, args: &[&str]) -> Output {
+        Command::new("psql")
+            .args(["-h", &self.pg_host, "-p", &self.pg_port.to_string()])
+            .args(["-d", "c360", "-U", user, "-X", "-v", "ON_ERROR_STOP=1"])
+            .args(args)
+            .env("PGPASSWORD", password)
+            .env("PGSSLMODE", sslmode)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .expect("psql is installed (see .ci/run)")
     }
 
     /// Runs the real `psql` binary against the server.
@@ -190,6 +234,29 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A SCRAM verifier for `password`, made by the real `c360 hash-password`.
+pub fn hash_password(password: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(c360_bin())
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("c360 hash-password runs");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    writeln!(stdin, "{password}").expect("password written");
+    drop(stdin);
+    let out = child.wait_with_output().expect("c360 hash-password ends");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    stdout_of(&out).trim().to_string()
+}
+
+/// The SQLSTATE of a tokio-postgres error, if the server sent one.
+pub fn sqlstate(error: &tokio_postgres::Error) -> Option<String> {
+    error.code().map(|code| code.code().to_string())
 }
 
 pub fn stderr_of(output: &Output) -> String {

@@ -1,0 +1,442 @@
+//! Rewrites of clients' catalog queries that DataFusion cannot plan as written.
+//!
+//! Drivers' reflection queries (SQLAlchemy's `get_columns`, pgjdbc's `getColumns`) read a
+//! column's default or type details with correlated scalar subqueries such as
+//! `(SELECT typcollation FROM pg_type WHERE pg_type.oid = attribute.atttypid)`. DataFusion
+//! only decorrelates scalar subqueries that aggregate, so such a subquery over a `pg_catalog`
+//! table gets its one column wrapped in `max(…)`: the same answer when the subquery has at
+//! most one row, which these lookups by key have. Queries over users' tables are left alone,
+//! so that they keep PostgreSQL's error for a subquery returning several rows.
+//!
+//! DataFusion also cannot decorrelate a subquery whose WHERE has a condition on the outer
+//! row only (`WHERE attribute.atthasdef AND …`); such conditions move out, as
+//! `CASE WHEN outer_condition THEN (subquery) END`, which is the same for an aggregate that
+//! is NULL over no rows. And `pg_get_serial_sequence(…)` is NULL: c360 has no sequences, and
+//! the regclass cast around it would nest one more correlated subquery; for the same reason a
+//! subquery over `pg_sequence`, which is always empty, is NULL. What is replaced by NULL keeps
+//! its parameters (`$n IS NULL`), so that the numbering of the others does not shift.
+
+use std::ops::ControlFlow;
+
+use std::collections::HashSet;
+
+use datafusion::sql::sqlparser::ast::{
+    BinaryOperator, Expr, GroupByExpr, Query, SelectItem, SetExpr, Statement, TableFactor,
+    visit_expressions, visit_expressions_mut,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+/// Names a query's unnamed result columns as PostgreSQL does, where DataFusion would name
+/// them after the whole expression: `count(*)` is `count`, `lower(name)` is `lower`, `1` and
+/// `a + b` are `?column?`, `CASE …` is `case`. BI tools show these names as headers, and
+/// clients look columns up by them. A name that would repeat another column's is left as
+/// DataFusion has it (DataFusion refuses duplicate names), as is every name in a `SELECT *`.
+pub fn postgres_column_names(statement: &mut Statement) -> bool {
+    let Statement::Query(query) = statement else {
+        return false;
+    };
+    let mut body = query.body.as_mut();
+    // The leftmost SELECT of a UNION names its columns.
+    while let SetExpr::SetOperation { left, .. } = body {
+        body = left.as_mut();
+    }
+    let SetExpr::Select(select) = body else {
+        return false;
+    };
+    if select.projection.iter().any(|item| {
+        !matches!(
+            item,
+            SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }
+        )
+    }) {
+        return false;
+    }
+    let existing: Vec<Option<String>> = select
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
+            SelectItem::UnnamedExpr(Expr::Identifier(ident)) => Some(ident.value.clone()),
+            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
+                parts.last().map(|p| p.value.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let mut taken: HashSet<String> = existing.iter().flatten().cloned().collect();
+    let mut changed = false;
+    for item in &mut select.projection {
+        let SelectItem::UnnamedExpr(expr) = item else {
+            continue;
+        };
+        let Some(name) = figure_column_name(expr) else {
+            continue;
+        };
+        if !taken.insert(name.clone()) {
+            continue;
+        }
+        *item = SelectItem::ExprWithAlias {
+            expr: expr.clone(),
+            alias: datafusion::sql::sqlparser::ast::Ident::with_quote('"', name),
+        };
+        changed = true;
+    }
+    changed
+}
+
+/// PostgreSQL's FigureColname for the expressions whose names differ from DataFusion's;
+/// `None` where DataFusion's name is already PostgreSQL's (columns, casts of columns).
+fn figure_column_name(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => None,
+        Expr::Nested(inner) => figure_column_name(inner),
+        Expr::Cast { expr, .. } => match expr.as_ref() {
+            Expr::Identifier(_) | Expr::CompoundIdentifier(_) => None,
+            inner => figure_column_name(inner),
+        },
+        Expr::Function(function) => function
+            .name
+            .0
+            .last()
+            .map(|part| part.to_string().trim_matches('"').to_ascii_lowercase()),
+        Expr::Case { .. } => Some("case".to_string()),
+        Expr::Value(_)
+        | Expr::BinaryOp { .. }
+        | Expr::UnaryOp { .. }
+        | Expr::IsNull(_)
+        | Expr::IsNotNull(_)
+        | Expr::Like { .. }
+        | Expr::ILike { .. }
+        | Expr::Between { .. }
+        | Expr::InList { .. } => Some("?column?".to_string()),
+        _ => None,
+    }
+}
+
+/// Rewrites `statement` in place; true when anything changed.
+pub fn catalog_subqueries(statement: &mut Statement) -> bool {
+    let mut changed = false;
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::Function(function) = expr
+            && function
+                .name
+                .to_string()
+                .to_ascii_lowercase()
+                .ends_with("pg_get_serial_sequence")
+        {
+            *expr = null_keeping_parameters(expr);
+            changed = true;
+        }
+        // pg_sequence is always empty in c360, so any lookup in it is NULL.
+        if let Expr::Subquery(query) = expr
+            && reads_relation(query, "pg_sequence")
+        {
+            *expr = null_keeping_parameters(expr);
+            changed = true;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::Subquery(query) = expr
+            && aggregate_lookup(query)
+        {
+            changed = true;
+            if let Some(condition) = hoist_outer_conditions(query)
+                && let Ok(case) = parse_expr(&format!(
+                    "CASE WHEN {condition} THEN ({query}) ELSE NULL END"
+                ))
+            {
+                *expr = case;
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    changed
+}
+
+/// NULL, still naming the parameters `expr` had, each with the cast it had.
+fn null_keeping_parameters(expr: &Expr) -> Expr {
+    use datafusion::sql::sqlparser::ast::Value;
+    let is_parameter =
+        |e: &Expr| matches!(e, Expr::Value(v) if matches!(v.value, Value::Placeholder(_)));
+    let mut cast = Vec::new();
+    let _ = visit_expressions(expr, |e| {
+        if let Expr::Cast { expr: inner, .. } = e
+            && is_parameter(inner)
+        {
+            cast.push((inner.to_string(), e.to_string()));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let mut kept: Vec<String> = cast
+        .iter()
+        .map(|(_, text)| format!("{text} IS NULL"))
+        .collect();
+    let _ = visit_expressions(expr, |e| {
+        if is_parameter(e) && !cast.iter().any(|(name, _)| *name == e.to_string()) {
+            kept.push(format!("{e} IS NULL"));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let null = Expr::value(Value::Null);
+    if kept.is_empty() {
+        return null;
+    }
+    parse_expr(&format!("CASE WHEN {} THEN NULL END", kept.join(" AND "))).unwrap_or(null)
+}
+
+fn reads_relation(query: &Query, relation_name: &str) -> bool {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return false;
+    };
+    select.from.iter().any(|from| {
+        std::iter::once(&from.relation)
+            .chain(from.joins.iter().map(|join| &join.relation))
+            .any(|relation| match relation {
+                TableFactor::Table { name, .. } => name
+                    .0
+                    .last()
+                    .is_some_and(|last| last.to_string().eq_ignore_ascii_case(relation_name)),
+                _ => false,
+            })
+    })
+}
+
+fn parse_expr(text: &str) -> Result<Expr, datafusion::sql::sqlparser::parser::ParserError> {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(text)
+        .and_then(|mut parser| parser.parse_expr())
+}
+
+/// Takes the WHERE conditions of `query` that only name relations from outside it, and
+/// gives them back ANDed.
+fn hoist_outer_conditions(query: &mut Query) -> Option<String> {
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return None;
+    };
+    let mut local = HashSet::new();
+    for from in &select.from {
+        for relation in
+            std::iter::once(&from.relation).chain(from.joins.iter().map(|j| &j.relation))
+        {
+            if let TableFactor::Table { name, alias, .. } = relation {
+                local.insert(name.to_string().to_ascii_lowercase());
+                if let Some(last) = name.0.last() {
+                    local.insert(last.to_string().to_ascii_lowercase());
+                }
+                if let Some(alias) = alias {
+                    local.insert(alias.name.value.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+    let selection = select.selection.take()?;
+    let mut conjuncts = Vec::new();
+    split_and(selection, &mut conjuncts);
+    let (outer, inner): (Vec<Expr>, Vec<Expr>) = conjuncts
+        .into_iter()
+        .partition(|conjunct| outer_only(conjunct, &local));
+    select.selection = inner.into_iter().reduce(|a, b| Expr::BinaryOp {
+        left: Box::new(a),
+        op: BinaryOperator::And,
+        right: Box::new(b),
+    });
+    if outer.is_empty() {
+        return None;
+    }
+    let texts: Vec<String> = outer.iter().map(|c| format!("({c})")).collect();
+    Some(texts.join(" AND "))
+}
+
+fn split_and(expr: Expr, out: &mut Vec<Expr>) {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            split_and(*left, out);
+            split_and(*right, out);
+        }
+        Expr::Nested(inner)
+            if matches!(
+                *inner,
+                Expr::BinaryOp {
+                    op: BinaryOperator::And,
+                    ..
+                }
+            ) =>
+        {
+            split_and(*inner, out)
+        }
+        other => out.push(other),
+    }
+}
+
+/// True when every column `expr` names is qualified by a relation not in `local`.
+fn outer_only(expr: &Expr, local: &HashSet<String>) -> bool {
+    let mut columns = 0;
+    let mut outer = true;
+    let _ = visit_expressions(expr, |e| {
+        match e {
+            Expr::Identifier(_)
+            | Expr::Subquery(_)
+            | Expr::Exists { .. }
+            | Expr::InSubquery { .. } => outer = false,
+            Expr::CompoundIdentifier(parts) => {
+                columns += 1;
+                let qualifier = parts[..parts.len().saturating_sub(1)]
+                    .iter()
+                    .map(|p| p.value.to_ascii_lowercase())
+                    .collect::<Vec<_>>();
+                let full = qualifier.join(".");
+                let last = qualifier.last().cloned().unwrap_or_default();
+                if local.contains(&full) || local.contains(&last) {
+                    outer = false;
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    outer && columns > 0
+}
+
+/// Wraps the single projected column of a catalog lookup subquery in `max`.
+fn aggregate_lookup(query: &mut Query) -> bool {
+    if query.limit_clause.is_some() || query.fetch.is_some() || query.with.is_some() {
+        return false;
+    }
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return false;
+    };
+    let grouped = match &select.group_by {
+        GroupByExpr::Expressions(expressions, _) => !expressions.is_empty(),
+        GroupByExpr::All(_) => true,
+    };
+    if grouped || select.having.is_some() || select.distinct.is_some() {
+        return false;
+    }
+    let reads_catalog = select.from.iter().any(|from| {
+        std::iter::once(&from.relation)
+            .chain(from.joins.iter().map(|join| &join.relation))
+            .any(|relation| match relation {
+                TableFactor::Table { name, .. } => {
+                    let name = name.to_string().to_ascii_lowercase();
+                    name.starts_with("pg_catalog.") || name.starts_with("pg_")
+                }
+                _ => false,
+            })
+    });
+    let [item] = select.projection.as_mut_slice() else {
+        return false;
+    };
+    if !reads_catalog {
+        return false;
+    }
+    let expr = match item {
+        SelectItem::UnnamedExpr(expr) => expr,
+        SelectItem::ExprWithAlias { expr, .. } => expr,
+        _ => return false,
+    };
+    if is_aggregate(expr) {
+        return false;
+    }
+    let Ok(wrapped) = parse_expr(&format!("max({expr})")) else {
+        return false;
+    };
+    *expr = wrapped;
+    true
+}
+
+fn is_aggregate(expr: &Expr) -> bool {
+    let Expr::Function(function) = expr else {
+        return false;
+    };
+    let name = function.name.to_string().to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "max"
+            | "min"
+            | "count"
+            | "sum"
+            | "avg"
+            | "array_agg"
+            | "string_agg"
+            | "bool_and"
+            | "bool_or"
+            | "json_agg"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewritten(sql: &str) -> String {
+        let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
+        catalog_subqueries(&mut statements[0]);
+        statements[0].to_string()
+    }
+
+    #[test]
+    fn catalog_lookups_are_aggregated() {
+        assert_eq!(
+            rewritten(
+                "SELECT a.attname, (SELECT t.typcollation FROM pg_catalog.pg_type t \
+                 WHERE t.oid = a.atttypid) AS c FROM pg_catalog.pg_attribute a"
+            ),
+            "SELECT a.attname, (SELECT max(t.typcollation) FROM pg_catalog.pg_type t \
+             WHERE t.oid = a.atttypid) AS c FROM pg_catalog.pg_attribute a"
+        );
+    }
+
+    #[test]
+    fn outer_conditions_move_out_of_the_subquery() {
+        assert_eq!(
+            rewritten(
+                "SELECT (SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d \
+                 WHERE a.atthasdef AND d.adrelid = a.attrelid) FROM pg_catalog.pg_attribute a"
+            ),
+            "SELECT CASE WHEN (a.atthasdef) THEN (SELECT max(pg_get_expr(d.adbin, d.adrelid)) \
+             FROM pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid) ELSE NULL END \
+             FROM pg_catalog.pg_attribute a"
+        );
+    }
+
+    #[test]
+    fn columns_are_named_as_postgresql_names_them() {
+        let named = |sql: &str| {
+            let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
+            postgres_column_names(&mut statements[0]);
+            statements[0].to_string()
+        };
+        assert_eq!(
+            named("SELECT 1, count(*), lower(s.name), s.city, a + b FROM s"),
+            "SELECT 1 AS \"?column?\", count(*) AS \"count\", lower(s.name) AS \"lower\", \
+             s.city, a + b FROM s"
+        );
+        // No duplicate names; SELECT * and aliases are left alone.
+        assert_eq!(
+            named("SELECT count(*), count(DISTINCT x) AS n, count(y) FROM t"),
+            "SELECT count(*) AS \"count\", count(DISTINCT x) AS n, count(y) FROM t"
+        );
+        assert_eq!(
+            named("SELECT *, count(*) FROM t"),
+            "SELECT *, count(*) FROM t"
+        );
+    }
+
+    #[test]
+    fn user_queries_and_aggregates_are_left_alone() {
+        for sql in [
+            "SELECT (SELECT name FROM stores s WHERE s.store_id = p.last_store) FROM profiles p",
+            "SELECT (SELECT count(*) FROM pg_class) AS n",
+            "SELECT (SELECT relname FROM pg_class LIMIT 1)",
+        ] {
+            let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
+            assert_eq!(rewritten(sql), parsed[0].to_string(), "{sql}");
+        }
+    }
+}
