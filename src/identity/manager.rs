@@ -261,16 +261,9 @@ impl IdentityGraphs {
     }
 
     async fn read_manifest(&self, name: &str) -> Result<Option<Manifest>> {
-        let Some(bytes) = self
-            .storage
-            .get_if_exists(&format!("{STATE_ROOT}/{name}/CURRENT"))
-            .await?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            C360Error::Corrupt(format!("identity graph {name}: CURRENT is unreadable: {e}"))
-        })
+        self.storage
+            .get_json(&format!("{STATE_ROOT}/{name}/CURRENT"))
+            .await
     }
 
     async fn next_version(&self, name: &str) -> Result<u64> {
@@ -316,10 +309,8 @@ impl IdentityGraphs {
             version,
             watermark,
         };
-        let json = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| C360Error::Corrupt(format!("identity graph {name}: {e}")))?;
         self.storage
-            .put(&format!("{STATE_ROOT}/{name}/CURRENT"), json)
+            .put_json(&format!("{STATE_ROOT}/{name}/CURRENT"), &manifest)
             .await?;
         let current = version_folder_name(version);
         for child in self

@@ -598,9 +598,9 @@ impl RefreshEngine {
             last_duration_ms: duration_ms,
             rows,
         };
-        let json = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| C360Error::Corrupt(format!("{name}: {e}")))?;
-        self.storage.put(&format!("{folder}/CURRENT"), json).await?;
+        self.storage
+            .put_json(&format!("{folder}/CURRENT"), &manifest)
+            .await?;
         if let Err(e) = self.remove_unnamed(&folder, &manifest).await {
             tracing::warn!(name = %name, error = %e, "could not delete superseded results");
         }
@@ -710,10 +710,8 @@ impl RefreshEngine {
             last_duration_ms: item.last_duration_ms.unwrap_or(0),
             rows: item.rows,
         };
-        let json = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| C360Error::Corrupt(format!("{name}: {e}")))?;
         self.storage
-            .put(&format!("{STATE_ROOT}/{name}/CURRENT"), json)
+            .put_json(&format!("{STATE_ROOT}/{name}/CURRENT"), &manifest)
             .await
     }
 
@@ -736,16 +734,9 @@ impl RefreshEngine {
     }
 
     async fn read_manifest(&self, name: &str) -> Result<Option<Manifest>> {
-        let Some(bytes) = self
-            .storage
-            .get_if_exists(&format!("{STATE_ROOT}/{name}/CURRENT"))
-            .await?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| C360Error::Corrupt(format!("{name}: CURRENT is unreadable: {e}")))
+        self.storage
+            .get_json(&format!("{STATE_ROOT}/{name}/CURRENT"))
+            .await
     }
 
     /// The refresh id to continue from, so that history ids never repeat after a re-create.

@@ -286,6 +286,26 @@ impl Storage {
             })
     }
 
+    /// Writes `value` as one pretty-printed JSON object (a manifest), whole or not at all.
+    pub async fn put_json<T: serde::Serialize>(&self, relative: &str, value: &T) -> Result<()> {
+        let json = serde_json::to_vec_pretty(value)
+            .map_err(|e| C360Error::Corrupt(format!("{}{relative}: {e}", self.url)))?;
+        self.put(relative, json).await
+    }
+
+    /// Reads a JSON object written by [`Storage::put_json`], or `None` when there is none.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        relative: &str,
+    ) -> Result<Option<T>> {
+        let Some(bytes) = self.get_if_exists(relative).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| C360Error::Corrupt(format!("{}{relative} is unreadable: {e}", self.url)))
+    }
+
     /// The object's bytes, or `None` when there is no such object.
     pub async fn get_if_exists(&self, relative: &str) -> Result<Option<bytes::Bytes>> {
         match self.store.get(&self.path(relative)).await {
