@@ -200,3 +200,235 @@ async fn an_unreachable_webhook_dead_letters_after_its_attempts() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A workspace whose trigger `everyone` puts one `push` action per shopper of `carts` on the
+/// queue, with no destination for `push`: the actions wait for pull consumers.
+fn pull_workspace(dir: &Path, shoppers: usize, visibility: &str) -> (String, String) {
+    let sources = dir.join("carts");
+    std::fs::create_dir_all(&sources).unwrap();
+    let mut csv = String::from("profile_id,first_name\n");
+    for i in 0..shoppers {
+        csv.push_str(&format!("p_{i},Name{i}\n"));
+    }
+    std::fs::write(sources.join("1.csv"), csv).unwrap();
+    let sql = dir.join("sql");
+    std::fs::create_dir_all(&sql).unwrap();
+    std::fs::write(
+        sql.join("10_carts.sql"),
+        format!(
+            "CREATE EXTERNAL TABLE carts (profile_id VARCHAR, first_name VARCHAR)\n\
+             STORED AS CSV LOCATION '{}/' OPTIONS ('format.has_header' 'true');\n\
+             CREATE TRIGGER everyone EVERY '1 hour' CHANNEL push WITH (consent = 'none')\n\
+             AS SELECT profile_id, first_name FROM carts;\n",
+            sources.display()
+        ),
+    )
+    .unwrap();
+    let config = dir.join("c360.toml");
+    std::fs::write(
+        &config,
+        format!("[actions]\nvisibility_timeout = '{visibility}'\n"),
+    )
+    .unwrap();
+    (sql.display().to_string(), config.display().to_string())
+}
+
+async fn action_ids(client: &tokio_postgres::Client, sql: &str) -> Vec<i64> {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// One claim over the simple protocol (psql's), for the consumer that does not prepare.
+async fn claim_simple(client: &tokio_postgres::Client, sql: &str) -> Vec<i64> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                Some(row.get(0).unwrap().parse().unwrap())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_concurrent_pull_consumers_never_get_the_same_action() {
+    const SHOPPERS: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    // A visibility timeout far longer than the test: nothing claimed comes back meanwhile.
+    let (sql, config) = pull_workspace(dir.path(), SHOPPERS, "10 minutes");
+    let server = Server::start(&["--workspace", &sql, "--config", &config]);
+    let admin = server.connect().await;
+    admin
+        .batch_execute("REFRESH TRIGGER everyone")
+        .await
+        .unwrap();
+    let mut pending = action_ids(
+        &admin,
+        "SELECT CAST(action_id AS BIGINT) FROM actions WHERE status = 'pending'",
+    )
+    .await;
+    pending.sort_unstable();
+    assert_eq!(pending.len(), SHOPPERS);
+
+    // One consumer prepares its statement (extended protocol), the other sends text.
+    let claim = "SELECT CAST(action_id AS BIGINT) AS action_id FROM claim_actions('push', 7)";
+    let (first, second) = (server.connect().await, server.connect().await);
+    let extended = tokio::spawn(async move {
+        let mut got = Vec::new();
+        loop {
+            let batch = action_ids(&first, claim).await;
+            if batch.is_empty() {
+                return got;
+            }
+            assert!(batch.len() <= 7, "{batch:?}");
+            got.extend(batch);
+        }
+    });
+    let simple = tokio::spawn(async move {
+        let mut got = Vec::new();
+        loop {
+            let batch = claim_simple(&second, claim).await;
+            if batch.is_empty() {
+                return got;
+            }
+            assert!(batch.len() <= 7, "{batch:?}");
+            got.extend(batch);
+        }
+    });
+    let (extended, simple) = (extended.await.unwrap(), simple.await.unwrap());
+    assert!(
+        !extended.is_empty() && !simple.is_empty(),
+        "both consumers got work: {} and {}",
+        extended.len(),
+        simple.len()
+    );
+    let first: std::collections::BTreeSet<i64> = extended.iter().copied().collect();
+    let second: std::collections::BTreeSet<i64> = simple.iter().copied().collect();
+    assert_eq!(
+        first.len(),
+        extended.len(),
+        "one consumer got an action twice"
+    );
+    assert_eq!(
+        second.len(),
+        simple.len(),
+        "one consumer got an action twice"
+    );
+    assert!(
+        first.is_disjoint(&second),
+        "handed to both: {:?}",
+        first.intersection(&second).collect::<Vec<_>>()
+    );
+    let all: Vec<i64> = first.union(&second).copied().collect();
+    assert_eq!(all, pending, "every pending action handed out exactly once");
+
+    let claimed: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM actions WHERE status = 'delivering' AND attempts = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(claimed as usize, SHOPPERS);
+
+    let list = all.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let acked: i64 = admin
+        .query_one(
+            &format!("SELECT CAST(acknowledged AS BIGINT) FROM ack_actions('{list}')"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(acked as usize, SHOPPERS);
+    let delivered: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM actions WHERE status = 'delivered' AND delivered_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(delivered as usize, SHOPPERS);
+    // Acknowledged work is not handed out again, and a second ack changes nothing.
+    assert!(action_ids(&admin, claim).await.is_empty());
+    let again: i64 = admin
+        .query_one(
+            &format!("SELECT CAST(acknowledged AS BIGINT) FROM ack_actions('{list}')"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, 0);
+}
+
+#[tokio::test]
+async fn claimed_and_unacknowledged_actions_come_back_after_the_visibility_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sql, config) = pull_workspace(dir.path(), 3, "2 seconds");
+    let server = Server::start(&["--workspace", &sql, "--config", &config]);
+    let client = server.connect().await;
+    client
+        .batch_execute("REFRESH TRIGGER everyone")
+        .await
+        .unwrap();
+    let claim = |n: usize| {
+        format!("SELECT CAST(action_id AS BIGINT) FROM claim_actions('push', {n}) ORDER BY 1")
+    };
+
+    let abandoned = action_ids(&client, &claim(2)).await;
+    assert_eq!(abandoned.len(), 2);
+    let claimed_at = Instant::now();
+    let rest = action_ids(&client, &claim(10)).await;
+    assert_eq!(rest.len(), 1, "only the unclaimed action: {rest:?}");
+    assert!(!abandoned.contains(&rest[0]));
+    client
+        .batch_execute(&format!("SELECT * FROM ack_actions('{}')", rest[0]))
+        .await
+        .unwrap();
+
+    // Invisible while the timeout runs...
+    assert!(action_ids(&client, &claim(10)).await.is_empty());
+    assert!(
+        claimed_at.elapsed() < Duration::from_secs(2),
+        "too slow to tell"
+    );
+    // ...and handed out again once it is over, as a second attempt.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let back = action_ids(&client, &claim(10)).await;
+    assert_eq!(back, abandoned);
+    let attempts: Vec<i64> = action_ids(
+        &client,
+        &format!(
+            "SELECT CAST(attempts AS BIGINT) FROM actions WHERE action_id IN ({}, {}) ORDER BY 1",
+            abandoned[0], abandoned[1]
+        ),
+    )
+    .await;
+    assert_eq!(attempts, vec![2, 2]);
+    let acked: Vec<i64> = action_ids(
+        &client,
+        &format!(
+            "SELECT CAST(acknowledged AS BIGINT) FROM ack_actions('{},{}')",
+            abandoned[0], abandoned[1]
+        ),
+    )
+    .await;
+    assert_eq!(acked, vec![2]);
+    let statuses = statuses(&client).await;
+    assert!(
+        statuses.iter().all(|(_, s, _)| s == "delivered"),
+        "{statuses:?}"
+    );
+}
