@@ -391,7 +391,31 @@ async fn claimed_and_unacknowledged_actions_come_back_after_the_visibility_timeo
         format!("SELECT CAST(action_id AS BIGINT) FROM claim_actions('push', {n}) ORDER BY 1")
     };
 
-    let abandoned = action_ids(&client, &claim(2)).await;
+    // Planning a claim claims nothing: only running it does (a bug once: the claim ran
+    // when the plan was made, so EXPLAIN or a client's Describe hid actions).
+    client
+        .simple_query("EXPLAIN SELECT * FROM claim_actions('push', 10)")
+        .await
+        .unwrap();
+    client
+        .prepare("SELECT * FROM claim_actions('push', 10)")
+        .await
+        .unwrap();
+    let statuses_now = statuses(&client).await;
+    assert!(
+        statuses_now
+            .iter()
+            .all(|(_, s, a)| s == "pending" && *a == 0),
+        "{statuses_now:?}"
+    );
+
+    // A LIMIT claims no more than it returns.
+    let mut abandoned = action_ids(
+        &client,
+        "SELECT CAST(action_id AS BIGINT) FROM claim_actions('push', 10) LIMIT 2",
+    )
+    .await;
+    abandoned.sort_unstable();
     assert_eq!(abandoned.len(), 2);
     let claimed_at = Instant::now();
     let rest = action_ids(&client, &claim(10)).await;
