@@ -68,6 +68,10 @@ async fn analysts_read_and_admins_write() {
         "CREATE IDENTITY GRAPH g FROM identifiers WITH (priority = 'email')",
         "REFRESH IDENTITY GRAPH customers",
         "DROP IDENTITY GRAPH customers",
+        // Reads that change the action queue: a claim hides actions from other consumers.
+        "SELECT * FROM claim_actions('email', 10)",
+        "SELECT count(*) FROM actions WHERE action_id IN (SELECT action_id FROM claim_actions('push', 1))",
+        "SELECT * FROM ack_actions('1,2')",
     ];
     for sql in refused {
         // Simple protocol...
@@ -103,6 +107,11 @@ async fn analysts_read_and_admins_write() {
         .unwrap()
         .get(0);
     assert!(profiles > 1000);
+    // The queue itself is readable.
+    analyst
+        .query("SELECT action_id, status FROM actions LIMIT 5", &[])
+        .await
+        .unwrap();
 
     // The admin does what the analyst could not, and the analyst sees it.
     admin
@@ -119,6 +128,15 @@ async fn analysts_read_and_admins_write() {
         .unwrap()
         .get(0);
     assert_eq!(big, 40);
+    let acked: i64 = admin
+        .query_one(
+            "SELECT CAST(acknowledged AS BIGINT) FROM ack_actions('999999')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(acked, 0, "nothing to acknowledge, and the admin may try");
     let err = analyst
         .batch_execute("CREATE VIEW sneaky AS SELECT 2 AS two")
         .await

@@ -2,7 +2,11 @@
 //!
 //! The decision is made on the parsed statement, never on its text: an allow-list of the
 //! statement kinds that only read, so that a statement kind added to the parser later is
-//! refused to analysts until someone decides otherwise.
+//! refused to analysts until someone decides otherwise. A read may still call a table
+//! function that writes: `claim_actions` and `ack_actions` change the action queue, so a
+//! statement that names either anywhere (a subquery, a CTE, an `EXPLAIN`) is an admin's.
+
+use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{self, SetExpr, Statement};
 use pgwire::error::PgWireError;
@@ -15,8 +19,37 @@ use super::errors;
 pub fn check(role: Role, statement: &Statement) -> Result<(), PgWireError> {
     match role {
         Role::Admin => Ok(()),
-        Role::Analyst if reads_only(statement) => Ok(()),
-        Role::Analyst => Err(refused(&statement_kind(statement))),
+        Role::Analyst => {
+            if let Some(function) = queue_function(statement) {
+                return Err(refused(&format!("{function}()")));
+            }
+            if reads_only(statement) {
+                Ok(())
+            } else {
+                Err(refused(&statement_kind(statement)))
+            }
+        }
+    }
+}
+
+/// Table functions that change the action queue (a claim hides actions from others).
+const QUEUE_FUNCTIONS: [&str; 2] = ["claim_actions", "ack_actions"];
+
+/// The first queue-changing table function the statement calls, wherever it is.
+fn queue_function(statement: &Statement) -> Option<String> {
+    let found = ast::visit_relations(statement, |name| {
+        // Case-folded and unquoted: refusing `"CLAIM_ACTIONS"` too errs on the safe side.
+        let last = name.0.last().map(ToString::to_string).unwrap_or_default();
+        let bare = last.trim_matches('"').to_ascii_lowercase();
+        if QUEUE_FUNCTIONS.contains(&bare.as_str()) {
+            ControlFlow::Break(bare)
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    match found {
+        ControlFlow::Break(function) => Some(function),
+        ControlFlow::Continue(()) => None,
     }
 }
 
@@ -177,9 +210,31 @@ mod tests {
             "EXPLAIN ANALYZE INSERT INTO t VALUES (1)",
             "SET datafusion.runtime.memory_limit = '100G'",
             "TRUNCATE t",
+            "SELECT * FROM claim_actions('push', 10)",
+            "SELECT action_id FROM CLAIM_ACTIONS('push', 10) WHERE channel = 'push'",
+            "SELECT * FROM public.ack_actions('1,2')",
+            "SELECT * FROM actions WHERE action_id IN (SELECT action_id FROM claim_actions('push', 1))",
+            "WITH c AS (SELECT * FROM claim_actions('push', 1)) SELECT * FROM c",
+            "EXPLAIN SELECT * FROM claim_actions('push', 1)",
+            "SELECT 1 UNION ALL SELECT acknowledged FROM ack_actions('3')",
         ] {
             assert!(!analyst_may(sql), "{sql}");
         }
+        // Reading the queue is fine.
+        assert!(analyst_may(
+            "SELECT * FROM actions WHERE status = 'pending' LIMIT 10"
+        ));
+        let statements = Parser::parse_sql(
+            &PostgreSqlDialect {},
+            "SELECT * FROM claim_actions('push', 1)",
+        )
+        .unwrap();
+        let PgWireError::UserError(info) = check(Role::Analyst, &statements[0]).unwrap_err() else {
+            panic!("a user error");
+        };
+        assert_eq!(info.code, "42501");
+        assert!(info.message.contains("claim_actions()"), "{}", info.message);
+        assert!(check(Role::Admin, &statements[0]).is_ok());
         let statements =
             Parser::parse_sql(&PostgreSqlDialect {}, "INSERT INTO t VALUES (1)").unwrap();
         let PgWireError::UserError(info) = check(Role::Analyst, &statements[0]).unwrap_err() else {

@@ -1,5 +1,6 @@
 //! `actions` and `trigger_runs`, read from the queue at each scan; `claim_actions` and
-//! `ack_actions`, the pull API for consumers that fetch their work over SQL; and the rows of
+//! `ack_actions`, the pull API for consumers that fetch their work over SQL (they change the
+//! queue when their plan executes, never while it is planned); and the rows of
 //! `EXPLAIN TRIGGER`.
 
 use std::sync::Arc;
@@ -13,8 +14,11 @@ use datafusion::catalog::{Session, TableFunctionImpl, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, TableType};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 
 use crate::actions::policy::Decision;
 use crate::actions::{Action, Queue, RunOutcome, TriggerRun};
@@ -129,7 +133,7 @@ fn runs_batch(runs: &[TriggerRun]) -> DfResult<RecordBatch> {
 enum Source {
     Actions,
     Runs,
-    /// `claim_actions(channel, n)`: claims at scan time, so planning twice claims nothing.
+    /// `claim_actions(channel, n)`: claims when its plan executes, once per execution.
     Claim {
         channel: String,
         limit: usize,
@@ -224,18 +228,69 @@ impl TableProvider for QueueTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let queue = Arc::clone(&self.queue);
-        let table = QueueTable {
-            queue,
-            source: self.source.clone(),
-            visibility_micros: self.visibility_micros,
-        };
+        let mut table = self.copy();
+        if let (Source::Claim { limit: claimed, .. }, Some(limit)) = (&mut table.source, limit) {
+            // A LIMIT right above the claim caps it: rows claimed and then cut off would
+            // stay invisible to every consumer until the visibility timeout.
+            *claimed = (*claimed).min(limit);
+        }
+        if matches!(self.source, Source::Claim { .. } | Source::Ack { .. }) {
+            // Claims and acks change the queue, so they happen when the plan runs, not when
+            // it is made: `EXPLAIN` or a client's `Describe` must not hide actions.
+            return Ok(Arc::new(StreamingTableExec::try_new(
+                self.schema(),
+                vec![Arc::new(Deferred {
+                    schema: self.schema(),
+                    table,
+                })],
+                projection,
+                Vec::new(),
+                false,
+                None,
+            )?));
+        }
         let batch = tokio::task::spawn_blocking(move || table.read())
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))??;
         MemTable::try_new(batch.schema(), vec![vec![batch]])?
             .scan(state, projection, filters, limit)
             .await
+    }
+}
+
+impl QueueTable {
+    fn copy(&self) -> QueueTable {
+        QueueTable {
+            queue: Arc::clone(&self.queue),
+            source: self.source.clone(),
+            visibility_micros: self.visibility_micros,
+        }
+    }
+}
+
+/// A claim or an ack, made each time its plan is executed.
+#[derive(Debug)]
+struct Deferred {
+    schema: SchemaRef,
+    table: QueueTable,
+}
+
+impl PartitionStream for Deferred {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let table = self.table.copy();
+        let batch = async move {
+            tokio::task::spawn_blocking(move || table.read())
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+        };
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            futures::stream::once(batch),
+        ))
     }
 }
 
