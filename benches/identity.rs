@@ -28,10 +28,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use c360::Engine;
-use c360::identity::graph::{IdentityGraph, IdentityRow, stable_hash};
-use c360::identity::manager::{RefreshReport, rules_from_options};
+use c360::identity::graph::{IdentityGraph, stable_hash};
+use c360::identity::manager::{RefreshReport, rows_of, rules_from_options, source_frame};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{ParquetReadOptions, cast, col};
 use futures::StreamExt;
@@ -162,38 +162,8 @@ fn definition_on(name: &str, source: &str) -> Result<c360::ddl::IdentityGraphDef
 
 /// The identifiers view as the graph reads it: text columns and `seen_at` in µs.
 async fn collect_identifiers(engine: &Engine) -> Result<Vec<RecordBatch>> {
-    let micros = DataType::Timestamp(TimeUnit::Microsecond, None);
-    let frame = engine.context().table("identifiers").await?.select(vec![
-        cast(col("record_key"), DataType::Utf8).alias("record_key"),
-        cast(col("id_type"), DataType::Utf8).alias("id_type"),
-        cast(col("id_value"), DataType::Utf8).alias("id_value"),
-        cast(col("seen_at"), micros).alias("seen_at"),
-    ])?;
+    let frame = source_frame(engine.context(), "identifiers").await?;
     Ok(frame.collect().await?)
-}
-
-fn rows_of(batches: &[RecordBatch]) -> impl Iterator<Item = IdentityRow<'_>> {
-    batches.iter().flat_map(|batch| {
-        let keys = batch.column(0).as_string::<i32>();
-        let types = batch.column(1).as_string::<i32>();
-        let values = batch.column(2).as_string::<i32>();
-        let seen = batch.column(3).as_primitive::<TimestampMicrosecondType>();
-        (0..batch.num_rows()).filter_map(move |i| {
-            if keys.is_null(i) || seen.is_null(i) {
-                return None;
-            }
-            Some(IdentityRow {
-                record_key: keys.value(i),
-                id_type: if types.is_null(i) { "" } else { types.value(i) },
-                id_value: if values.is_null(i) {
-                    ""
-                } else {
-                    values.value(i)
-                },
-                seen_at: seen.value(i),
-            })
-        })
-    })
 }
 
 /// Writes the identifiers, sorted by `seen_at`, as Parquet under `dir` and registers them as

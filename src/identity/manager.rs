@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
-use datafusion::prelude::{SessionContext, cast, col, lit};
+use datafusion::prelude::{DataFrame, SessionContext, cast, col, lit};
 use datafusion::scalar::ScalarValue;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -469,13 +469,7 @@ async fn read_and_apply(
     graph: &mut IdentityGraph,
     watermark: Option<i64>,
 ) -> Result<(u64, Option<i64>, ApplySummary)> {
-    let micros = DataType::Timestamp(TimeUnit::Microsecond, None);
-    let mut frame = ctx.table(definition.source.as_str()).await?.select(vec![
-        cast(col("record_key"), DataType::Utf8).alias("record_key"),
-        cast(col("id_type"), DataType::Utf8).alias("id_type"),
-        cast(col("id_value"), DataType::Utf8).alias("id_value"),
-        cast(col("seen_at"), micros).alias("seen_at"),
-    ])?;
+    let mut frame = source_frame(ctx, &definition.source).await?;
     if let Some(watermark) = watermark {
         frame = frame.filter(col("seen_at").gt_eq(lit(ScalarValue::TimestampMicrosecond(
             Some(watermark),
@@ -485,20 +479,35 @@ async fn read_and_apply(
     let batches = frame.collect().await?;
     let mut rows_read = 0u64;
     let mut max_seen: Option<i64> = None;
-    let columns: Vec<_> = batches
-        .iter()
-        .map(|batch| {
-            (
-                batch.column(0).as_string::<i32>(),
-                batch.column(1).as_string::<i32>(),
-                batch.column(2).as_string::<i32>(),
-                batch.column(3).as_primitive::<TimestampMicrosecondType>(),
-            )
-        })
-        .collect();
-    let rows = columns.iter().flat_map(|(keys, types, values, seen)| {
-        (0..keys.len()).filter_map(move |i| {
-            // A row without a record or a time cannot be placed: it is noise, like an empty value.
+    let rows = rows_of(&batches);
+    let rows = rows.inspect(|row| {
+        rows_read += 1;
+        max_seen = Some(max_seen.map_or(row.seen_at, |m| m.max(row.seen_at)));
+    });
+    let summary = graph.apply(rows).map_err(graph_error)?;
+    Ok((rows_read, max_seen, summary))
+}
+
+/// A graph's source as the stitch reads it: the four columns as text, `seen_at` in µs.
+pub async fn source_frame(ctx: &SessionContext, source: &str) -> Result<DataFrame> {
+    let micros = DataType::Timestamp(TimeUnit::Microsecond, None);
+    Ok(ctx.table(source).await?.select(vec![
+        cast(col("record_key"), DataType::Utf8).alias("record_key"),
+        cast(col("id_type"), DataType::Utf8).alias("id_type"),
+        cast(col("id_value"), DataType::Utf8).alias("id_value"),
+        cast(col("seen_at"), micros).alias("seen_at"),
+    ])?)
+}
+
+/// The rows of batches from [`source_frame`]. A row without a record or a time cannot be
+/// placed: it is noise, like an empty value, and is left out.
+pub fn rows_of(batches: &[RecordBatch]) -> impl Iterator<Item = IdentityRow<'_>> {
+    batches.iter().flat_map(|batch| {
+        let keys = batch.column(0).as_string::<i32>();
+        let types = batch.column(1).as_string::<i32>();
+        let values = batch.column(2).as_string::<i32>();
+        let seen = batch.column(3).as_primitive::<TimestampMicrosecondType>();
+        (0..batch.num_rows()).filter_map(move |i| {
             if keys.is_null(i) || seen.is_null(i) {
                 return None;
             }
@@ -513,11 +522,5 @@ async fn read_and_apply(
                 seen_at: seen.value(i),
             })
         })
-    });
-    let rows = rows.inspect(|row| {
-        rows_read += 1;
-        max_seen = Some(max_seen.map_or(row.seen_at, |m| m.max(row.seen_at)));
-    });
-    let summary = graph.apply(rows).map_err(graph_error)?;
-    Ok((rows_read, max_seen, summary))
+    })
 }
