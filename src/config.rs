@@ -47,8 +47,12 @@ pub struct ActionSettings {
     /// How long a claimed action stays invisible to other consumers before it is handed out
     /// again, unless acknowledged.
     pub visibility_timeout: String,
+    /// How long finished actions (delivered, dead, suppressed, held out) and trigger runs
+    /// are kept; pending ones are kept until delivered.
+    pub retention: String,
     /// Where each channel's actions are delivered; a channel without one waits for pull
-    /// consumers (`claim_actions` / `ack_actions`).
+    /// consumers (`claim_actions` / `ack_actions`). A URL that starts with `/` is a path on
+    /// this server's own HTTP listener (e.g. `/sink`, the built-in receiver).
     pub destinations: Vec<Destination>,
 }
 
@@ -64,9 +68,17 @@ pub struct Destination {
     /// Attempts before an action is dead-lettered.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
-    /// At most this many requests per second to this destination.
+    /// At most this many actions per second to this destination.
     #[serde(default = "default_rate")]
     pub rate_per_second: u32,
+    /// Actions per request: 1 posts each action alone (with an `Idempotency-Key` header);
+    /// more posts `{"actions": [...]}`, for receivers that take batches.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+fn default_batch_size() -> usize {
+    1
 }
 
 fn default_max_attempts() -> u32 {
@@ -84,6 +96,7 @@ impl Default for ActionSettings {
             pressure_cap: "3 per 7 days".to_string(),
             time_zone: "Europe/Paris".to_string(),
             visibility_timeout: "30 seconds".to_string(),
+            retention: "30 days".to_string(),
             destinations: Vec::new(),
         }
     }

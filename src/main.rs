@@ -58,6 +58,18 @@ enum Command {
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// Receive webhook deliveries and log them: a local destination for trying triggers.
+    Sink {
+        /// Listener address; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        /// Secret whose X-C360-Signature bodies must carry (repeatable; none: accept all).
+        #[arg(long = "secret")]
+        secrets: Vec<String>,
+        /// Log one line per request instead of one per message.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Read a password on standard input and print its SCRAM-SHA-256 verifier, for the
     /// `scram` field of a `[[pg.users]]` entry in c360.toml.
     HashPassword,
@@ -130,11 +142,13 @@ fn main() -> ExitCode {
         }
     };
     // A server narrates its life; one-off commands keep stderr for what went wrong.
-    init_logging(if matches!(cli.command, Command::Serve { .. }) {
-        "info"
-    } else {
-        "warn"
-    });
+    init_logging(
+        if matches!(cli.command, Command::Serve { .. } | Command::Sink { .. }) {
+            "info"
+        } else {
+            "warn"
+        },
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -167,6 +181,11 @@ async fn run(cli: Cli) -> Result<()> {
             }
             c360::server::serve(settings, c360::server::shutdown_signal()?).await
         }
+        Command::Sink {
+            listen,
+            secrets,
+            quiet,
+        } => c360::sink::serve(listen, secrets, quiet, c360::server::shutdown_signal()?).await,
         Command::Query {
             engine,
             format,

@@ -22,6 +22,7 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
     let pg = PgServer::bind(&engine, pg_addr).await?;
     let http = HttpServer::bind(&engine, http_addr).await?;
     print_banner(&engine, &pg, &http)?;
+    let destinations = resolve_destinations(&engine, http.local_addr()?);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -32,7 +33,7 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
     let http_task = tokio::spawn(http.run(stopped(stop_rx.clone())));
     let delivery = tokio::spawn(crate::actions::delivery::run(
         engine.refresh_engine().queue(),
-        engine.settings().actions.destinations.clone(),
+        destinations,
         engine.refresh_engine().visibility_micros(),
         stop_rx.clone(),
     ));
@@ -55,10 +56,37 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
     Ok(())
 }
 
+/// The configured destinations, with those given as a path (`/sink`) pointed at this
+/// server's own HTTP listener.
+fn resolve_destinations(
+    engine: &Engine,
+    http_addr: std::net::SocketAddr,
+) -> Vec<crate::config::Destination> {
+    let mut own = http_addr;
+    if own.ip().is_unspecified() {
+        own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    engine
+        .settings()
+        .actions
+        .destinations
+        .iter()
+        .cloned()
+        .map(|mut destination| {
+            if destination.url.starts_with('/') {
+                destination.url = format!("http://{own}{}", destination.url);
+            }
+            destination
+        })
+        .collect()
+}
+
 /// Runs the refreshes whose schedule has come (see [`Engine::refresh_due`]), until `stop`.
 async fn run_schedules(engine: std::sync::Arc<Engine>, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    // Checking is cheap and ticks finer than the shortest schedule (one second), so that an
+    // `EVERY '1 second'` trigger runs every second rather than every other one.
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
@@ -86,6 +114,11 @@ async fn run_upkeep(engine: std::sync::Arc<Engine>, stop: impl Future<Output = (
         let vacuum = last_vacuum.elapsed() >= std::time::Duration::from_secs(3600);
         if vacuum {
             last_vacuum = std::time::Instant::now();
+            match engine.refresh_engine().expire_actions().await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "expired finished actions"),
+                Err(e) => tracing::warn!(error = %e, "cannot expire finished actions"),
+            }
         }
         tokio::select! {
             _ = &mut stop => return,
@@ -104,7 +137,7 @@ fn print_banner(engine: &Engine, pg: &PgServer, http: &HttpServer) -> Result<()>
          \x20 connect:  psql -h {} -p {} -d {}\n\
          \x20 health:   http://{}/health\n\
          \x20 events:   POST http://{}/v1/batch (Segment HTTP tracking API)\n\
-         Press Ctrl-C to stop.\n",
+         {}Press Ctrl-C to stop.\n",
         engine.settings().workspace.display(),
         applied.statements,
         applied.files,
@@ -114,6 +147,17 @@ fn print_banner(engine: &Engine, pg: &PgServer, http: &HttpServer) -> Result<()>
         engine.database_name(),
         http_addr,
         http_addr,
+        if engine
+            .settings()
+            .actions
+            .destinations
+            .iter()
+            .any(|d| d.url.starts_with('/'))
+        {
+            format!("  messages: http://{http_addr}/sink (the built-in webhook receiver)\n")
+        } else {
+            String::new()
+        },
     );
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())

@@ -608,3 +608,67 @@ async fn sigkill_during_trigger_runs_and_delivery_loses_nothing_and_duplicates_o
         seen.requests.len() - rows.len()
     );
 }
+
+/// The repository's `c360.toml` points the demo's channels at the server's own receiver,
+/// so a new user sees messages flow; the receiver checks each batch's signature.
+#[tokio::test]
+async fn the_demo_delivers_its_triggers_messages_to_the_built_in_sink() {
+    let server = Server::start_demo();
+    let client = server.connect().await;
+    for trigger in [
+        "cart_abandoned",
+        "welcome_first_purchase",
+        "win_back",
+        "store_hours_s01",
+    ] {
+        client
+            .batch_execute(&format!("REFRESH TRIGGER {trigger}"))
+            .await
+            .unwrap();
+    }
+    let queued: i64 = client
+        .query_one(
+            "SELECT count(*) FROM actions WHERE status IN ('pending', 'delivering', 'delivered')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(queued > 0, "the demo's triggers queue messages");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let shown = loop {
+        let shown = common::http::get(&server.http_addr, "/sink").json();
+        if shown["messages"].as_i64() == Some(queued) || Instant::now() > deadline {
+            break shown;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(shown["messages"].as_i64(), Some(queued), "{shown}");
+    assert_eq!(
+        shown["refused"].as_i64(),
+        Some(0),
+        "signatures check out: {shown}"
+    );
+    let recent = shown["recent"].as_array().unwrap();
+    assert!(recent.iter().all(|m| m["payload"].is_object()), "{shown}");
+
+    let delivered: i64 = client
+        .query_one(
+            "SELECT count(*) FROM actions WHERE status = 'delivered'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(delivered, queued);
+    let metrics = common::http::get(&server.http_addr, "/metrics").body;
+    assert!(
+        metrics.contains(&format!("c360_actions_delivered_total {queued}\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("c360_actions_delivery_seconds_count"),
+        "{metrics}"
+    );
+}

@@ -1,12 +1,15 @@
 //! Webhook delivery: each configured destination claims its channel's pending actions and
-//! POSTs each one as JSON, at least once.
+//! POSTs them as JSON, at least once: one action per request, or `batch_size` actions per
+//! request as `{"actions": [...]}` for receivers that take batches.
 //!
-//! Every request carries the action's `Idempotency-Key` (the same on every attempt, so a
-//! receiver that honours it sees each action once) and `X-C360-Signature: sha256=<hex>`,
-//! the HMAC-SHA256 of the body under the destination's secret. A 2xx acknowledges; a 429,
-//! a 5xx, a timeout or a refused connection retries after an exponential backoff with
-//! jitter; any other answer, or the last allowed attempt, dead-letters the action (status
-//! `dead`, with the error). Requests to one destination are spaced to its rate limit.
+//! A single-action request carries the action's `Idempotency-Key` header; every action, in
+//! either shape, carries its `idempotency_key` in the body (the same on every attempt, so a
+//! receiver that honours it sees each action once). `X-C360-Signature: sha256=<hex>` is the
+//! HMAC-SHA256 of the body under the destination's secret. A 2xx acknowledges every action
+//! of the request; a 429, a 5xx, a timeout or a refused connection retries after an
+//! exponential backoff with jitter; any other answer, or the last allowed attempt,
+//! dead-letters the action (status `dead`, with the error). Requests to one destination
+//! are spaced so that at most `rate_per_second` actions leave per second.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +20,7 @@ use tokio::sync::watch;
 use super::{Action, Queue};
 use crate::config::Destination;
 
-/// Actions claimed per round trip to the queue.
+/// Actions claimed per round trip to the queue, at least.
 const CLAIM_BATCH: usize = 256;
 /// Requests in flight per destination.
 const CONCURRENCY: usize = 32;
@@ -59,7 +62,9 @@ async fn deliver_to(
     visibility_micros: i64,
     mut stop: watch::Receiver<bool>,
 ) {
-    let spacing = Duration::from_secs_f64(1.0 / f64::from(destination.rate_per_second.max(1)));
+    let batch_size = destination.batch_size.max(1);
+    let claim_size = (batch_size * CONCURRENCY).clamp(CLAIM_BATCH, 8_192);
+    let per_action = Duration::from_secs_f64(1.0 / f64::from(destination.rate_per_second.max(1)));
     let mut next_start = Instant::now();
     loop {
         if *stop.borrow() {
@@ -70,7 +75,7 @@ async fn deliver_to(
             let channel = destination.channel.clone();
             let now = now_micros();
             tokio::task::spawn_blocking(move || {
-                queue.claim(&channel, CLAIM_BATCH, now, visibility_micros)
+                queue.claim(&channel, claim_size, now, visibility_micros)
             })
             .await
         };
@@ -93,27 +98,29 @@ async fn deliver_to(
             continue;
         }
         // Spaced starts enforce the rate limit; up to CONCURRENCY requests overlap.
-        let mut starts = Vec::with_capacity(actions.len());
-        for _ in &actions {
-            let now = Instant::now();
-            next_start = next_start.max(now);
-            starts.push(next_start);
-            next_start += spacing;
-        }
-        let outcomes: Vec<(u64, u32, Outcome)> =
-            futures::stream::iter(actions.into_iter().zip(starts))
-                .map(|(action, start)| {
-                    let client = client.clone();
-                    let destination = &destination;
-                    async move {
-                        tokio::time::sleep_until(start.into()).await;
-                        let outcome = post(&client, destination, &action).await;
-                        (action.action_id, action.attempts, outcome)
-                    }
-                })
-                .buffer_unordered(CONCURRENCY)
-                .collect()
-                .await;
+        let requests: Vec<(Vec<Action>, Instant)> = chunks(actions, batch_size)
+            .into_iter()
+            .map(|chunk| {
+                next_start = next_start.max(Instant::now());
+                let start = next_start;
+                next_start += per_action * chunk.len() as u32;
+                (chunk, start)
+            })
+            .collect();
+        let outcomes: Vec<(Vec<(u64, u32)>, Outcome)> = futures::stream::iter(requests)
+            .map(|(chunk, start)| {
+                let client = client.clone();
+                let destination = &destination;
+                async move {
+                    tokio::time::sleep_until(start.into()).await;
+                    let outcome = post(&client, destination, &chunk).await;
+                    let ids = chunk.iter().map(|a| (a.action_id, a.attempts)).collect();
+                    (ids, outcome)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
         let queue = Arc::clone(&queue);
         let max_attempts = destination.max_attempts;
         let channel = destination.channel.clone();
@@ -127,6 +134,21 @@ async fn deliver_to(
     }
 }
 
+fn chunks(actions: Vec<Action>, size: usize) -> Vec<Vec<Action>> {
+    let mut out = Vec::with_capacity(actions.len().div_ceil(size));
+    let mut current = Vec::with_capacity(size);
+    for action in actions {
+        current.push(action);
+        if current.len() == size {
+            out.push(std::mem::replace(&mut current, Vec::with_capacity(size)));
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
 enum Outcome {
     Delivered,
     Retry(String),
@@ -135,21 +157,29 @@ enum Outcome {
 
 fn record(
     queue: &Queue,
-    outcomes: Vec<(u64, u32, Outcome)>,
+    outcomes: Vec<(Vec<(u64, u32)>, Outcome)>,
     max_attempts: u32,
 ) -> crate::Result<()> {
     let now = now_micros();
     let mut delivered = Vec::new();
-    for (id, attempts, outcome) in outcomes {
+    let mut failed = Vec::new();
+    for (ids, outcome) in outcomes {
         match outcome {
-            Outcome::Delivered => delivered.push(id),
-            Outcome::Retry(error) if attempts < max_attempts => {
-                queue.fail(id, &error, Some(now + backoff_micros(attempts, id)))?;
+            Outcome::Delivered => delivered.extend(ids.into_iter().map(|(id, _)| id)),
+            Outcome::Retry(error) => {
+                for (id, attempts) in ids {
+                    let retry_at =
+                        (attempts < max_attempts).then(|| now + backoff_micros(attempts, id));
+                    failed.push((id, error.clone(), retry_at));
+                }
             }
-            Outcome::Retry(error) | Outcome::Permanent(error) => {
-                queue.fail(id, &error, None)?;
+            Outcome::Permanent(error) => {
+                failed.extend(ids.into_iter().map(|(id, _)| (id, error.clone(), None)));
             }
         }
+    }
+    if !failed.is_empty() {
+        queue.fail(&failed)?;
     }
     queue.ack(&delivered, now)?;
     Ok(())
@@ -173,21 +203,49 @@ fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-/// The JSON a receiver gets for one action.
-pub fn body(action: &Action) -> Vec<u8> {
-    let payload: serde_json::Value =
-        serde_json::from_str(&action.payload).unwrap_or(serde_json::Value::Null);
-    serde_json::to_vec(&serde_json::json!({
-        "action_id": action.action_id,
-        "trigger": action.trigger,
-        "profile_id": action.profile_id,
-        "channel": action.channel,
-        "idempotency_key": action.idempotency_key,
-        "created_at": action.created_at,
-        "attempt": action.attempts,
-        "payload": payload,
-    }))
-    .unwrap_or_default()
+/// Appends the JSON a receiver gets for one action.
+fn write_action(out: &mut Vec<u8>, action: &Action) {
+    let text = |out: &mut Vec<u8>, value: &str| {
+        // Writing a &str to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, value);
+    };
+    out.extend_from_slice(format!("{{\"action_id\":{},\"trigger\":", action.action_id).as_bytes());
+    text(out, &action.trigger);
+    out.extend_from_slice(b",\"profile_id\":");
+    text(out, &action.profile_id);
+    out.extend_from_slice(b",\"channel\":");
+    text(out, &action.channel);
+    out.extend_from_slice(b",\"idempotency_key\":");
+    text(out, &action.idempotency_key);
+    out.extend_from_slice(
+        format!(
+            ",\"created_at\":{},\"attempt\":{},\"payload\":",
+            action.created_at, action.attempts
+        )
+        .as_bytes(),
+    );
+    // The payload is a JSON object the queue rendered itself.
+    out.extend_from_slice(action.payload.as_deref().unwrap_or("null").as_bytes());
+    out.push(b'}');
+}
+
+/// The body of one request: the action itself, or `{"actions": [...]}` for a batch.
+pub fn body(actions: &[Action], batched: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(actions.len() * 256);
+    match (actions, batched) {
+        ([single], false) => write_action(&mut out, single),
+        _ => {
+            out.extend_from_slice(b"{\"actions\":[");
+            for (i, action) in actions.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_action(&mut out, action);
+            }
+            out.extend_from_slice(b"]}");
+        }
+    }
+    out
 }
 
 /// `sha256=` and the hex HMAC-SHA256 of `body` under `secret`.
@@ -201,15 +259,19 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     out
 }
 
-async fn post(client: &reqwest::Client, destination: &Destination, action: &Action) -> Outcome {
-    let body = body(action);
-    let request = client
+async fn post(client: &reqwest::Client, destination: &Destination, actions: &[Action]) -> Outcome {
+    let batched = destination.batch_size > 1;
+    let body = body(actions, batched);
+    let mut request = client
         .post(&destination.url)
         .header("Content-Type", "application/json")
-        .header("Idempotency-Key", &action.idempotency_key)
-        .header("X-C360-Signature", signature(&destination.secret, &body))
-        .body(body);
-    match request.send().await {
+        .header("X-C360-Signature", signature(&destination.secret, &body));
+    if let [single] = actions
+        && !batched
+    {
+        request = request.header("Idempotency-Key", &single.idempotency_key);
+    }
+    match request.body(body).send().await {
         Ok(response) if response.status().is_success() => Outcome::Delivered,
         Ok(response) => {
             let status = response.status();
@@ -244,6 +306,33 @@ mod tests {
             backoff_micros(2, 2),
             "jitter spreads a burst"
         );
+    }
+
+    #[test]
+    fn bodies_are_json_with_the_payload_inline() {
+        let action = Action {
+            action_id: 3,
+            trigger: "t\"q".into(),
+            profile_id: "p".into(),
+            channel: "email".into(),
+            payload: Some(r#"{"first_name":"Zoé"}"#.into()),
+            idempotency_key: "t:p:1".into(),
+            status: super::super::Status::Delivering,
+            reason: None,
+            created_at: 1,
+            available_at: 2,
+            attempts: 1,
+            last_error: None,
+            delivered_at: None,
+        };
+        let single: serde_json::Value =
+            serde_json::from_slice(&body(&[action.clone()], false)).unwrap();
+        assert_eq!(single["trigger"], "t\"q");
+        assert_eq!(single["payload"]["first_name"], "Zoé");
+        let batch: serde_json::Value =
+            serde_json::from_slice(&body(&[action.clone(), action], true)).unwrap();
+        assert_eq!(batch["actions"].as_array().map(Vec::len), Some(2));
+        assert_eq!(batch["actions"][1]["idempotency_key"], "t:p:1");
     }
 
     #[test]

@@ -104,14 +104,15 @@ pub struct Candidate {
     pub profile_id: String,
     /// The row's identity: the profile id, and the `dedup_key` column's value if any.
     pub key: String,
-    /// The row's columns as a JSON object.
-    pub payload: String,
+    /// The row's position in the query result, where its payload is rendered from (only
+    /// for the rows that are sent).
+    pub row: usize,
     /// The `require`d fields' values, in `Policy::require` order.
     pub required: Vec<Option<String>>,
     /// The profile's consent to the channel (`None`: unknown, which is not consent).
     pub consent: Option<bool>,
-    /// The profile's IANA time zone, if known.
-    pub time_zone: Option<String>,
+    /// The profile's time zone, if known and valid.
+    pub time_zone: Option<Tz>,
 }
 
 /// A trigger's policy, from its `WITH (…)` options and the engine's settings.
@@ -244,20 +245,39 @@ impl Policy {
         now: i64,
         history: &[(i64, String)],
     ) -> Decision {
+        self.screen(trigger, candidate)
+            .unwrap_or_else(|| self.decide_sendable(trigger, candidate, now, history))
+    }
+
+    /// The rules that need no message history (consent, required fields, holdout): a
+    /// decision if one of them refuses the row. Most rows of a large run stop here, so the
+    /// queue reads history only for the rest.
+    pub fn screen(&self, trigger: &str, candidate: &Candidate) -> Option<Decision> {
         if self.consent_column.is_some() && candidate.consent != Some(true) {
-            return Decision::Suppress(Reason::NoConsent);
+            return Some(Decision::Suppress(Reason::NoConsent));
         }
         if candidate
             .required
             .iter()
             .any(|value| is_junk(value.as_deref()))
         {
-            return Decision::Suppress(Reason::MissingField);
+            return Some(Decision::Suppress(Reason::MissingField));
         }
         if self.holdout_ppm > 0 && holdout_bucket(trigger, &candidate.profile_id) < self.holdout_ppm
         {
-            return Decision::HoldOut;
+            return Some(Decision::HoldOut);
         }
+        None
+    }
+
+    /// The caps and quiet hours, for a row that [`Policy::screen`] let through.
+    pub fn decide_sendable(
+        &self,
+        trigger: &str,
+        candidate: &Candidate,
+        now: i64,
+        history: &[(i64, String)],
+    ) -> Decision {
         let within = |cap: &Cap, of_trigger: bool| {
             history
                 .iter()
@@ -279,16 +299,17 @@ impl Policy {
         }
     }
 
+    /// Whether any rule reads the profile's message history.
+    pub fn has_caps(&self) -> bool {
+        self.cap.is_some() || self.pressure_cap.is_some()
+    }
+
     /// `now`, or the end of the quiet hours in the profile's time zone if `now` falls in them.
     fn after_quiet_hours(&self, candidate: &Candidate, now: i64) -> i64 {
         let Some((start, end)) = self.quiet_hours else {
             return now;
         };
-        let zone: Tz = candidate
-            .time_zone
-            .as_deref()
-            .and_then(|z| z.parse().ok())
-            .unwrap_or(self.default_time_zone);
+        let zone = candidate.time_zone.unwrap_or(self.default_time_zone);
         let Some(utc) = DateTime::<Utc>::from_timestamp_micros(now) else {
             return now;
         };
@@ -360,7 +381,7 @@ mod tests {
         Candidate {
             profile_id: profile.into(),
             key: profile.into(),
-            payload: "{}".into(),
+            row: 0,
             required: Vec::new(),
             consent: Some(true),
             time_zone: None,
@@ -486,7 +507,7 @@ mod tests {
             }
         );
         // In New York it is 18:00: not quiet there.
-        c.time_zone = Some("America/New_York".into());
+        c.time_zone = "America/New_York".parse().ok();
         assert_eq!(
             p.decide("t", &c, late, &[]),
             Decision::Send { available_at: late }

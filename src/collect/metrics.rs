@@ -3,10 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Upper bounds of the commit latency histogram, in seconds.
-const BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
+use crate::prometheus::{Histogram, sample};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -20,9 +17,7 @@ pub struct Metrics {
     pub buffered: AtomicU64,
     /// 1 while the last event commit failed (what `/health` reports as degraded).
     pub failing: AtomicU64,
-    commits: AtomicU64,
-    latency_micros_sum: AtomicU64,
-    latency_buckets: [AtomicU64; BUCKETS.len()],
+    commit_latency: Histogram,
 }
 
 impl Metrics {
@@ -31,24 +26,14 @@ impl Metrics {
     }
 
     pub fn observe_commit(&self, latency: Duration) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.latency_micros_sum
-            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
-        let seconds = latency.as_secs_f64();
-        for (bucket, bound) in self.latency_buckets.iter().zip(BUCKETS) {
-            if seconds <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.commit_latency.observe(latency);
     }
 
     pub fn render(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, kind: &str, value: u64| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
+            sample(&mut out, name, help, kind, value);
         };
         counter(
             "c360_collector_events_received_total",
@@ -92,23 +77,11 @@ impl Metrics {
             "gauge",
             get(&self.buffered),
         );
-        let name = "c360_collector_commit_seconds";
-        out.push_str(&format!(
-            "# HELP {name} Latency of one group commit (data file and log entry, fsync'd).\n\
-             # TYPE {name} histogram\n"
-        ));
-        for (bucket, bound) in self.latency_buckets.iter().zip(BUCKETS) {
-            out.push_str(&format!(
-                "{name}_bucket{{le=\"{bound}\"}} {}\n",
-                get(bucket)
-            ));
-        }
-        let commits = get(&self.commits);
-        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {commits}\n"));
-        out.push_str(&format!(
-            "{name}_sum {}\n{name}_count {commits}\n",
-            get(&self.latency_micros_sum) as f64 / 1e6
-        ));
+        self.commit_latency.render(
+            &mut out,
+            "c360_collector_commit_seconds",
+            "Latency of one group commit (data file and log entry, fsync'd).",
+        );
         out
     }
 }

@@ -44,6 +44,7 @@ struct Health {
     database: String,
     storage: String,
     ingest: Arc<Ingest>,
+    queue: Arc<crate::actions::Queue>,
 }
 
 #[derive(Serialize)]
@@ -88,17 +89,30 @@ impl HttpServer {
             database: engine.database_name().to_string(),
             storage: engine.storage().url().to_string(),
             ingest: Arc::clone(&ingest),
+            queue: engine.refresh_engine().queue(),
         };
         let collector = api::Collector {
             ingest: Arc::clone(&ingest),
             write_keys: Arc::new(settings.write_keys.iter().cloned().collect()),
             max_body_bytes: settings.max_body_bytes,
         };
-        let router = Router::new()
+        let mut router = Router::new()
             .route("/v1/{kind}", post(api::post).with_state(collector))
             .route("/health", get(health_handler))
             .route("/metrics", get(metrics_handler))
             .with_state(health);
+        // Destinations given as paths deliver to this server itself: the built-in sink.
+        let local: Vec<_> = engine
+            .settings()
+            .actions
+            .destinations
+            .iter()
+            .filter(|d| d.url.starts_with('/'))
+            .collect();
+        if !local.is_empty() {
+            let secrets = local.iter().map(|d| d.secret.clone()).collect();
+            router = router.merge(crate::sink::Sink::new(secrets, false).router());
+        }
         Ok(HttpServer {
             listener,
             router,
@@ -187,11 +201,19 @@ async fn health_handler(State(health): State<Health>) -> axum::response::Respons
 }
 
 async fn metrics_handler(State(health): State<Health>) -> impl axum::response::IntoResponse {
+    let mut text = health.ingest.metrics.render();
+    let queue = Arc::clone(&health.queue);
+    let depth = tokio::task::spawn_blocking(move || queue.depth())
+        .await
+        .ok()
+        .and_then(|depth| depth.ok())
+        .unwrap_or_default();
+    health.queue.stats.render(&mut text, depth);
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        health.ingest.metrics.render(),
+        text,
     )
 }

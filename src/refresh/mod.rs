@@ -31,6 +31,7 @@ use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::actions::Payloads;
 use crate::actions::policy::Decision;
 use crate::actions::{Queue, TriggerRun};
 use crate::config::ActionSettings;
@@ -118,6 +119,7 @@ pub struct RefreshEngine {
     queue: Arc<Queue>,
     action_settings: ActionSettings,
     visibility_micros: i64,
+    retention_micros: i64,
 }
 
 /// One item as the system tables show it (arrays shared, not copied).
@@ -163,9 +165,12 @@ impl RefreshEngine {
         let visibility = crate::ddl::parse_interval(&action_settings.visibility_timeout)
             .map_err(|e| C360Error::Config(format!("actions.visibility_timeout: {}", e.0)))?;
         let visibility_micros = visibility.as_micros() as i64;
+        let retention = crate::ddl::parse_interval(&action_settings.retention)
+            .map_err(|e| C360Error::Config(format!("actions.retention: {}", e.0)))?;
         let engine = RefreshEngine {
             system: system_tables::Tables::register(ctx, &queue, visibility_micros)?,
             visibility_micros,
+            retention_micros: retention.as_micros() as i64,
             queue,
             action_settings,
             storage,
@@ -427,6 +432,16 @@ impl RefreshEngine {
         self.visibility_micros
     }
 
+    /// Removes the finished actions and trigger runs older than `actions.retention`.
+    pub async fn expire_actions(&self) -> Result<u64> {
+        let queue = Arc::clone(&self.queue);
+        let now = Utc::now().timestamp_micros();
+        let before = now - self.retention_micros;
+        tokio::task::spawn_blocking(move || queue.expire(before, now))
+            .await
+            .map_err(|e| C360Error::Queue(e.to_string()))?
+    }
+
     /// `EXPLAIN TRIGGER`: what a run would do now, row by row, without enqueuing anything.
     pub async fn explain_trigger(
         &self,
@@ -436,16 +451,20 @@ impl RefreshEngine {
         let item = self.get(Some(QueryKind::Trigger), name).await?;
         let definition = item.lock().await.definition.clone();
         let prepared = triggers::prepare(ctx, &definition, &self.action_settings).await?;
-        let candidates = triggers::candidates(ctx, &prepared).await?;
+        let (candidates, payloads) = triggers::candidates(ctx, &prepared).await?;
         let queue = Arc::clone(&self.queue);
         let now = Utc::now().timestamp_micros();
         let trigger = name.to_string();
-        let outcome = tokio::task::spawn_blocking(move || {
-            queue.run_trigger(&trigger, &prepared.policy, candidates, now, true)
+        let (outcome, rendered) = tokio::task::spawn_blocking(move || {
+            let outcome =
+                queue.run_trigger(&trigger, &prepared.policy, candidates, &payloads, now, true)?;
+            let rows: Vec<usize> = outcome.decisions.iter().map(|(c, _)| c.row).collect();
+            let rendered = payloads.render(&rows)?;
+            Ok::<_, C360Error>((outcome, rendered))
         })
         .await
         .map_err(|e| C360Error::Queue(e.to_string()))??;
-        system_tables::explain_trigger(&outcome, now)
+        system_tables::explain_trigger(&outcome, &rendered, now)
     }
 
     /// What `segments` and `materialized_views` show, item by item.
@@ -649,12 +668,19 @@ impl RefreshEngine {
         let name = definition.name.clone();
         let started_at = Utc::now();
         let prepared = triggers::prepare(ctx, &definition, &self.action_settings).await?;
-        let candidates = triggers::candidates(ctx, &prepared).await?;
+        let (candidates, payloads) = triggers::candidates(ctx, &prepared).await?;
         let queue = Arc::clone(&self.queue);
         let now = started_at.timestamp_micros();
         let trigger = name.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            queue.run_trigger(&trigger, &prepared.policy, candidates, now, false)
+            queue.run_trigger(
+                &trigger,
+                &prepared.policy,
+                candidates,
+                &payloads,
+                now,
+                false,
+            )
         })
         .await
         .map_err(|e| C360Error::Queue(e.to_string()))??;

@@ -6,15 +6,18 @@
 //! quiet hours), then hands the rows to the queue, which diffs them against the trigger's
 //! checkpoint and enqueues in the same transaction.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::cast;
+use chrono_tz::Tz;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::json::WriterBuilder;
 use datafusion::arrow::json::writer::LineDelimited;
 use datafusion::prelude::SessionContext;
 
+use crate::actions::Payloads;
 use crate::actions::policy::{Candidate, Cap, Policy};
 use crate::config::ActionSettings;
 use crate::ddl::QueryDefinition;
@@ -116,14 +119,68 @@ pub async fn prepare(
     Ok(Prepared { policy, sql })
 }
 
-/// Runs the trigger's query: its current rows, as candidates for the queue.
-pub async fn candidates(ctx: &SessionContext, prepared: &Prepared) -> Result<Vec<Candidate>> {
-    let batches = ctx.sql(&prepared.sql).await?.collect().await?;
+/// Runs the trigger's query: its current rows, as candidates for the queue, and the
+/// columns their payloads are rendered from.
+pub async fn candidates(
+    ctx: &SessionContext,
+    prepared: &Prepared,
+) -> Result<(Vec<Candidate>, PayloadColumns)> {
+    let frame = ctx.sql(&prepared.sql).await?;
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let batches = frame.collect().await?;
     let mut out = Vec::new();
+    let mut zones = HashMap::new();
     for batch in &batches {
-        rows_of(batch, &prepared.policy, &mut out)?;
+        rows_of(batch, &prepared.policy, out.len(), &mut zones, &mut out)?;
     }
-    Ok(out)
+    let own: Vec<usize> = (0..schema.fields().len())
+        .filter(|&i| {
+            let name = schema.field(i).name();
+            name != CONSENT && name != TIME_ZONE
+        })
+        .collect();
+    let arrow = |e| C360Error::Arrow {
+        context: "trigger rows".into(),
+        source: e,
+    };
+    let all = concat_batches(&schema, &batches).map_err(arrow)?;
+    Ok((
+        out,
+        PayloadColumns {
+            batch: all.project(&own).map_err(arrow)?,
+        },
+    ))
+}
+
+/// The query's own columns, rendered as one JSON object per row on demand.
+pub struct PayloadColumns {
+    batch: RecordBatch,
+}
+
+impl Payloads for PayloadColumns {
+    fn render(&self, rows: &[usize]) -> Result<Vec<String>> {
+        let arrow = |e| C360Error::Arrow {
+            context: "trigger payloads".into(),
+            source: e,
+        };
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let indices = UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
+        let taken = take_record_batch(&self.batch, &indices).map_err(arrow)?;
+        let mut buffer = Vec::new();
+        {
+            // Explicit nulls: a receiver sees that a field is empty rather than missing.
+            let mut writer = WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, LineDelimited>(&mut buffer);
+            writer.write(&taken).map_err(arrow)?;
+            writer.finish().map_err(arrow)?;
+        }
+        let text = String::from_utf8(buffer)
+            .map_err(|e| C360Error::InvalidArgument(format!("trigger payload: {e}")))?;
+        Ok(text.lines().map(str::to_string).collect())
+    }
 }
 
 fn text_column(batch: &RecordBatch, name: &str) -> Result<Arc<dyn Array>> {
@@ -136,33 +193,15 @@ fn text_column(batch: &RecordBatch, name: &str) -> Result<Arc<dyn Array>> {
     })
 }
 
-fn rows_of(batch: &RecordBatch, policy: &Policy, out: &mut Vec<Candidate>) -> Result<()> {
-    let arrow = |e| C360Error::Arrow {
-        context: "trigger rows".into(),
-        source: e,
-    };
-    // The payload is the query's own columns, as a JSON object per row.
-    let own: Vec<usize> = (0..batch.num_columns())
-        .filter(|&i| {
-            let name = batch.schema_ref().field(i).name();
-            name != CONSENT && name != TIME_ZONE
-        })
-        .collect();
-    let payload_batch = batch.project(&own).map_err(arrow)?;
-    let mut buffer = Vec::new();
-    {
-        // Explicit nulls: a receiver sees that a field is empty rather than missing.
-        let mut writer = WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, LineDelimited>(&mut buffer);
-        writer.write(&payload_batch).map_err(arrow)?;
-        writer.finish().map_err(arrow)?;
-    }
-    let payloads: Vec<&str> = std::str::from_utf8(&buffer)
-        .map_err(|e| C360Error::InvalidArgument(format!("trigger payload: {e}")))?
-        .lines()
-        .collect();
-
+/// Appends a batch's rows as candidates; `first_row` is the batch's first row's position
+/// in the whole result, and `zones` caches parsed time zones (a few distinct values).
+fn rows_of(
+    batch: &RecordBatch,
+    policy: &Policy,
+    first_row: usize,
+    zones: &mut HashMap<String, Option<Tz>>,
+    out: &mut Vec<Candidate>,
+) -> Result<()> {
     let profile = text_column(batch, "profile_id")?;
     let profile = profile.as_string::<i32>();
     let dedup = match &policy.dedup_key {
@@ -196,9 +235,22 @@ fn rows_of(batch: &RecordBatch, policy: &Policy, out: &mut Vec<Candidate>) -> Re
             }
             None => profile_id.clone(),
         };
+        let time_zone = if zone.is_null(row) {
+            None
+        } else {
+            let name = zone.value(row);
+            match zones.get(name) {
+                Some(parsed) => *parsed,
+                None => {
+                    let parsed = name.parse::<Tz>().ok();
+                    zones.insert(name.to_string(), parsed);
+                    parsed
+                }
+            }
+        };
         out.push(Candidate {
             key,
-            payload: payloads.get(row).map_or("{}", |p| p).to_string(),
+            row: first_row + row,
             required: required
                 .iter()
                 .map(|column| {
@@ -209,7 +261,7 @@ fn rows_of(batch: &RecordBatch, policy: &Policy, out: &mut Vec<Candidate>) -> Re
             consent: consent
                 .as_ref()
                 .and_then(|c| (!c.is_null(row)).then(|| c.value(row))),
-            time_zone: (!zone.is_null(row)).then(|| zone.value(row).to_string()),
+            time_zone,
             profile_id,
         });
     }

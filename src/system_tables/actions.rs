@@ -38,7 +38,7 @@ pub fn actions_schema() -> SchemaRef {
         Field::new("trigger", DataType::Utf8, false),
         Field::new("profile_id", DataType::Utf8, false),
         Field::new("channel", DataType::Utf8, false),
-        Field::new("payload", DataType::Utf8, false),
+        Field::new("payload", DataType::Utf8, true),
         Field::new("idempotency_key", DataType::Utf8, false),
         Field::new("status", DataType::Utf8, false),
         Field::new("reason", DataType::Utf8, true),
@@ -61,7 +61,9 @@ pub fn actions_batch(actions: &[Action]) -> DfResult<RecordBatch> {
         text(|a| &a.trigger),
         text(|a| &a.profile_id),
         text(|a| &a.channel),
-        text(|a| &a.payload),
+        Arc::new(StringArray::from_iter(
+            actions.iter().map(|a| a.payload.as_deref()),
+        )),
         text(|a| &a.idempotency_key),
         text(|a| a.status.as_str()),
         Arc::new(StringArray::from_iter(
@@ -374,7 +376,7 @@ impl TableFunctionImpl for QueueFunction {
 
 /// `EXPLAIN TRIGGER`: one row per row the trigger would fire at `now`, with its decision
 /// (`delayed_until` is set when quiet hours hold a message back).
-pub fn explain(outcome: &RunOutcome, now: i64) -> Result<crate::QueryResult> {
+pub fn explain(outcome: &RunOutcome, payloads: &[String], now: i64) -> Result<crate::QueryResult> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("profile_id", DataType::Utf8, false),
         Field::new("decision", DataType::Utf8, false),
@@ -412,9 +414,7 @@ pub fn explain(outcome: &RunOutcome, now: i64) -> Result<crate::QueryResult> {
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|(c, _)| &c.key),
         )),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|(c, _)| &c.payload),
-        )),
+        Arc::new(StringArray::from_iter_values(payloads)),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| C360Error::Arrow {
         context: "EXPLAIN TRIGGER".into(),

@@ -91,6 +91,10 @@ impl Tables {
 }
 
 /// The rows of `EXPLAIN TRIGGER`.
-pub fn explain_trigger(outcome: &RunOutcome, now: i64) -> Result<crate::QueryResult> {
-    actions::explain(outcome, now)
+pub fn explain_trigger(
+    outcome: &RunOutcome,
+    payloads: &[String],
+    now: i64,
+) -> Result<crate::QueryResult> {
+    actions::explain(outcome, payloads, now)
 }
