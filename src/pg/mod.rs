@@ -20,6 +20,7 @@ mod catalog;
 mod copy;
 mod errors;
 mod limits;
+mod lookup;
 mod query;
 mod rewrite;
 mod roles;

@@ -22,7 +22,7 @@ use pgwire::messages::PgWireBackendMessage;
 use super::errors;
 use super::limits::{self, QueryGuard};
 use super::roles::{self, Role};
-use super::{copy, rewrite, settings, transactions};
+use super::{copy, lookup, rewrite, settings, transactions};
 use crate::{Engine, ddl, workspace};
 
 /// datafusion-postgres's prepared statement: the SQL, and its parsed form and plan (none for
@@ -277,6 +277,11 @@ impl ExtendedQueryHandler for Queries {
             && let Some(name) = settings::shown(statement)
         {
             return settings::show(client, &name);
+        }
+        if let Some((_, plan)) = plan
+            && let Some(response) = lookup::answer(&self.ctx, plan, portal, client).await?
+        {
+            return Ok(response);
         }
         let response = guard
             .run(ExtendedQueryHandler::do_query(
