@@ -38,7 +38,7 @@ use pgwire::api::results::{QueryResponse, Response};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::types::format::FormatOptions;
 
-use crate::storage::index::{Key, KeyKind, RowId, key_at};
+use crate::storage::index::{Key, KeyKind, RowId, key_at, touched};
 use crate::storage::published::{PublishedTable, Snapshot};
 
 /// Answers `portal` from the indexes if its plan is a lookup (`None`: plan it normally).
@@ -324,21 +324,28 @@ impl Lookup {
             }
         }
 
+        // Per relation, the batches its matched rows are in, and the rows renumbered.
+        let taken: Vec<(Vec<usize>, Vec<RowId>)> = (0..self.relations.len())
+            .map(|relation| {
+                let rows: Vec<RowId> = matches.iter().map(|rows| rows[relation]).collect();
+                touched(&rows)
+            })
+            .collect();
         let columns = self
             .output
             .iter()
             .map(|(relation, column)| {
-                let arrays: Vec<&dyn Array> = snapshots[*relation]
-                    .batches()
-                    .iter()
-                    .map(|batch| batch.column(*column).as_ref())
-                    .collect();
-                let data_type = self.relations[*relation].schema.field(*column).data_type();
-                if matches.is_empty() || arrays.is_empty() {
+                let (used, rows) = &taken[*relation];
+                if rows.is_empty() {
+                    let data_type = self.relations[*relation].schema.field(*column).data_type();
                     return Ok(new_empty_array(data_type));
                 }
-                let indices: Vec<RowId> = matches.iter().map(|rows| rows[*relation]).collect();
-                Ok(interleave(&arrays, &indices)?)
+                let batches = snapshots[*relation].batches();
+                let arrays: Vec<&dyn Array> = used
+                    .iter()
+                    .map(|at| batches[*at].column(*column).as_ref())
+                    .collect();
+                Ok(interleave(&arrays, rows)?)
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
         Ok(Some(RecordBatch::try_new(
@@ -494,10 +501,14 @@ mod tests {
         )
         .unwrap();
         let ctx = SessionContext::new();
+        // In two batches each, as a refresh's result comes: rows are found across them.
         let table = |schema: &SchemaRef, rows: &RecordBatch, columns: &[&str]| {
-            Arc::new(
-                PublishedTable::indexed(Arc::clone(schema), vec![rows.clone()], columns).unwrap(),
-            )
+            let half = rows.num_rows() / 2;
+            let batches = vec![
+                rows.slice(0, half),
+                rows.slice(half, rows.num_rows() - half),
+            ];
+            Arc::new(PublishedTable::indexed(Arc::clone(schema), batches, columns).unwrap())
         };
         ctx.register_table("profiles", table(&profiles, &rows, &["profile_id"]))
             .unwrap();

@@ -226,6 +226,27 @@ impl KeyIndex {
     }
 }
 
+/// The batches `rows` touch, in order of first use, and `rows` renumbered against that list:
+/// a lookup then copies from the one or two batches it needs, not from all of a large
+/// table's hundreds.
+pub fn touched(rows: &[RowId]) -> (Vec<usize>, Vec<RowId>) {
+    let mut batches: Vec<usize> = Vec::new();
+    let renumbered = rows
+        .iter()
+        .map(|(batch, row)| {
+            let at = match batches.iter().position(|b| b == batch) {
+                Some(at) => at,
+                None => {
+                    batches.push(*batch);
+                    batches.len() - 1
+                }
+            };
+            (at, *row)
+        })
+        .collect();
+    (batches, renumbered)
+}
+
 /// The rows `rows` of `batches`, as one batch of `schema` with the columns `projection`.
 pub fn take_rows(
     schema: &SchemaRef,
@@ -240,15 +261,21 @@ pub fn take_rows(
     if rows.is_empty() {
         return Ok(RecordBatch::new_empty(projected));
     }
-    let sources: Vec<RecordBatch> = batches
+    let (used, rows) = touched(rows);
+    let sources: Vec<RecordBatch> = used
         .iter()
-        .map(|batch| match projection {
-            Some(columns) => batch.project(columns),
-            None => Ok(batch.clone()),
+        .map(|at| {
+            let batch = batches.get(*at).ok_or_else(|| {
+                DataFusionError::Internal(format!("no batch {at} to take rows from"))
+            })?;
+            Ok(match projection {
+                Some(columns) => batch.project(columns)?,
+                None => batch.clone(),
+            })
         })
-        .collect::<std::result::Result<_, _>>()?;
+        .collect::<Result<_>>()?;
     let refs: Vec<&RecordBatch> = sources.iter().collect();
-    Ok(interleave_record_batch(&refs, rows)?)
+    Ok(interleave_record_batch(&refs, &rows)?)
 }
 
 #[cfg(test)]
@@ -355,6 +382,10 @@ mod tests {
         assert_eq!(taken.num_columns(), 1);
         let n = taken.column(0).as_primitive::<Int64Type>();
         assert_eq!(n.values().to_vec(), vec![1, 2]);
+        assert_eq!(
+            touched(&[(4, 0), (2, 7), (4, 1)]),
+            (vec![4, 2], vec![(0, 0), (1, 7), (0, 1)])
+        );
         let none = take_rows(&schema, &batches, &[], None).unwrap();
         assert_eq!((none.num_rows(), none.num_columns()), (0, 2));
     }
