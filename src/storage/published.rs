@@ -487,6 +487,77 @@ mod tests {
         assert_eq!(after.lookup(1, Key::Int(0)), None, "n is not indexed");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lookups_during_publications_see_one_whole_publication() {
+        // Publication g holds rows p0..p99, all with n = g: a lookup that mixed two
+        // publications' rows or index would show two values of n, or miss a row.
+        let publication = |g: i64| {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("profile_id", DataType::Utf8, false),
+                Field::new("n", DataType::Int64, false),
+            ]));
+            // Odd publications put the rows in another order, so positions change too.
+            let mut ids: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
+            if g % 2 == 1 {
+                ids.reverse();
+            }
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(StringArray::from(ids)),
+                    Arc::new(Int64Array::from(vec![g; 100])),
+                ],
+            )
+            .unwrap();
+            (schema, vec![batch.slice(0, 30), batch.slice(30, 70)])
+        };
+        let (schema, batches) = publication(0);
+        let table = Arc::new(PublishedTable::indexed(schema, batches, &["profile_id"]).unwrap());
+        let ctx = SessionContext::new();
+        ctx.register_table("t", Arc::clone(&table) as _).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (table, stop) = (Arc::clone(&table), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut g = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    g += 1;
+                    table.publish(publication(g).1).unwrap();
+                    tokio::task::yield_now().await;
+                }
+                g
+            })
+        };
+        for _ in 0..200 {
+            let batches = ctx
+                .sql("SELECT n FROM t WHERE profile_id IN ('p3', 'p50', 'p97')")
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            let mut seen: Vec<i64> = batches
+                .iter()
+                .flat_map(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap()
+                        .values()
+                        .to_vec()
+                })
+                .collect();
+            assert_eq!(seen.len(), 3, "every key found once");
+            seen.dedup();
+            assert_eq!(seen.len(), 1, "one publication: {seen:?}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(
+            writer.await.unwrap() > 1,
+            "the reads overlapped publications"
+        );
+    }
+
     #[test]
     fn only_key_columns_can_be_indexed() {
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Float64, false)]));
