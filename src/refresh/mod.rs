@@ -96,8 +96,8 @@ struct Item {
 }
 
 /// A committed result as a SQL table, indexed on `profile_id` when it has one: profiles and
-/// segments are looked up by profile far more often than scanned, and the index costs about
-/// 20 bytes a row (see [`crate::storage::index`]).
+/// segments are looked up by profile far more often than scanned, and the index costs 25 to
+/// 40 bytes a row (see [`crate::storage::index`]).
 fn result_table(schema: SchemaRef, result: Vec<RecordBatch>) -> Result<PublishedTable> {
     let keyed = schema
         .field_with_name(PROFILE_KEY)
