@@ -95,13 +95,19 @@ struct Item {
     reads: BTreeSet<String>,
 }
 
-/// A committed result as a SQL table, indexed on `profile_id` when it has one: profiles and
-/// segments are looked up by profile far more often than scanned, and the index costs 25 to
-/// 40 bytes a row (see [`crate::storage::index`]).
-fn result_table(schema: SchemaRef, result: Vec<RecordBatch>) -> Result<PublishedTable> {
-    let keyed = schema
-        .field_with_name(PROFILE_KEY)
-        .is_ok_and(|field| KeyKind::of(field.data_type()).is_some());
+/// A committed result as a SQL table; a materialized view's is indexed on `profile_id` when
+/// it has one: profiles are looked up by id far more often than scanned, and the index costs
+/// 25 to 40 bytes a row (see [`crate::storage::index`]). Segments are not: twenty of them
+/// refresh in one tick, where an index each would cost more time than their lookups save.
+fn result_table(
+    kind: QueryKind,
+    schema: SchemaRef,
+    result: Vec<RecordBatch>,
+) -> Result<PublishedTable> {
+    let keyed = kind == QueryKind::MaterializedView
+        && schema
+            .field_with_name(PROFILE_KEY)
+            .is_ok_and(|field| KeyKind::of(field.data_type()).is_some());
     let indexed: &[&str] = if keyed { &[PROFILE_KEY] } else { &[] };
     Ok(PublishedTable::indexed(schema, result, indexed)?)
 }
@@ -623,7 +629,7 @@ impl RefreshEngine {
         if item.table.schema() == schema {
             item.table.publish(result)?;
         } else {
-            let table = Arc::new(result_table(schema, result)?);
+            let table = Arc::new(result_table(definition.kind, schema, result)?);
             if ctx.table_exist(name.as_str())? {
                 ctx.deregister_table(name.as_str())?;
                 ctx.register_table(name.as_str(), Arc::clone(&table) as _)?;
@@ -784,7 +790,7 @@ impl RefreshEngine {
         };
         let result_batches = result.clone();
         Ok(Item {
-            table: Arc::new(result_table(schema, result)?),
+            table: Arc::new(result_table(manifest.definition.kind, schema, result)?),
             refresh_id: manifest.refresh_id,
             result_file: manifest.result,
             changes_files: manifest.changes,
