@@ -430,8 +430,9 @@ fn relation(scan: &TableScan, qualifier: TableReference) -> Option<Relation> {
     })
 }
 
+/// The relation and column `column` names; `None` if none or several do.
 fn resolve(relations: &[Relation], column: &Column) -> Option<ColumnRef> {
-    let mut candidates = relations
+    let named = relations
         .iter()
         .enumerate()
         .filter(|(_, r)| match &column.relation {
@@ -439,7 +440,7 @@ fn resolve(relations: &[Relation], column: &Column) -> Option<ColumnRef> {
             None => true,
         });
     let mut found = None;
-    for (position, relation) in candidates.by_ref() {
+    for (position, relation) in named {
         if let Ok(index) = relation.schema.index_of(&column.name) {
             if found.is_some() {
                 // Ambiguous: DataFusion would have refused it; leave it to DataFusion.
