@@ -224,9 +224,13 @@ impl IdentityGraphs {
         let name = definition.name.clone();
         let names = table_names(&name);
         let tables = [
-            Arc::new(PublishedTable::new(
+            // Indexed for an app's lookups: the profile of an identifier ("who is this
+            // e-mail?") and a profile's identifiers. Records are not: they outnumber
+            // profiles, and are joined in bulk, where an index does not help.
+            Arc::new(PublishedTable::indexed(
                 identities_schema(),
                 graph.identities().map_err(graph_error)?,
+                &["profile_id", "id_value"],
             )?),
             Arc::new(PublishedTable::new(
                 records_schema(),

@@ -13,6 +13,8 @@
 //! - `limits`: `max_connections`, `statement_timeout`, a memory pool per session, cancel;
 //! - `query`: simple and extended queries, c360's own statements, `copy`, `settings`,
 //!   `transactions`;
+//! - `lookup`: prepared lookups by an indexed key, answered from the index without
+//!   planning;
 //! - `errors`: a SQLSTATE for every failure.
 
 mod auth;
@@ -20,6 +22,7 @@ mod catalog;
 mod copy;
 mod errors;
 mod limits;
+mod lookup;
 mod query;
 mod rewrite;
 mod roles;

@@ -9,20 +9,21 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::{DfSessionService, Parser};
-use futures::Sink;
+use futures::{Sink, SinkExt};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
-use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use pgwire::api::store::{Entry, PortalStore};
+use pgwire::api::{ClientInfo, ClientPortalStore, DEFAULT_NAME, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::extendedquery::{Bind, BindComplete};
 
 use super::errors;
 use super::limits::{self, QueryGuard};
 use super::roles::{self, Role};
-use super::{copy, rewrite, settings, transactions};
+use super::{copy, lookup, rewrite, settings, transactions};
 use crate::{Engine, ddl, workspace};
 
 /// datafusion-postgres's prepared statement: the SQL, and its parsed form and plan (none for
@@ -242,6 +243,46 @@ impl ExtendedQueryHandler for Queries {
         Arc::clone(&self.parser)
     }
 
+    /// pgwire's own bind, except that BindComplete is queued, not flushed: it goes out with
+    /// the rows at the next Sync or Flush, as PostgreSQL sends it. A prepared lookup is then
+    /// two writes to the socket instead of three, which at thousands of lookups a second is
+    /// a good share of the server's work.
+    async fn on_bind<C>(&self, client: &mut C, message: Bind) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statement_name = message.statement_name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal_name = message.portal_name.as_deref().unwrap_or(DEFAULT_NAME);
+        match client.portal_store().get_statement(statement_name) {
+            Some(Entry::Value(statement)) => {
+                let portal = Portal::try_new(&message, statement)?;
+                client.portal_store().put_portal(Arc::new(portal));
+            }
+            Some(Entry::Empty) => {
+                if !message.parameters.is_empty() {
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "ERROR".to_owned(),
+                        "08P01".to_owned(),
+                        format!(
+                            "bind message supplies {} parameters, but prepared statement \
+                             {statement_name:?} requires 0",
+                            message.parameters.len()
+                        ),
+                    ))));
+                }
+                client.portal_store().put_empty_portal(portal_name);
+            }
+            None => return Err(PgWireError::StatementNotFound(statement_name.to_owned())),
+        }
+        client
+            .feed(PgWireBackendMessage::BindComplete(BindComplete::new()))
+            .await?;
+        Ok(())
+    }
+
     async fn do_query<C>(
         &self,
         client: &mut C,
@@ -277,6 +318,11 @@ impl ExtendedQueryHandler for Queries {
             && let Some(name) = settings::shown(statement)
         {
             return settings::show(client, &name);
+        }
+        if let Some((_, plan)) = plan
+            && let Some(response) = lookup::answer(&self.ctx, plan, portal, client).await?
+        {
+            return Ok(response);
         }
         let response = guard
             .run(ExtendedQueryHandler::do_query(

@@ -38,6 +38,7 @@ use crate::config::ActionSettings;
 use crate::ddl::{QueryDefinition, QueryKind};
 use crate::error::{C360Error, Result};
 use crate::storage::Storage;
+use crate::storage::index::KeyKind;
 use crate::storage::published::PublishedTable;
 use crate::system_tables;
 use segments::Members;
@@ -94,6 +95,25 @@ struct Item {
     /// Tables and views the query reads (to order refreshes and refuse unsafe drops).
     reads: BTreeSet<String>,
 }
+
+/// A committed result as a SQL table; a materialized view's is indexed on `profile_id` when
+/// it has one: profiles are looked up by id far more often than scanned, and the index costs
+/// 25 to 40 bytes a row (see [`crate::storage::index`]). Segments are not: twenty of them
+/// refresh in one tick, where an index each would cost more time than their lookups save.
+fn result_table(
+    kind: QueryKind,
+    schema: SchemaRef,
+    result: Vec<RecordBatch>,
+) -> Result<PublishedTable> {
+    let keyed = kind == QueryKind::MaterializedView
+        && schema
+            .field_with_name(PROFILE_KEY)
+            .is_ok_and(|field| KeyKind::of(field.data_type()).is_some());
+    let indexed: &[&str] = if keyed { &[PROFILE_KEY] } else { &[] };
+    Ok(PublishedTable::indexed(schema, result, indexed)?)
+}
+
+const PROFILE_KEY: &str = "profile_id";
 
 /// A snapshot of one item for the system tables.
 #[derive(Debug, Clone)]
@@ -628,7 +648,7 @@ impl RefreshEngine {
         if item.table.schema() == schema {
             item.table.publish(result)?;
         } else {
-            let table = Arc::new(PublishedTable::new(schema, result)?);
+            let table = Arc::new(result_table(definition.kind, schema, result)?);
             if ctx.table_exist(name.as_str())? {
                 ctx.deregister_table(name.as_str())?;
                 ctx.register_table(name.as_str(), Arc::clone(&table) as _)?;
@@ -796,7 +816,7 @@ impl RefreshEngine {
         };
         let result_batches = result.clone();
         Ok(Item {
-            table: Arc::new(PublishedTable::new(schema, result)?),
+            table: Arc::new(result_table(manifest.definition.kind, schema, result)?),
             refresh_id: manifest.refresh_id,
             result_file: manifest.result,
             changes_files: manifest.changes,

@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod delete;
 pub mod delta;
+pub mod index;
 pub mod landed;
 pub mod maintenance;
 pub mod provider;

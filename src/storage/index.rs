@@ -1,0 +1,393 @@
+//! Hash indexes over a published table's key columns, so that a lookup by key (a profile id,
+//! an e-mail) reads the matching rows instead of scanning the whole result.
+//!
+//! An index is built once per publication, before the contents are swapped in, and is never
+//! changed afterwards: readers share it without locks, and a refresh publishes contents and
+//! index together (see [`super::published`]). It maps a 64-bit hash of each row's key to the
+//! row, with a chain through rows of equal hash; a lookup compares the candidates' values, so
+//! a hash collision costs a comparison, never a wrong row. It stores no copy of the keys:
+//! a 17-byte hash table slot per distinct key (the table is at most 7/8 full and sized in
+//! powers of two) and 4 bytes of chain per row, 25 to 40 bytes a row in all.
+//!
+//! Keys are strings (`Utf8`, `LargeUtf8`, `Utf8View`) or integers. They compare by value
+//! within their kind, as SQL's `=` does once types are coerced; a string never equals an
+//! integer here, and callers leave such comparisons to DataFusion (see [`Key::of_scalar`]).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::interleave_record_batch;
+use datafusion::arrow::datatypes::{
+    DataType, Int8Type, Int16Type, Int32Type, Int64Type, SchemaRef, UInt8Type, UInt16Type,
+    UInt32Type, UInt64Type,
+};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::scalar::ScalarValue;
+
+/// A row of a table's batches: (batch, row within the batch).
+pub type RowId = (usize, usize);
+
+/// One key value, borrowed from an array or a literal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Key<'a> {
+    Str(&'a str),
+    Int(i64),
+    /// Only for unsigned values above `i64::MAX`, so that `5_u64` and `5_i64` are one key.
+    Big(u64),
+}
+
+impl<'a> Key<'a> {
+    /// The key of a literal, or `None` for a NULL (which equals nothing) or a type that is not
+    /// a key type.
+    pub fn of_scalar(value: &'a ScalarValue) -> Option<Key<'a>> {
+        match value {
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)) => Some(Key::Str(s)),
+            ScalarValue::Int8(Some(v)) => Some(Key::Int(i64::from(*v))),
+            ScalarValue::Int16(Some(v)) => Some(Key::Int(i64::from(*v))),
+            ScalarValue::Int32(Some(v)) => Some(Key::Int(i64::from(*v))),
+            ScalarValue::Int64(Some(v)) => Some(Key::Int(*v)),
+            ScalarValue::UInt8(Some(v)) => Some(Key::Int(i64::from(*v))),
+            ScalarValue::UInt16(Some(v)) => Some(Key::Int(i64::from(*v))),
+            ScalarValue::UInt32(Some(v)) => Some(Key::Int(i64::from(*v))),
+            ScalarValue::UInt64(Some(v)) => Some(unsigned(*v)),
+            _ => None,
+        }
+    }
+
+    fn hash64(&self) -> u64 {
+        // Fixed keys: an index and its lookups always agree on a key's hash.
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+fn unsigned(v: u64) -> Key<'static> {
+    i64::try_from(v).map_or(Key::Big(v), Key::Int)
+}
+
+/// The two kinds of keys; a literal can be looked up in a column only within its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    String,
+    Integer,
+}
+
+impl KeyKind {
+    pub fn of(data_type: &DataType) -> Option<KeyKind> {
+        match data_type {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(KeyKind::String),
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64 => Some(KeyKind::Integer),
+            _ => None,
+        }
+    }
+}
+
+/// The key at `row` of `array`, `None` for a NULL. `array`'s type must be a key type.
+pub fn key_at(array: &dyn Array, row: usize) -> Option<Key<'_>> {
+    if array.is_null(row) {
+        return None;
+    }
+    Some(match array.data_type() {
+        DataType::Utf8 => Key::Str(array.as_string::<i32>().value(row)),
+        DataType::LargeUtf8 => Key::Str(array.as_string::<i64>().value(row)),
+        DataType::Utf8View => Key::Str(array.as_string_view().value(row)),
+        DataType::Int8 => Key::Int(i64::from(array.as_primitive::<Int8Type>().value(row))),
+        DataType::Int16 => Key::Int(i64::from(array.as_primitive::<Int16Type>().value(row))),
+        DataType::Int32 => Key::Int(i64::from(array.as_primitive::<Int32Type>().value(row))),
+        DataType::Int64 => Key::Int(array.as_primitive::<Int64Type>().value(row)),
+        DataType::UInt8 => Key::Int(i64::from(array.as_primitive::<UInt8Type>().value(row))),
+        DataType::UInt16 => Key::Int(i64::from(array.as_primitive::<UInt16Type>().value(row))),
+        DataType::UInt32 => Key::Int(i64::from(array.as_primitive::<UInt32Type>().value(row))),
+        DataType::UInt64 => unsigned(array.as_primitive::<UInt64Type>().value(row)),
+        _ => return None,
+    })
+}
+
+/// The hashes in the map are SipHash outputs already: hashing them again buys nothing.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+const END: u32 = u32::MAX;
+
+/// A hash index on one column of a set of batches.
+#[derive(Debug)]
+pub struct KeyIndex {
+    column: usize,
+    /// Key hash → the last row with that hash (rows numbered across batches).
+    heads: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
+    /// Row → the previous row with the same hash, or `END`.
+    next: Vec<u32>,
+    /// Where each batch's rows start in the numbering.
+    starts: Vec<usize>,
+}
+
+impl std::fmt::Debug for Prehashed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prehashed")
+    }
+}
+
+impl KeyIndex {
+    /// Indexes `column` of `batches`; an error if its type is not a key type or the batches
+    /// hold more rows than a `u32` numbers.
+    pub fn build(batches: &[RecordBatch], column: usize) -> Result<KeyIndex> {
+        let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if total >= END as usize {
+            return Err(DataFusionError::Plan(format!(
+                "cannot index {total} rows: at most {} per table",
+                END - 1
+            )));
+        }
+        let mut heads: HashMap<u64, u32, BuildHasherDefault<Prehashed>> =
+            HashMap::with_capacity_and_hasher(total, BuildHasherDefault::default());
+        let mut next = vec![END; total];
+        let mut starts = Vec::with_capacity(batches.len());
+        let mut number = 0u32;
+        for batch in batches {
+            starts.push(number as usize);
+            let array = batch
+                .columns()
+                .get(column)
+                .ok_or_else(|| DataFusionError::Internal(format!("no column {column} to index")))?;
+            if KeyKind::of(array.data_type()).is_none() {
+                return Err(DataFusionError::Plan(format!(
+                    "cannot index a column of type {}",
+                    array.data_type()
+                )));
+            }
+            for row in 0..array.len() {
+                // NULLs equal nothing: they are left out of the index.
+                if let Some(key) = key_at(array.as_ref(), row) {
+                    let previous = heads.insert(key.hash64(), number);
+                    next[number as usize] = previous.unwrap_or(END);
+                }
+                number += 1;
+            }
+        }
+        Ok(KeyIndex {
+            column,
+            heads,
+            next,
+            starts,
+        })
+    }
+
+    pub fn column(&self) -> usize {
+        self.column
+    }
+
+    /// The rows of `batches` (those the index was built on) whose key equals `key`, in table
+    /// order.
+    pub fn lookup(&self, batches: &[RecordBatch], key: Key<'_>) -> Vec<RowId> {
+        let mut rows = Vec::new();
+        let mut at = self.heads.get(&key.hash64()).copied().unwrap_or(END);
+        while at != END {
+            let row = self.row_id(at as usize);
+            if let Some(batch) = batches.get(row.0)
+                && key_at(batch.column(self.column).as_ref(), row.1) == Some(key)
+            {
+                rows.push(row);
+            }
+            at = self.next[at as usize];
+        }
+        // The chain runs from the last row to the first.
+        rows.reverse();
+        rows
+    }
+
+    fn row_id(&self, number: usize) -> RowId {
+        let batch = self.starts.partition_point(|start| *start <= number) - 1;
+        (batch, number - self.starts[batch])
+    }
+}
+
+/// The batches `rows` touch, in order of first use, and `rows` renumbered against that list:
+/// a lookup then copies from the one or two batches it needs, not from all of a large
+/// table's hundreds.
+pub fn touched(rows: &[RowId]) -> (Vec<usize>, Vec<RowId>) {
+    let mut batches: Vec<usize> = Vec::new();
+    let renumbered = rows
+        .iter()
+        .map(|(batch, row)| {
+            let at = match batches.iter().position(|b| b == batch) {
+                Some(at) => at,
+                None => {
+                    batches.push(*batch);
+                    batches.len() - 1
+                }
+            };
+            (at, *row)
+        })
+        .collect();
+    (batches, renumbered)
+}
+
+/// The rows `rows` of `batches`, as one batch of `schema` with the columns `projection`.
+pub fn take_rows(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    rows: &[RowId],
+    projection: Option<&[usize]>,
+) -> Result<RecordBatch> {
+    let projected = match projection {
+        Some(columns) => Arc::new(schema.project(columns)?),
+        None => Arc::clone(schema),
+    };
+    if rows.is_empty() {
+        return Ok(RecordBatch::new_empty(projected));
+    }
+    let (used, rows) = touched(rows);
+    let sources: Vec<RecordBatch> = used
+        .iter()
+        .map(|at| {
+            let batch = batches.get(*at).ok_or_else(|| {
+                DataFusionError::Internal(format!("no batch {at} to take rows from"))
+            })?;
+            Ok(match projection {
+                Some(columns) => batch.project(columns)?,
+                None => batch.clone(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let refs: Vec<&RecordBatch> = sources.iter().collect();
+    Ok(interleave_record_batch(&refs, &rows)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray, StringViewArray, UInt64Array};
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    fn batches() -> (SchemaRef, Vec<RecordBatch>) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let first = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec![Some("a"), Some("b"), None])),
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+            ],
+        )
+        .unwrap();
+        let second = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec![Some("c"), Some("a")])),
+                Arc::new(Int64Array::from(vec![4, 1])),
+            ],
+        )
+        .unwrap();
+        (schema, vec![first, second])
+    }
+
+    #[test]
+    fn finds_every_row_of_a_key_across_batches_in_table_order() {
+        let (_, batches) = batches();
+        let index = KeyIndex::build(&batches, 0).unwrap();
+        assert_eq!(index.lookup(&batches, Key::Str("a")), vec![(0, 0), (1, 1)]);
+        assert_eq!(index.lookup(&batches, Key::Str("c")), vec![(1, 0)]);
+        assert!(index.lookup(&batches, Key::Str("z")).is_empty());
+    }
+
+    #[test]
+    fn integers_compare_by_value_whatever_their_width() {
+        let (_, batches) = batches();
+        let index = KeyIndex::build(&batches, 1).unwrap();
+        let five = ScalarValue::UInt64(Some(1));
+        assert_eq!(
+            index.lookup(&batches, Key::of_scalar(&five).unwrap()),
+            vec![(0, 0), (1, 1)]
+        );
+        assert_eq!(
+            Key::of_scalar(&ScalarValue::Int32(Some(1))),
+            Key::of_scalar(&ScalarValue::Int64(Some(1)))
+        );
+        let big = UInt64Array::from(vec![u64::MAX]);
+        assert_eq!(key_at(&big, 0), Some(Key::Big(u64::MAX)));
+    }
+
+    #[test]
+    fn nulls_are_not_keys_and_strings_never_equal_integers() {
+        assert_eq!(Key::of_scalar(&ScalarValue::Utf8(None)), None);
+        assert_ne!(
+            Key::of_scalar(&ScalarValue::Utf8(Some("1".into()))),
+            Key::of_scalar(&ScalarValue::Int64(Some(1)))
+        );
+        let (_, batches) = batches();
+        let index = KeyIndex::build(&batches, 0).unwrap();
+        // The NULL in row 2 is not indexed; every other row is.
+        let found: usize = ["a", "b", "c"]
+            .iter()
+            .map(|k| index.lookup(&batches, Key::Str(k)).len())
+            .sum();
+        assert_eq!(found, 4);
+    }
+
+    #[test]
+    fn string_kinds_share_keys() {
+        let view = StringViewArray::from(vec!["x"]);
+        let plain = StringArray::from(vec!["x"]);
+        assert_eq!(key_at(&view, 0), key_at(&plain, 0));
+        assert_eq!(
+            Key::of_scalar(&ScalarValue::Utf8View(Some("x".into()))),
+            key_at(&plain, 0)
+        );
+    }
+
+    #[test]
+    fn refuses_columns_that_are_not_keys() {
+        let schema = Arc::new(Schema::new(vec![Field::new("f", DataType::Float64, false)]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(datafusion::arrow::array::Float64Array::from(
+                vec![1.0],
+            ))],
+        )
+        .unwrap();
+        assert!(KeyIndex::build(&[batch], 0).is_err());
+    }
+
+    #[test]
+    fn takes_rows_with_a_projection() {
+        let (schema, batches) = batches();
+        let taken = take_rows(&schema, &batches, &[(1, 1), (0, 1)], Some(&[1])).unwrap();
+        assert_eq!(taken.num_columns(), 1);
+        let n = taken.column(0).as_primitive::<Int64Type>();
+        assert_eq!(n.values().to_vec(), vec![1, 2]);
+        assert_eq!(
+            touched(&[(4, 0), (2, 7), (4, 1)]),
+            (vec![4, 2], vec![(0, 0), (1, 7), (0, 1)])
+        );
+        let none = take_rows(&schema, &batches, &[], None).unwrap();
+        assert_eq!((none.num_rows(), none.num_columns()), (0, 2));
+    }
+}
