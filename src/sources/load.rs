@@ -38,6 +38,9 @@ pub struct Loader {
     storage: crate::storage::Storage,
     /// Created with the first batch when the table is new.
     writer: Option<TableWriter>,
+    /// What `first_row` of [`Loader::push`] counts, for error messages: `row` for files,
+    /// `line` for COPY, whose users look for the line psql or their driver sent.
+    unit: &'static str,
 }
 
 impl Loader {
@@ -54,7 +57,20 @@ impl Loader {
             name: name.to_string(),
             storage: engine.storage().clone(),
             writer,
+            unit: "row",
         })
+    }
+
+    /// Makes error messages name lines, not rows (for COPY, where the first line can be a
+    /// header and `first_row` counts it).
+    pub fn counting_lines(mut self) -> Loader {
+        self.unit = "line";
+        self
+    }
+
+    /// Whether the load goes into a table that existed when it started.
+    pub fn table_exists(&self) -> bool {
+        self.existing.is_some()
     }
 
     /// The columns rows must fit (once known).
@@ -77,15 +93,20 @@ impl Loader {
                 delta::storable_schema(&batch.schema())?,
             )),
         };
+        let unit = self.unit;
         let batch = conform_batch(writer.schema(), &batch).map_err(|misfit| {
             let place = match misfit.row {
-                Some(row) => format!("row {}", first_row + row as u64),
+                Some(row) => format!("{unit} {}", first_row + row as u64),
                 None => "header".to_string(),
             };
-            C360Error::InvalidArgument(format!(
-                "{source}: {place}: column {}: {} (table {})",
-                misfit.column, misfit.message, self.name
-            ))
+            C360Error::BadRow {
+                input: source.to_string(),
+                place,
+                column: misfit.column,
+                message: misfit.message,
+                table: self.name.clone(),
+                kind: misfit.kind,
+            }
         })?;
         writer.push(batch).await
     }
