@@ -14,8 +14,9 @@ pub mod delivery;
 pub mod policy;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::RwLock;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -111,13 +112,34 @@ impl RunOutcome {
 }
 
 pub struct Queue {
-    db: Arc<Database>,
+    /// Every operation holds the read side for its whole transaction; [`Queue::forget_profile`]
+    /// takes the write side to swap in a rewritten file.
+    db: RwLock<Arc<Database>>,
+    /// The queue file (`None` in memory).
+    path: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Queue")
     }
+}
+
+/// Copies every entry of one table from the old queue file to the new one.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    definition: TableDefinition<K, V>,
+) -> Result<()> {
+    let source = from.open_table(definition).map_err(store_error)?;
+    let mut target = to.open_table(definition).map_err(store_error)?;
+    for entry in source.iter().map_err(store_error)? {
+        let (key, value) = entry.map_err(store_error)?;
+        target
+            .insert(key.value(), value.value())
+            .map_err(store_error)?;
+    }
+    Ok(())
 }
 
 fn store_error(e: impl std::fmt::Display) -> C360Error {
@@ -145,7 +167,9 @@ impl Queue {
                 path.display()
             ))
         })?;
-        Queue::with_tables(db)
+        let mut queue = Queue::with_tables(db)?;
+        queue.path = Some(path.to_path_buf());
+        Ok(queue)
     }
 
     /// A queue that lives as long as the process (for `memory://` storage roots).
@@ -154,6 +178,50 @@ impl Queue {
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(store_error)?;
         Queue::with_tables(db)
+    }
+
+    fn db(&self) -> std::sync::RwLockReadGuard<'_, Arc<Database>> {
+        // A panic in another operation poisons the lock but leaves the store consistent:
+        // redb rolls back a transaction that was not committed.
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Rewrites the queue file with only its live entries and swaps it in: deleted entries
+    /// otherwise stay in the file's free pages, readable with `strings`, until reused.
+    fn rewrite(&self) -> Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let mut current = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fresh_path = path.with_extension("redb.rewrite");
+        // A rewrite killed half-way leaves this file; it is never read, only replaced.
+        let _ = std::fs::remove_file(&fresh_path);
+        let fresh = Database::create(&fresh_path).map_err(store_error)?;
+        {
+            let from = current.begin_read().map_err(store_error)?;
+            let to = fresh.begin_write().map_err(store_error)?;
+            copy_table(&from, &to, ACTIONS)?;
+            copy_table(&from, &to, READY)?;
+            copy_table(&from, &to, FIRED)?;
+            copy_table(&from, &to, SENT)?;
+            copy_table(&from, &to, RUNS)?;
+            copy_table(&from, &to, COUNTERS)?;
+            to.commit().map_err(store_error)?;
+        }
+        // The rename is the commit point: before it the old file is whole, after it the new.
+        std::fs::rename(&fresh_path, path).map_err(|e| C360Error::io(path, e))?;
+        if let Some(parent) = path.parent()
+            && let Ok(dir) = std::fs::File::open(parent)
+        {
+            let _ = dir.sync_all();
+        }
+        *current = Arc::new(fresh);
+        Ok(())
     }
 
     fn with_tables(db: Database) -> Result<Queue> {
@@ -167,7 +235,10 @@ impl Queue {
             txn.open_table(COUNTERS).map_err(store_error)?;
         }
         txn.commit().map_err(store_error)?;
-        Ok(Queue { db: Arc::new(db) })
+        Ok(Queue {
+            db: RwLock::new(Arc::new(db)),
+            path: None,
+        })
     }
 
     /// Decides and (unless `dry_run`) enqueues one trigger run, with its checkpoint, in one
@@ -181,7 +252,8 @@ impl Queue {
         now: i64,
         dry_run: bool,
     ) -> Result<RunOutcome> {
-        let txn = self.db.begin_write().map_err(store_error)?;
+        let db = self.db();
+        let txn = db.begin_write().map_err(store_error)?;
         let mut outcome = RunOutcome {
             candidates: rows.len() as u64,
             ..RunOutcome::default()
@@ -291,7 +363,8 @@ impl Queue {
 
     /// Records a run's statistics.
     pub fn record_run(&self, mut run: TriggerRun) -> Result<TriggerRun> {
-        let txn = self.db.begin_write().map_err(store_error)?;
+        let db = self.db();
+        let txn = db.begin_write().map_err(store_error)?;
         {
             let mut counters = txn.open_table(COUNTERS).map_err(store_error)?;
             let id = counters
@@ -320,7 +393,8 @@ impl Queue {
         now: i64,
         visibility: i64,
     ) -> Result<Vec<Action>> {
-        let txn = self.db.begin_write().map_err(store_error)?;
+        let db = self.db();
+        let txn = db.begin_write().map_err(store_error)?;
         let mut claimed = Vec::new();
         {
             let mut actions = txn.open_table(ACTIONS).map_err(store_error)?;
@@ -404,7 +478,8 @@ impl Queue {
         ids: &[u64],
         mut change: impl FnMut(&mut Action, &mut Vec<(i64, u64, Option<i64>)>) -> bool,
     ) -> Result<usize> {
-        let txn = self.db.begin_write().map_err(store_error)?;
+        let db = self.db();
+        let txn = db.begin_write().map_err(store_error)?;
         let mut changed = 0;
         {
             let mut actions = txn.open_table(ACTIONS).map_err(store_error)?;
@@ -436,7 +511,8 @@ impl Queue {
 
     /// Every action, oldest first (for the `actions` table).
     pub fn actions(&self) -> Result<Vec<Action>> {
-        let txn = self.db.begin_read().map_err(store_error)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(store_error)?;
         let table = txn.open_table(ACTIONS).map_err(store_error)?;
         let mut all = Vec::new();
         for entry in table.iter().map_err(store_error)? {
@@ -448,7 +524,8 @@ impl Queue {
 
     /// Every trigger run, oldest first (for `trigger_runs`).
     pub fn runs(&self) -> Result<Vec<TriggerRun>> {
-        let txn = self.db.begin_read().map_err(store_error)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(store_error)?;
         let table = txn.open_table(RUNS).map_err(store_error)?;
         let mut all = Vec::new();
         for entry in table.iter().map_err(store_error)? {
@@ -458,9 +535,70 @@ impl Queue {
         Ok(all)
     }
 
+    /// Erases a person from the queue (`FORGET PROFILE`): their actions whatever their
+    /// status, their place among the ready ones, the checkpoint keys that say a trigger
+    /// fired for them, and the sent history that caps count. Trigger runs hold only
+    /// counts and stay. Gives the number of actions deleted.
+    pub fn forget_profile(&self, profile_id: &str) -> Result<usize> {
+        let db = self.db();
+        let txn = db.begin_write().map_err(store_error)?;
+        let mut deleted = 0;
+        {
+            let mut actions = txn.open_table(ACTIONS).map_err(store_error)?;
+            let mut ready = txn.open_table(READY).map_err(store_error)?;
+            let mut theirs = Vec::new();
+            for entry in actions.iter().map_err(store_error)? {
+                let (id, bytes) = entry.map_err(store_error)?;
+                let action: Action = parse(bytes.value())?;
+                if action.profile_id == profile_id {
+                    theirs.push((id.value(), action.available_at));
+                }
+            }
+            for (id, available_at) in theirs {
+                actions.remove(id).map_err(store_error)?;
+                ready.remove((available_at, id)).map_err(store_error)?;
+                deleted += 1;
+            }
+
+            // Row keys are the profile id, or `profile:dedup` (see refresh/triggers.rs).
+            let mut fired = txn.open_table(FIRED).map_err(store_error)?;
+            let dedup_prefix = format!("{profile_id}:");
+            let mut keys = Vec::new();
+            for entry in fired.iter().map_err(store_error)? {
+                let (key, _) = entry.map_err(store_error)?;
+                let row_key = key.value().split_once(SEPARATOR).map(|(_, row)| row);
+                if row_key.is_some_and(|row| row == profile_id || row.starts_with(&dedup_prefix)) {
+                    keys.push(key.value().to_string());
+                }
+            }
+            for key in keys {
+                fired.remove(key.as_str()).map_err(store_error)?;
+            }
+
+            let mut sent = txn.open_table(SENT).map_err(store_error)?;
+            let prefix = format!("{profile_id}{SEPARATOR}");
+            let mut keys = Vec::new();
+            for entry in sent.range(prefix.as_str()..).map_err(store_error)? {
+                let (key, _) = entry.map_err(store_error)?;
+                if !key.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                keys.push(key.value().to_string());
+            }
+            for key in keys {
+                sent.remove(key.as_str()).map_err(store_error)?;
+            }
+        }
+        txn.commit().map_err(store_error)?;
+        drop(db);
+        self.rewrite()?;
+        Ok(deleted)
+    }
+
     /// Forgets a dropped trigger's checkpoint (its actions stay, as history).
     pub fn forget_trigger(&self, trigger: &str) -> Result<()> {
-        let txn = self.db.begin_write().map_err(store_error)?;
+        let db = self.db();
+        let txn = db.begin_write().map_err(store_error)?;
         {
             let mut fired = txn.open_table(FIRED).map_err(store_error)?;
             let prefix = format!("{trigger}{SEPARATOR}");
