@@ -114,6 +114,14 @@ async fn tokio_postgres_copies_text_and_csv() {
         people(&client).await,
         ["p0:30", "p1:41", "p2:null", "p3:43"]
     );
+
+    // Statements after a COPY FROM in one query string would run before its rows arrive.
+    let err = client
+        .simple_query("COPY people FROM STDIN; SELECT 1")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{err:?}");
+    client.simple_query("SELECT 1").await.unwrap();
 }
 
 #[tokio::test]
