@@ -5,11 +5,17 @@
 //! cargo bench --bench ingest                    # 10 s of load, then the figures
 //! cargo bench --bench ingest -- --fsync-only    # the disk's fsync rate alone
 //! cargo bench --bench ingest -- --seconds 30 --connections 64 --batch 100
+//! cargo bench --bench ingest -- --load-csv 1024   # `c360 load` of a 1 GiB CSV, in MB/s
 //! ```
 //!
 //! It prints events/s, acknowledgement latency percentiles, the server's resident memory
 //! at the start and end of the load (flat means no unbounded buffering), and the fsync rate
 //! measured in the same run, so that figures compare run to run and machine to machine.
+//!
+//! `--load-csv SIZE_MB` instead writes a CSV of that size (typical CRM/order columns: text,
+//! e-mails, decimals, integers, timestamps, booleans) and times `c360 load` of it, twice:
+//! into a new table (types inferred) and again into the now existing one (text cast to the
+//! table's types). The baseline printed beside them is reading the same file from disk.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -20,6 +26,8 @@ use std::time::{Duration, Instant};
 
 struct Options {
     fsync_only: bool,
+    /// `--load-csv SIZE_MB`: bench `c360 load` instead of the collector.
+    load_csv_mb: Option<u64>,
     seconds: u64,
     connections: usize,
     batch: usize,
@@ -28,6 +36,7 @@ struct Options {
 fn options() -> Options {
     let mut options = Options {
         fsync_only: false,
+        load_csv_mb: None,
         seconds: 10,
         connections: 32,
         batch: 100,
@@ -37,6 +46,7 @@ fn options() -> Options {
     for (i, arg) in args.iter().enumerate() {
         match arg.as_str() {
             "--fsync-only" => options.fsync_only = true,
+            "--load-csv" | "--load-only" => options.load_csv_mb = Some(value(i).unwrap_or(1024)),
             "--seconds" => options.seconds = value(i).unwrap_or(options.seconds),
             "--connections" => {
                 options.connections = value(i).map_or(options.connections, |v| v as usize)
@@ -113,6 +123,10 @@ fn main() {
     let fsyncs = fsync_rate(data.path());
     println!("disk: {fsyncs:.0} fsync/s (4 KiB append + fsync, in the storage root's file system)");
     if options.fsync_only {
+        return;
+    }
+    if let Some(size_mb) = options.load_csv_mb {
+        load_csv(data.path(), size_mb);
         return;
     }
 
@@ -262,4 +276,83 @@ fn main() {
         "commits can be at most {fsyncs:.0}/s on this disk; each commit fsyncs the data file, \
          the log entry and their directories"
     );
+}
+
+/// Writes a CSV of about `size_mb` MB; gives its path, size in bytes and rows.
+fn write_csv(dir: &std::path::Path, size_mb: u64) -> (std::path::PathBuf, u64, u64) {
+    let path = dir.join("load-bench.csv");
+    let file = std::fs::File::create(&path).expect("bench CSV");
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let header = "order_id,email,first_name,city,amount,quantity,ordered_at,opted_in\n";
+    out.write_all(header.as_bytes()).expect("write");
+    let (mut bytes, mut rows) = (header.len() as u64, 0u64);
+    let names = [
+        "Alice", "Bruno", "Chloé", "Dmitri", "Eva", "Farid", "Gina", "Hugo",
+    ];
+    let cities = ["Paris", "Lyon", "Marseille", "Lille", "Nantes", "Bordeaux"];
+    let target = size_mb * 1_000_000;
+    let mut line = String::with_capacity(160);
+    while bytes < target {
+        line.clear();
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            line,
+            "o{rows:010},customer{}@example.org,{},{},{}.{:02},{},2025-{:02}-{:02}T{:02}:{:02}:{:02}Z,{}",
+            rows % 1_000_003,
+            names[(rows % 8) as usize],
+            cities[(rows % 6) as usize],
+            rows % 997,
+            rows % 100,
+            1 + rows % 9,
+            1 + rows % 12,
+            1 + rows % 28,
+            rows % 24,
+            rows % 60,
+            (rows / 60) % 60,
+            rows % 3 == 0
+        );
+        out.write_all(line.as_bytes()).expect("write");
+        bytes += line.len() as u64;
+        rows += 1;
+    }
+    out.flush().expect("flush");
+    (path, bytes, rows)
+}
+
+/// Times `c360 load` of a generated CSV, into a new table and into the existing one.
+fn load_csv(dir: &std::path::Path, size_mb: u64) {
+    let (csv, bytes, rows) = write_csv(dir, size_mb);
+    let mb = bytes as f64 / 1e6;
+    println!("input: {mb:.0} MB, {rows} rows of CSV");
+
+    // Baseline: the file read back from the page cache or disk, no parsing.
+    let started = Instant::now();
+    let mut file = std::fs::File::open(&csv).expect("open CSV");
+    let mut buffer = vec![0u8; 1 << 20];
+    while file.read(&mut buffer).expect("read") > 0 {}
+    let read = started.elapsed().as_secs_f64();
+    println!("baseline: reading the file {:.0} MB/s", mb / read);
+
+    let root = dir.join("root");
+    for attempt in ["new table", "existing table"] {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_c360"))
+            .args(["load", "orders"])
+            .arg(&csv)
+            .arg("--data")
+            .arg(&root)
+            .env("C360_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()
+            .expect("c360 load runs");
+        assert!(out.success(), "c360 load failed");
+        let seconds = started.elapsed().as_secs_f64();
+        println!(
+            "c360 load ({attempt}): {:.1} s, {:.0} MB/s, {:.0} rows/s",
+            seconds,
+            mb / seconds,
+            rows as f64 / seconds
+        );
+    }
 }

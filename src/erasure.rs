@@ -1,4 +1,5 @@
-//! `FORGET PROFILE '<id>' [IN graph]`: the right to be forgotten, for landed data.
+//! `FORGET PROFILE '<id>' [IN graph]`: the right to be forgotten, in landed data and in
+//! everything derived from it.
 //!
 //! The identity graph says which identifiers are the person's (`<graph>_identities`). Every
 //! landed table with a column named like an identifier type (`user_id`, `anonymous_id`,
@@ -10,8 +11,15 @@
 //! a fresh request id that the operator can file — never the profile id or an identifier,
 //! which are personal data.
 //!
-//! Not yet erased here: the identity graph's own state and derived results (they hold the
-//! identifiers until the graph is rebuilt) and sources outside the storage root.
+//! Then what was derived from those rows goes, in flow order, so that nothing brings the
+//! person back: the identity graph is rebuilt from its source without them (its state keeps
+//! every value it has seen, so only a build drops theirs; the old state version is deleted);
+//! every materialized view and segment is recomputed, and the profile's rows leave segment
+//! history; the action queue deletes their actions, checkpoint keys and cap history.
+//!
+//! Not erased here: sources outside the storage root (`CREATE EXTERNAL TABLE` over files
+//! c360 does not own) — a person still in them comes back at the next build, so erase them
+//! at the source too. The rebuild costs one full build of the graph per `FORGET`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -88,13 +96,27 @@ pub async fn forget_profile(
             per_table.insert(name, deleted);
         }
     }
+    // Derived state next, and the audit row last: if a step fails, the profile is still in
+    // the graph, so the same FORGET can be run again to finish.
+    let ctx = engine.context();
+    engine.identity_graphs().rebuild(ctx, &graph).await?;
+    engine
+        .refresh_engine()
+        .forget_profile(ctx, profile_id)
+        .await?;
+    let actions = engine.refresh_engine().queue().forget_profile(profile_id)?;
     let audit = audit_row(&graph, &per_table)?;
     let erasures = engine
         .landed()
         .get_or_create(ERASURES_TABLE, audit_schema())
         .await?;
     erasures.append(std::slice::from_ref(&audit)).await?;
-    tracing::info!(graph = %graph, tables = per_table.len(), "profile erased from landed tables");
+    tracing::info!(
+        graph = %graph,
+        tables = per_table.len(),
+        actions,
+        "profile erased from landed tables and derived state"
+    );
     Ok(QueryResult {
         schema: audit.schema(),
         batches: vec![audit],

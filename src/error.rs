@@ -109,6 +109,18 @@ pub enum C360Error {
     #[error("commit conflict: {0}")]
     Conflict(String),
 
+    /// A loaded row (or header) that does not fit its table: where it is, which column, why.
+    #[error("{input}: {place}: column {column}: {message} (table {table})")]
+    BadRow {
+        input: String,
+        /// `row 12`, `line 13`, or `header` when no single value is to blame.
+        place: String,
+        column: String,
+        message: String,
+        table: String,
+        kind: crate::storage::table::MisfitKind,
+    },
+
     /// State in the storage root that c360 cannot read back.
     #[error("corrupt state: {0}")]
     Corrupt(String),

@@ -215,3 +215,40 @@ fn a_load_killed_midway_commits_nothing() {
     // The written file is an orphan: the table is as it was before the load.
     assert_eq!(count(data.path(), "numbers"), "2");
 }
+
+/// A file large enough to be read as several partitions in parallel: a bad row in the last
+/// part is still reported by its row number in the whole file, and nothing lands.
+#[test]
+fn a_bad_row_deep_in_a_large_file_is_numbered_in_the_whole_file() {
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let good = files.path().join("good.csv");
+    std::fs::write(&good, "id,age,note\np0,30,first\n").unwrap();
+    let out = c360(data.path(), &["load", "people", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+
+    let big = files.path().join("big.csv");
+    let mut text = String::from("id,age,note\n");
+    let rows = 600_000;
+    let bad = 543_210;
+    for i in 1..=rows {
+        if i == bad {
+            text.push_str("px,not-a-number,padding padding padding\n");
+        } else {
+            text.push_str(&format!("p{i},{},padding padding padding\n", i % 90));
+        }
+    }
+    assert!(text.len() > 20_000_000, "{} bytes", text.len());
+    std::fs::write(&big, &text).unwrap();
+    let out = c360(data.path(), &["load", "people", big.to_str().unwrap()]);
+    let err = one_error_line(&out);
+    assert!(err.contains(&format!("row {bad}: column age")), "{err}");
+    assert_eq!(count(data.path(), "people"), "1");
+
+    // The same file without the bad row lands whole.
+    let fixed = text.replace("px,not-a-number", "px,1");
+    std::fs::write(&big, fixed).unwrap();
+    let out = c360(data.path(), &["load", "people", big.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(count(data.path(), "people"), (rows + 1).to_string());
+}

@@ -20,16 +20,16 @@ pub mod policy;
 pub mod record;
 pub mod stats;
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{C360Error, Result};
 use policy::{Candidate, Decision, Policy};
-use record::{Skipped, SkippedBlock, decode_action, encode_action, idempotency_key, row_hash};
+use record::{SkippedBlock, decode_action, encode_action, idempotency_key, row_hash};
 use stats::QueueStats;
 
 const ACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("actions_v2");
@@ -145,7 +145,11 @@ impl Payloads for Vec<String> {
 }
 
 pub struct Queue {
-    db: Arc<Database>,
+    /// Every operation holds the read side for its whole transaction; [`Queue::forget_profile`]
+    /// takes the write side to swap in a rewritten file.
+    db: RwLock<Arc<Database>>,
+    /// The queue file (`None` in memory).
+    path: Option<PathBuf>,
     pub stats: QueueStats,
 }
 
@@ -153,6 +157,23 @@ impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Queue")
     }
+}
+
+/// Copies every entry of one table from the old queue file to the new one.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    definition: TableDefinition<K, V>,
+) -> Result<()> {
+    let source = from.open_table(definition).map_err(store_error)?;
+    let mut target = to.open_table(definition).map_err(store_error)?;
+    for entry in source.iter().map_err(store_error)? {
+        let (key, value) = entry.map_err(store_error)?;
+        target
+            .insert(key.value(), value.value())
+            .map_err(store_error)?;
+    }
+    Ok(())
 }
 
 fn store_error(e: impl std::fmt::Display) -> C360Error {
@@ -180,7 +201,9 @@ impl Queue {
                 path.display()
             ))
         })?;
-        Queue::with_tables(db)
+        let mut queue = Queue::with_tables(db)?;
+        queue.path = Some(path.to_path_buf());
+        Ok(queue)
     }
 
     /// A queue that lives as long as the process (for `memory://` storage roots).
@@ -189,6 +212,51 @@ impl Queue {
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(store_error)?;
         Queue::with_tables(db)
+    }
+
+    fn db(&self) -> std::sync::RwLockReadGuard<'_, Arc<Database>> {
+        // A panic in another operation poisons the lock but leaves the store consistent:
+        // redb rolls back a transaction that was not committed.
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Rewrites the queue file with only its live entries and swaps it in: deleted entries
+    /// otherwise stay in the file's free pages, readable with `strings`, until reused.
+    fn rewrite(&self) -> Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let mut current = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fresh_path = path.with_extension("redb.rewrite");
+        // A rewrite killed half-way leaves this file; it is never read, only replaced.
+        let _ = std::fs::remove_file(&fresh_path);
+        let fresh = Database::create(&fresh_path).map_err(store_error)?;
+        {
+            let from = current.begin_read().map_err(store_error)?;
+            let to = fresh.begin_write().map_err(store_error)?;
+            copy_table(&from, &to, ACTIONS)?;
+            copy_table(&from, &to, READY)?;
+            copy_table(&from, &to, CHECKPOINTS)?;
+            copy_table(&from, &to, SKIPPED)?;
+            copy_table(&from, &to, SENT)?;
+            copy_table(&from, &to, RUNS)?;
+            copy_table(&from, &to, COUNTERS)?;
+            to.commit().map_err(store_error)?;
+        }
+        // The rename is the commit point: before it the old file is whole, after it the new.
+        std::fs::rename(&fresh_path, path).map_err(|e| C360Error::io(path, e))?;
+        if let Some(parent) = path.parent()
+            && let Ok(dir) = std::fs::File::open(parent)
+        {
+            let _ = dir.sync_all();
+        }
+        *current = Arc::new(fresh);
+        Ok(())
     }
 
     fn with_tables(db: Database) -> Result<Queue> {
@@ -204,7 +272,8 @@ impl Queue {
         }
         txn.commit().map_err(store_error)?;
         Ok(Queue {
-            db: Arc::new(db),
+            db: RwLock::new(Arc::new(db)),
+            path: None,
             stats: QueueStats::default(),
         })
     }
@@ -221,11 +290,14 @@ impl Queue {
         now: i64,
         dry_run: bool,
     ) -> Result<RunOutcome> {
-        let txn = self.db.begin_write().map_err(store_error)?;
+        let started = std::time::Instant::now();
+        let db = self.db();
+        let txn = db.begin_write().map_err(store_error)?;
         let mut outcome = RunOutcome {
             candidates: rows.len() as u64,
             ..RunOutcome::default()
         };
+        let decided;
         {
             let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(store_error)?;
             let mut sent = txn.open_table(SENT).map_err(store_error)?;
@@ -233,23 +305,45 @@ impl Queue {
                 Some(bytes) => record::decode_checkpoint(bytes.value())?,
                 None => Vec::new(),
             };
-            let mut checkpoint = Vec::with_capacity(rows.len());
-            let mut seen = HashSet::with_capacity(rows.len());
-            for candidate in rows {
-                let hash = row_hash(&candidate.key);
-                if !seen.insert(hash) {
+            // Rows in hash order, walked beside the checkpoint (also in hash order): each
+            // row learns when it last fired, and repeats of a key are found, in one pass.
+            let hashes: Vec<u128> = rows.iter().map(|c| row_hash(&c.key)).collect();
+            let mut order: Vec<usize> = (0..rows.len()).collect();
+            order.sort_unstable_by_key(|&i| (hashes[i], i));
+            let mut fired_at: Vec<Option<i64>> = vec![None; rows.len()];
+            let mut repeated = vec![false; rows.len()];
+            let mut at_previous = 0;
+            for (position, &i) in order.iter().enumerate() {
+                if position > 0 && hashes[order[position - 1]] == hashes[i] {
+                    // The first row of a key, in query order, is the one that counts.
+                    repeated[i] = true;
+                    continue;
+                }
+                while previous
+                    .get(at_previous)
+                    .is_some_and(|&(hash, _)| hash < hashes[i])
+                {
+                    at_previous += 1;
+                }
+                if let Some(&(hash, at)) = previous.get(at_previous)
+                    && hash == hashes[i]
+                {
+                    fired_at[i] = Some(at);
+                }
+            }
+
+            // When each row still true fired: before, or now.
+            let mut stamp = vec![now; rows.len()];
+            for (i, candidate) in rows.into_iter().enumerate() {
+                if repeated[i] {
                     outcome.candidates -= 1;
                     continue;
                 }
-                let fired_at = previous
-                    .binary_search_by_key(&hash, |&(h, _)| h)
-                    .ok()
-                    .map(|i| previous[i].1);
-                if let Some(at) = fired_at
+                if let Some(at) = fired_at[i]
                     && !policy.refire_after.is_some_and(|after| now - at >= after)
                 {
                     outcome.already_fired += 1;
-                    checkpoint.push((hash, at));
+                    stamp[i] = at;
                     continue;
                 }
                 let decision = match policy.screen(trigger, &candidate) {
@@ -277,12 +371,16 @@ impl Queue {
                         decision
                     }
                 };
-                checkpoint.push((hash, now));
                 outcome.decisions.push((candidate, decision));
             }
+            // Rows no longer true drop out, and may fire again when they next are.
+            let checkpoint: Vec<(u128, i64)> = order
+                .iter()
+                .filter(|&&i| !repeated[i])
+                .map(|&i| (hashes[i], stamp[i]))
+                .collect();
+            decided = started.elapsed();
             if !dry_run {
-                checkpoint.sort_unstable_by_key(|&(hash, _)| hash);
-                // Rows no longer true drop out, and may fire again when they next are.
                 if checkpoint != previous {
                     checkpoints
                         .insert(trigger, record::encode_checkpoint(&checkpoint).as_slice())
@@ -293,6 +391,7 @@ impl Queue {
                 self.enqueue(&txn, trigger, policy, &outcome.decisions, payloads, now)?;
             }
         }
+        let written = started.elapsed();
         if dry_run {
             txn.abort().map_err(store_error)?;
         } else {
@@ -300,6 +399,14 @@ impl Queue {
             self.stats
                 .count_decisions(outcome.decisions.iter().map(|(_, d)| d));
         }
+        tracing::debug!(
+            trigger,
+            rows = outcome.candidates,
+            decided_ms = decided.as_millis() as u64,
+            written_ms = (written - decided).as_millis() as u64,
+            committed_ms = (started.elapsed() - written).as_millis() as u64,
+            "trigger run in the queue"
+        );
         Ok(outcome)
     }
 
@@ -353,37 +460,38 @@ impl Queue {
                 .map_err(store_error)?;
             next_id += 1;
         }
-        let skipped: Vec<Skipped> = decisions
+        let skipped: Vec<(&Candidate, Status, &'static str)> = decisions
             .iter()
-            .filter_map(|(candidate, decision)| {
-                let (status, reason) = match decision {
-                    Decision::Send { .. } => return None,
-                    Decision::Suppress(reason) => (Status::Suppressed, reason.to_string()),
-                    Decision::HoldOut => (Status::HeldOut, "holdout".to_string()),
-                };
-                Some(Skipped {
-                    profile_id: candidate.profile_id.clone(),
-                    row_key: candidate.key.clone(),
-                    status,
-                    reason,
-                })
+            .filter_map(|(candidate, decision)| match decision {
+                Decision::Send { .. } => None,
+                Decision::Suppress(reason) => {
+                    Some((candidate, Status::Suppressed, reason.as_str()))
+                }
+                Decision::HoldOut => Some((candidate, Status::HeldOut, "holdout")),
             })
             .collect();
         // Sent rows are numbered first, in query order; the rest follow as one block.
         if !skipped.is_empty() {
-            let block = SkippedBlock {
-                trigger: trigger.to_string(),
-                channel: policy.channel.clone(),
-                created_at: now,
-                rows: skipped,
-            };
+            let block = SkippedBlock::encode_rows(
+                trigger,
+                &policy.channel,
+                now,
+                skipped.len(),
+                skipped.iter().map(|(candidate, status, reason)| {
+                    (
+                        candidate.profile_id.as_str(),
+                        candidate.key.as_str(),
+                        *status,
+                        *reason,
+                    )
+                }),
+            );
             txn.open_table(SKIPPED)
                 .map_err(store_error)?
-                .insert(next_id, block.encode().as_slice())
+                .insert(next_id, block.as_slice())
                 .map_err(store_error)?;
-            next_id += block.rows.len() as u64;
+            next_id += skipped.len() as u64;
         }
-
         counters
             .insert("next_action_id", next_id)
             .map_err(store_error)?;
@@ -392,7 +500,8 @@ impl Queue {
 
     /// Records a run's statistics.
     pub fn record_run(&self, mut run: TriggerRun) -> Result<TriggerRun> {
-        let txn = self.db.begin_write().map_err(store_error)?;
+        let db = self.db();
+        let txn = db.begin_write().map_err(store_error)?;
         {
             let mut counters = txn.open_table(COUNTERS).map_err(store_error)?;
             let id = counters
@@ -421,7 +530,8 @@ impl Queue {
         now: i64,
         visibility: i64,
     ) -> Result<Vec<Action>> {
-        let mut txn = self.db.begin_write().map_err(store_error)?;
+        let db = self.db();
+        let mut txn = db.begin_write().map_err(store_error)?;
         // A claim lost in a crash hands the action out again: at least once, same key.
         txn.set_durability(Durability::None).map_err(store_error)?;
         let mut claimed = Vec::new();
@@ -524,7 +634,8 @@ impl Queue {
         ids: &[u64],
         mut change: impl FnMut(&mut Action) -> Option<Option<i64>>,
     ) -> Result<usize> {
-        let txn = self.db.begin_write().map_err(store_error)?;
+        let db = self.db();
+        let txn = db.begin_write().map_err(store_error)?;
         let mut changed = 0;
         {
             let mut actions = txn.open_table(ACTIONS).map_err(store_error)?;
@@ -559,7 +670,8 @@ impl Queue {
     /// Every action, oldest first (for the `actions` table): those sent or to be sent, and
     /// the rows runs suppressed or held out.
     pub fn actions(&self) -> Result<Vec<Action>> {
-        let txn = self.db.begin_read().map_err(store_error)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(store_error)?;
         let mut all = Vec::new();
         let table = txn.open_table(ACTIONS).map_err(store_error)?;
         for entry in table.iter().map_err(store_error)? {
@@ -577,7 +689,8 @@ impl Queue {
 
     /// Every trigger run, oldest first (for `trigger_runs`).
     pub fn runs(&self) -> Result<Vec<TriggerRun>> {
-        let txn = self.db.begin_read().map_err(store_error)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(store_error)?;
         let table = txn.open_table(RUNS).map_err(store_error)?;
         let mut all = Vec::new();
         for entry in table.iter().map_err(store_error)? {
@@ -589,7 +702,8 @@ impl Queue {
 
     /// Actions pending or in delivery, per channel.
     pub fn depth(&self) -> Result<Vec<(String, u64)>> {
-        let txn = self.db.begin_read().map_err(store_error)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(store_error)?;
         let ready = txn.open_table(READY).map_err(store_error)?;
         let mut depth: Vec<(String, u64)> = Vec::new();
         for entry in ready.iter().map_err(store_error)? {
@@ -607,7 +721,8 @@ impl Queue {
     /// and trigger runs from before `before` (µs), and message history too old for any cap.
     /// Pending and in-delivery actions are kept however old. Returns the actions removed.
     pub fn expire(&self, before: i64, now: i64) -> Result<u64> {
-        let txn = self.db.begin_write().map_err(store_error)?;
+        let db = self.db();
+        let txn = db.begin_write().map_err(store_error)?;
         let mut removed = 0;
         {
             let mut actions = txn.open_table(ACTIONS).map_err(store_error)?;
@@ -671,9 +786,122 @@ impl Queue {
         Ok(removed)
     }
 
+    /// Erases a person from the queue (`FORGET PROFILE`): their actions whatever their
+    /// status (rows not sent too), their place among the ready ones, their checkpoint
+    /// entries and the sent history that caps count; then rewrites the file, so that no
+    /// free page still holds them. Trigger runs hold only counts and stay. Checkpoint
+    /// entries of rows keyed by a `dedup_key` stay as anonymous 128-bit hashes until the
+    /// row stops being true. Gives the number of actions deleted.
+    pub fn forget_profile(&self, profile_id: &str) -> Result<usize> {
+        let db = self.db();
+        let txn = db.begin_write().map_err(store_error)?;
+        let mut deleted = 0;
+        {
+            let mut actions = txn.open_table(ACTIONS).map_err(store_error)?;
+            let mut ready = txn.open_table(READY).map_err(store_error)?;
+            let mut theirs = Vec::new();
+            for entry in actions.iter().map_err(store_error)? {
+                let (id, bytes) = entry.map_err(store_error)?;
+                let action = decode_action(id.value(), bytes.value())?;
+                if action.profile_id == profile_id {
+                    theirs.push(action);
+                }
+            }
+            for action in theirs {
+                actions.remove(action.action_id).map_err(store_error)?;
+                ready
+                    .remove((
+                        action.channel.as_str(),
+                        action.available_at,
+                        action.action_id,
+                    ))
+                    .map_err(store_error)?;
+                deleted += 1;
+            }
+
+            // A block's ids are contiguous: one that loses rows is split around them.
+            let mut blocks = txn.open_table(SKIPPED).map_err(store_error)?;
+            let mut rewritten = Vec::new();
+            for entry in blocks.iter().map_err(store_error)? {
+                let (first_id, bytes) = entry.map_err(store_error)?;
+                let block = SkippedBlock::decode(bytes.value())?;
+                if block.rows.iter().any(|row| row.profile_id == profile_id) {
+                    rewritten.push((first_id.value(), block));
+                }
+            }
+            for (first_id, block) in rewritten {
+                blocks.remove(first_id).map_err(store_error)?;
+                let mut part = SkippedBlock {
+                    rows: Vec::new(),
+                    ..block.clone()
+                };
+                let mut part_first = first_id;
+                for (i, row) in block.rows.into_iter().enumerate() {
+                    let id = first_id + i as u64;
+                    if row.profile_id == profile_id {
+                        deleted += 1;
+                        if !part.rows.is_empty() {
+                            blocks
+                                .insert(part_first, part.encode().as_slice())
+                                .map_err(store_error)?;
+                            part.rows.clear();
+                        }
+                        part_first = id + 1;
+                    } else {
+                        part.rows.push(row);
+                    }
+                }
+                if !part.rows.is_empty() {
+                    blocks
+                        .insert(part_first, part.encode().as_slice())
+                        .map_err(store_error)?;
+                }
+            }
+
+            let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(store_error)?;
+            let hash = row_hash(profile_id);
+            let mut changed = Vec::new();
+            for entry in checkpoints.iter().map_err(store_error)? {
+                let (trigger, bytes) = entry.map_err(store_error)?;
+                let mut entries = record::decode_checkpoint(bytes.value())?;
+                if let Ok(at) = entries.binary_search_by_key(&hash, |&(h, _)| h) {
+                    entries.remove(at);
+                    changed.push((trigger.value().to_string(), entries));
+                }
+            }
+            for (trigger, entries) in changed {
+                checkpoints
+                    .insert(
+                        trigger.as_str(),
+                        record::encode_checkpoint(&entries).as_slice(),
+                    )
+                    .map_err(store_error)?;
+            }
+
+            let mut sent = txn.open_table(SENT).map_err(store_error)?;
+            let prefix = format!("{profile_id}{SEPARATOR}");
+            let mut keys = Vec::new();
+            for entry in sent.range(prefix.as_str()..).map_err(store_error)? {
+                let (key, _) = entry.map_err(store_error)?;
+                if !key.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                keys.push(key.value().to_string());
+            }
+            for key in keys {
+                sent.remove(key.as_str()).map_err(store_error)?;
+            }
+        }
+        txn.commit().map_err(store_error)?;
+        drop(db);
+        self.rewrite()?;
+        Ok(deleted)
+    }
+
     /// Forgets a dropped trigger's checkpoint (its actions stay, as history).
     pub fn forget_trigger(&self, trigger: &str) -> Result<()> {
-        let txn = self.db.begin_write().map_err(store_error)?;
+        let db = self.db();
+        let txn = db.begin_write().map_err(store_error)?;
         txn.open_table(CHECKPOINTS)
             .map_err(store_error)?
             .remove(trigger)
@@ -834,5 +1062,35 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].status, Status::Delivering);
         assert_eq!(queue.depth().unwrap(), vec![("email".to_string(), 1)]);
+    }
+
+    #[test]
+    fn forgetting_a_profile_removes_its_actions_and_keeps_the_others_ids() {
+        let queue = Queue::in_memory().unwrap();
+        let (candidates, payloads) = rows(&["a", "b", "c"], false);
+        queue
+            .run_trigger("t", &policy(&[]), candidates, &payloads, NOW, false)
+            .unwrap();
+        run(&queue, &policy(&[]), &["b", "d"], NOW + MINUTE);
+        let before: Vec<(u64, String)> = queue
+            .actions()
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.action_id, a.profile_id))
+            .collect();
+        assert_eq!(queue.forget_profile("b").unwrap(), 1);
+        let after: Vec<(u64, String)> = queue
+            .actions()
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.action_id, a.profile_id))
+            .collect();
+        let expected: Vec<(u64, String)> = before.into_iter().filter(|(_, p)| p != "b").collect();
+        assert_eq!(after, expected);
+        // b's checkpoint entry is gone: b fires again if it comes back.
+        assert_eq!(
+            sent(&run(&queue, &policy(&[]), &["b", "d"], NOW + 2 * MINUTE)),
+            1
+        );
     }
 }

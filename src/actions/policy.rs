@@ -87,14 +87,20 @@ pub enum Reason {
     PressureCap,
 }
 
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Reason::NoConsent => "no_consent",
             Reason::MissingField => "missing_field",
             Reason::TriggerCap => "trigger_cap",
             Reason::PressureCap => "pressure_cap",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -217,19 +217,66 @@ pub struct SkippedBlock {
     pub rows: Vec<Skipped>,
 }
 
+/// Reasons stored as one byte (any other is stored as text after code 255).
+const REASON_CODES: [&str; 5] = [
+    "no_consent",
+    "missing_field",
+    "trigger_cap",
+    "pressure_cap",
+    "holdout",
+];
+const REASON_AS_TEXT: u8 = 255;
+
 impl SkippedBlock {
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(Vec::with_capacity(64 + self.rows.len() * 48));
+        SkippedBlock::encode_rows(
+            &self.trigger,
+            &self.channel,
+            self.created_at,
+            self.rows.len(),
+            self.rows.iter().map(|row| {
+                (
+                    row.profile_id.as_str(),
+                    row.row_key.as_str(),
+                    row.status,
+                    row.reason.as_str(),
+                )
+            }),
+        )
+    }
+
+    /// Encodes `count` rows `(profile_id, row key, status, reason)` without building a
+    /// block first: a run may skip a million rows.
+    pub fn encode_rows<'a>(
+        trigger: &str,
+        channel: &str,
+        created_at: i64,
+        count: usize,
+        rows: impl Iterator<Item = (&'a str, &'a str, Status, &'a str)>,
+    ) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(64 + count * 24));
         w.u8(SKIPPED_V1);
-        w.text(&self.trigger);
-        w.text(&self.channel);
-        w.i64(self.created_at);
-        w.u32(self.rows.len() as u32);
-        for row in &self.rows {
-            w.u8(status_code(row.status));
-            w.text(&row.profile_id);
-            w.text(&row.row_key);
-            w.text(&row.reason);
+        w.text(trigger);
+        w.text(channel);
+        w.i64(created_at);
+        w.u32(count as u32);
+        for (profile_id, row_key, status, reason) in rows {
+            w.u8(status_code(status));
+            match REASON_CODES.iter().position(|r| *r == reason) {
+                Some(code) => w.u8(code as u8),
+                None => {
+                    w.u8(REASON_AS_TEXT);
+                    w.text(reason);
+                }
+            }
+            w.text(profile_id);
+            // Most rows are keyed by their profile alone: the key is not stored twice.
+            if row_key == profile_id {
+                w.u8(0);
+            } else {
+                w.u8(1);
+                w.text(row_key);
+            }
         }
         w.0
     }
@@ -248,11 +295,24 @@ impl SkippedBlock {
         let count = r.u32()? as usize;
         let mut rows = Vec::with_capacity(count.min(bytes.len()));
         for _ in 0..count {
+            let status = status_of(r.u8()?)?;
+            let reason = match r.u8()? {
+                REASON_AS_TEXT => r.text()?,
+                code => REASON_CODES
+                    .get(code as usize)
+                    .ok_or_else(|| corrupt("suppressed rows"))?
+                    .to_string(),
+            };
+            let profile_id = r.text()?;
+            let row_key = match r.u8()? {
+                0 => profile_id.clone(),
+                _ => r.text()?,
+            };
             rows.push(Skipped {
-                status: status_of(r.u8()?)?,
-                profile_id: r.text()?,
-                row_key: r.text()?,
-                reason: r.text()?,
+                profile_id,
+                row_key,
+                status,
+                reason,
             });
         }
         Ok(SkippedBlock {
@@ -348,12 +408,20 @@ mod tests {
             trigger: "t".into(),
             channel: "sms".into(),
             created_at: 9_000,
-            rows: vec![Skipped {
-                profile_id: "p".into(),
-                row_key: "p:x".into(),
-                status: Status::HeldOut,
-                reason: "holdout".into(),
-            }],
+            rows: vec![
+                Skipped {
+                    profile_id: "p".into(),
+                    row_key: "p:x".into(),
+                    status: Status::HeldOut,
+                    reason: "holdout".into(),
+                },
+                Skipped {
+                    profile_id: "q".into(),
+                    row_key: "q".into(),
+                    status: Status::Suppressed,
+                    reason: "some_future_reason".into(),
+                },
+            ],
         };
         let decoded = SkippedBlock::decode(&block.encode()).unwrap();
         assert_eq!(decoded, block);

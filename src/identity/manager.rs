@@ -167,6 +167,44 @@ impl IdentityGraphs {
         })
     }
 
+    /// Builds the graph again from its whole source and commits it as a new version, which
+    /// deletes the previous state. `FORGET PROFILE` needs this: the graph never forgets a
+    /// value it has seen (an incremental refresh only adds), so once a person's rows are
+    /// gone from the source, only a build without them drops their identifiers, records,
+    /// merges and refusals. Other people keep their ids: an id is the hash of its founding
+    /// identifier, the same in any build.
+    pub async fn rebuild(&self, ctx: &SessionContext, name: &str) -> Result<RefreshReport> {
+        let managed = self
+            .graphs
+            .lock()
+            .await
+            .get(name)
+            .cloned()
+            .ok_or_else(|| C360Error::NotFound(format!("identity graph {name}")))?;
+        let mut managed = managed.lock().await;
+        let started = Instant::now();
+        let definition = managed.definition.clone();
+        let mut graph = IdentityGraph::new(rules_from_options(&definition)?);
+        let (rows_read, watermark, summary) =
+            read_and_apply(ctx, &definition, &mut graph, None).await?;
+        let version = managed.version + 1;
+        self.commit(name, &definition, &graph, version, watermark)
+            .await?;
+        publish(&graph, &managed.tables)?;
+        managed.graph = graph;
+        managed.version = version;
+        managed.watermark = watermark;
+        managed.last_refresh = started;
+        Ok(RefreshReport {
+            graph: name.to_string(),
+            full_build: true,
+            rows_read,
+            summary,
+            profiles: managed.graph.profile_count(),
+            duration: started.elapsed(),
+        })
+    }
+
     /// `DROP IDENTITY GRAPH`: removes its tables and its state.
     pub async fn drop_graph(
         &self,

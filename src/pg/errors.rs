@@ -5,6 +5,7 @@ use datafusion::sql::sqlparser::parser::ParserError;
 use pgwire::error::{ErrorInfo, PgWireError};
 
 use crate::error::C360Error;
+use crate::storage::table::MisfitKind;
 
 pub fn error(code: &str, message: impl Into<String>) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(
@@ -113,6 +114,12 @@ pub fn from_c360(error: C360Error) -> PgWireError {
         C360Error::NotFound(_) => "42704",
         C360Error::DependentObjects(_) => "2BP01",
         C360Error::Identity(_) | C360Error::InvalidArgument(_) => "22023",
+        C360Error::BadRow { kind, .. } => match kind {
+            MisfitKind::UnknownColumn => "42703",
+            MisfitKind::InvalidValue => "22P02",
+            MisfitKind::InvalidDatetime => "22007",
+            MisfitKind::Null => "23502",
+        },
         _ => "58000",
     };
     self::error(code, error.to_string())

@@ -207,6 +207,10 @@ impl PgWireServerHandlers for Connection {
         Arc::clone(&self.startup)
     }
 
+    fn copy_handler(&self) -> Arc<impl pgwire::api::copy::CopyHandler> {
+        Arc::clone(&self.queries)
+    }
+
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
         Arc::clone(&self.cancel)
     }

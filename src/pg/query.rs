@@ -10,6 +10,7 @@ use datafusion::sql::sqlparser::ast;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::{DfSessionService, Parser};
 use futures::{Sink, SinkExt};
+use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
@@ -18,6 +19,7 @@ use pgwire::api::store::{Entry, PortalStore};
 use pgwire::api::{ClientInfo, ClientPortalStore, DEFAULT_NAME, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::extendedquery::{Bind, BindComplete};
 
 use super::errors;
@@ -37,6 +39,8 @@ pub struct Queries {
     ctx: Arc<SessionContext>,
     datafusion: Arc<DfSessionService>,
     parser: Arc<CheckedParser>,
+    /// The `COPY … FROM STDIN` in progress, between its CopyInResponse and CopyDone.
+    copy_in: std::sync::Mutex<Option<copy::CopyIn>>,
 }
 
 impl Queries {
@@ -44,6 +48,7 @@ impl Queries {
         let ctx = Arc::new(ctx);
         let datafusion = Arc::new(DfSessionService::new(Arc::clone(&ctx)));
         let parser = Arc::new(CheckedParser {
+            engine: Arc::clone(&engine),
             inner: ExtendedQueryHandler::query_parser(&*datafusion),
             sql: PostgresCompatibilityParser::new(),
         });
@@ -52,7 +57,39 @@ impl Queries {
             ctx,
             datafusion,
             parser,
+            copy_in: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Runs a parsed COPY: out, it streams rows (sending them itself when `first`); in, it
+    /// starts a load and leaves the session in copy-in mode.
+    async fn copy<C>(
+        &self,
+        client: &mut C,
+        copy: PgWireResult<copy::Copy>,
+        guard: &QueryGuard,
+        first: bool,
+    ) -> PgWireResult<Response>
+    where
+        C: Sink<PgWireBackendMessage> + Unpin + Send,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match copy? {
+            copy::Copy::Out(out) if first => copy::send(client, &self.ctx, out, guard).await,
+            copy::Copy::Out(out) => copy::execute(&self.ctx, out, guard).await,
+            copy::Copy::In(request) => {
+                let (copy_in, response) = copy::CopyIn::start(&self.engine, request)?;
+                *self.copy_in_slot() = Some(copy_in);
+                Ok(response)
+            }
+        }
+    }
+
+    /// The copy-in slot; a panic while it was held leaves nothing worth keeping in it.
+    fn copy_in_slot(&self) -> std::sync::MutexGuard<'_, Option<copy::CopyIn>> {
+        self.copy_in
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs one statement of a simple query; `first` when no statement of the string came
@@ -86,12 +123,7 @@ impl Queries {
                 return Ok(vec![settings::show(client, &name)?]);
             }
             if let Some(copy) = copy::parse(statement) {
-                let response = if first {
-                    copy::send(client, &self.ctx, copy?, &guard).await?
-                } else {
-                    copy::execute(&self.ctx, copy?, &guard).await?
-                };
-                return Ok(vec![response]);
+                return Ok(vec![self.copy(client, copy, &guard, first).await?]);
             }
         }
         let sql = rewritten(parsed).unwrap_or_else(|| sql.to_string());
@@ -216,9 +248,24 @@ impl SimpleQueryHandler for Queries {
             return Ok(vec![Response::Error(Box::new(info))]);
         }
         let mut responses = Vec::new();
-        for statement in workspace::split_statements(query) {
+        let statements = workspace::split_statements(query);
+        let count = statements.len();
+        for (i, statement) in statements.into_iter().enumerate() {
             let first = responses.is_empty();
             match self.simple_statement(client, &statement.sql, first).await {
+                Ok(more)
+                    if i + 1 < count && more.iter().any(|r| matches!(r, Response::CopyIn(_))) =>
+                {
+                    // The client sends the rows after the whole string is answered, so the
+                    // statements after the COPY would run before it: refuse the string.
+                    self.copy_in_slot().take();
+                    let info: ErrorInfo = errors::not_supported(
+                        "COPY FROM STDIN must be the last statement of its query string",
+                    )
+                    .into();
+                    responses.push(Response::Error(Box::new(info)));
+                    break;
+                }
                 Ok(more) => responses.extend(more),
                 Err(error) => {
                     let info: ErrorInfo = errors::classify(error).into();
@@ -311,7 +358,7 @@ impl ExtendedQueryHandler for Queries {
                 return settings::set(client, &name, value).await;
             }
             if let Some(copy) = parsed.first().and_then(copy::parse) {
-                return copy::send(client, &self.ctx, copy?, &guard).await;
+                return self.copy(client, copy, &guard, true).await;
             }
         }
         if let Some((statement, _)) = plan
@@ -339,6 +386,7 @@ impl ExtendedQueryHandler for Queries {
 /// datafusion-postgres's parser, behind the role check; c360's statements and `COPY` are
 /// kept as text for [`Queries`] to run.
 pub struct CheckedParser {
+    engine: Arc<Engine>,
     inner: Arc<Parser>,
     sql: PostgresCompatibilityParser,
 }
@@ -378,6 +426,14 @@ impl QueryParser for CheckedParser {
         }
         let parsed = self.checked(role, sql)?;
         if let Some(statement) = parsed.first() {
+            // A COPY that cannot run fails here, before a driver starts sending rows.
+            match copy::parse(statement) {
+                Some(Ok(copy::Copy::In(request))) => {
+                    copy::target(&self.engine, &request)?;
+                }
+                Some(Err(e)) => return Err(e),
+                _ => {}
+            }
             if matches!(statement, ast::Statement::Copy { .. })
                 || settings::assignment(statement).is_some()
                 || transactions::savepoint(statement).is_some()
@@ -406,5 +462,54 @@ impl QueryParser for CheckedParser {
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
         self.inner.get_result_schema(statement, column_format)
+    }
+}
+
+#[async_trait::async_trait]
+impl CopyHandler for Queries {
+    /// Rows are decoded and written as they arrive, so a COPY's memory stays bounded. On an
+    /// error the load is dropped (its files are orphans no snapshot names) and pgwire drops
+    /// the rest of the client's data, as PostgreSQL does.
+    async fn on_copy_data<C>(&self, _client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(mut copy_in) = self.copy_in_slot().take() else {
+            return Err(errors::error("08P01", "CopyData without a COPY FROM STDIN"));
+        };
+        copy_in.data(&copy_data.data).await?;
+        *self.copy_in_slot() = Some(copy_in);
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(copy_in) = self.copy_in_slot().take() else {
+            return Err(errors::error("08P01", "CopyDone without a COPY FROM STDIN"));
+        };
+        let rows = copy_in.done(&self.engine).await?;
+        let rows = usize::try_from(rows).unwrap_or(usize::MAX);
+        client
+            .send(PgWireBackendMessage::CommandComplete(
+                Tag::new("COPY").with_rows(rows).into(),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.copy_in_slot().take();
+        errors::error("57014", format!("COPY from stdin failed: {}", fail.message))
     }
 }

@@ -401,6 +401,88 @@ impl RefreshEngine {
         self.publish_system_tables()
     }
 
+    /// Erases a person from materialized results (`FORGET PROFILE`, after their landed rows
+    /// and identity state are gone): every materialized view and segment is refreshed,
+    /// inputs before readers, so that its result is recomputed without them and the old
+    /// result file deleted; then the profile's rows leave each segment's history
+    /// (`segment_changes`), rewritten as one file that replaces the old ones. Triggers are
+    /// not run: that would send messages; their state is the queue's to erase.
+    pub async fn forget_profile(&self, ctx: &SessionContext, profile_id: &str) -> Result<()> {
+        let items: Vec<(String, Arc<Mutex<Item>>)> = self
+            .items
+            .lock()
+            .await
+            .iter()
+            .map(|(name, item)| (name.clone(), Arc::clone(item)))
+            .collect();
+        let mut reads = BTreeMap::new();
+        for (name, item) in &items {
+            let item = item.lock().await;
+            if item.definition.kind == QueryKind::Trigger {
+                continue;
+            }
+            // Planned now: after a restart an item knows what it reads only once it ran.
+            let frame = ctx.sql(&item.definition.query).await?;
+            let inputs = inputs::inputs_of(frame.logical_plan())?;
+            reads.insert(name.clone(), inputs.names().cloned().collect());
+        }
+        let by_name: BTreeMap<String, Arc<Mutex<Item>>> = items.into_iter().collect();
+        for name in dependency_order(reads) {
+            let Some(item) = by_name.get(&name) else {
+                continue;
+            };
+            let mut item = item.lock().await;
+            // Forced: a view over a source the fingerprint does not see would be skipped.
+            item.fingerprint = None;
+            self.refresh_locked(ctx, &mut item).await?;
+            if item.definition.kind == QueryKind::Segment {
+                self.erase_history(&mut item, profile_id).await?;
+            }
+            self.show(&item);
+        }
+        self.publish_system_tables()
+    }
+
+    /// Rewrites a segment's history without `profile_id`'s rows, committed like a refresh:
+    /// the new file, then the manifest naming it, then the old files deleted.
+    async fn erase_history(&self, item: &mut Item, profile_id: &str) -> Result<()> {
+        let mut kept = Vec::with_capacity(item.changes.len());
+        for batch in &item.changes {
+            kept.push(segments::without_profile(batch, profile_id)?);
+        }
+        kept.retain(|batch| batch.num_rows() > 0);
+        let name = item.definition.name.clone();
+        let folder = format!("{STATE_ROOT}/{name}");
+        let mut changes_files = Vec::new();
+        if !kept.is_empty() {
+            let file = format!("changes/e{:010}.parquet", item.refresh_id);
+            self.storage
+                .put_parquet(
+                    &format!("{folder}/{file}"),
+                    segments::changes_schema(),
+                    &kept,
+                )
+                .await?;
+            changes_files.push(file);
+        }
+        let manifest = Manifest {
+            definition: item.definition.clone(),
+            refresh_id: item.refresh_id,
+            result: item.result_file.clone(),
+            changes: changes_files.clone(),
+            last_refresh: item.last_refresh.unwrap_or(item.last_attempt),
+            last_duration_ms: item.last_duration_ms.unwrap_or(0),
+            rows: item.rows,
+        };
+        self.storage
+            .put_json(&format!("{folder}/CURRENT"), &manifest)
+            .await?;
+        self.remove_unnamed(&folder, &manifest).await?;
+        item.changes = kept;
+        item.changes_files = changes_files;
+        Ok(())
+    }
+
     /// Items whose schedule says a refresh is due at `now`, inputs before their readers.
     pub async fn due(&self, now: DateTime<Utc>) -> Vec<String> {
         let items: Vec<(String, Arc<Mutex<Item>>)> = self
@@ -770,8 +852,10 @@ impl RefreshEngine {
         for sub in ["results", "changes"] {
             for file in self.storage.list_files(&format!("{folder}/{sub}")).await? {
                 if !named.contains(format!("{sub}/{file}").as_str()) {
+                    // `delete`, not `delete_prefix`: listing a file's own path finds nothing
+                    // on a local root, so superseded results used to stay on disk.
                     self.storage
-                        .delete_prefix(&format!("{folder}/{sub}/{file}"))
+                        .delete(&format!("{folder}/{sub}/{file}"))
                         .await?;
                 }
             }

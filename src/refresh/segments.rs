@@ -241,6 +241,22 @@ pub fn tagged_members(segment: &str, members: &[RecordBatch]) -> Result<Vec<Reco
         .collect()
 }
 
+/// `batch` (history or members) without the rows of `profile_id`.
+pub fn without_profile(batch: &RecordBatch, profile_id: &str) -> Result<RecordBatch> {
+    use datafusion::arrow::array::Scalar;
+    let failed = |e| C360Error::arrow("erasing a profile from a segment", e);
+    let Some(column) = batch.column_by_name(PROFILE_ID) else {
+        return Ok(batch.clone());
+    };
+    let column = cast(column, &DataType::Utf8).map_err(failed)?;
+    let other = datafusion::arrow::compute::kernels::cmp::neq(
+        &column,
+        &Scalar::new(StringArray::from(vec![profile_id])),
+    )
+    .map_err(failed)?;
+    datafusion::arrow::compute::filter_record_batch(batch, &other).map_err(failed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 //! [`Loader`] is the part shared with `COPY … FROM STDIN`: push batches, then commit.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -18,7 +19,7 @@ use futures::StreamExt;
 use crate::Engine;
 use crate::error::{C360Error, Result};
 use crate::storage::delta;
-use crate::storage::table::{self, LandedTable, conform_batch};
+use crate::storage::table::{self, LandedTable, Misfit, conform_batch};
 use crate::storage::writer::TableWriter;
 
 /// What a load did.
@@ -38,6 +39,9 @@ pub struct Loader {
     storage: crate::storage::Storage,
     /// Created with the first batch when the table is new.
     writer: Option<TableWriter>,
+    /// What `first_row` of [`Loader::push`] counts, for error messages: `row` for files,
+    /// `line` for COPY, whose users look for the line psql or their driver sent.
+    unit: &'static str,
 }
 
 impl Loader {
@@ -54,7 +58,20 @@ impl Loader {
             name: name.to_string(),
             storage: engine.storage().clone(),
             writer,
+            unit: "row",
         })
+    }
+
+    /// Makes error messages name lines, not rows (for COPY, where the first line can be a
+    /// header and `first_row` counts it).
+    pub fn counting_lines(mut self) -> Loader {
+        self.unit = "line";
+        self
+    }
+
+    /// Whether the load goes into a table that existed when it started.
+    pub fn table_exists(&self) -> bool {
+        self.existing.is_some()
     }
 
     /// The columns rows must fit (once known).
@@ -69,25 +86,46 @@ impl Loader {
     /// Adds `batch`, read from `source` where its first row is data row `first_row` (1-based),
     /// which error messages use to point at the offending line.
     pub async fn push(&mut self, batch: RecordBatch, source: &str, first_row: u64) -> Result<()> {
-        let writer = match &mut self.writer {
-            Some(writer) => writer,
-            None => self.writer.insert(TableWriter::new(
-                &self.storage,
-                &self.name,
-                delta::storable_schema(&batch.schema())?,
-            )),
+        let schema = self.settle_schema(&batch.schema())?;
+        let batch = conform_batch(&schema, &batch)
+            .map_err(|misfit| self.bad_row(source, first_row, misfit))?;
+        self.push_conformed(batch).await
+    }
+
+    /// The table's columns, settled by `schema` (the input's) when the table is new.
+    fn settle_schema(&mut self, schema: &SchemaRef) -> Result<SchemaRef> {
+        if let Some(writer) = &self.writer {
+            return Ok(writer.schema().clone());
+        }
+        let writer = TableWriter::new(&self.storage, &self.name, delta::storable_schema(schema)?);
+        Ok(self.writer.insert(writer).schema().clone())
+    }
+
+    /// Adds a batch already in the table's columns (see [`conform_batch`]).
+    async fn push_conformed(&mut self, batch: RecordBatch) -> Result<()> {
+        match &mut self.writer {
+            Some(writer) => writer.push(batch).await,
+            None => Err(C360Error::InvalidArgument(format!(
+                "rows for {} before its columns are known",
+                self.name
+            ))),
+        }
+    }
+
+    /// The error for a misfit in a batch whose first row is row (or line) `first_row`.
+    fn bad_row(&self, source: &str, first_row: u64, misfit: Misfit) -> C360Error {
+        let place = match misfit.row {
+            Some(row) => format!("{} {}", self.unit, first_row + row as u64),
+            None => "header".to_string(),
         };
-        let batch = conform_batch(writer.schema(), &batch).map_err(|misfit| {
-            let place = match misfit.row {
-                Some(row) => format!("row {}", first_row + row as u64),
-                None => "header".to_string(),
-            };
-            C360Error::InvalidArgument(format!(
-                "{source}: {place}: column {}: {} (table {})",
-                misfit.column, misfit.message, self.name
-            ))
-        })?;
-        writer.push(batch).await
+        C360Error::BadRow {
+            input: source.to_string(),
+            place,
+            column: misfit.column,
+            message: misfit.message,
+            table: self.name.clone(),
+            kind: misfit.kind,
+        }
     }
 
     /// Publishes every pushed row in one commit and registers a new table in `engine`.
@@ -135,21 +173,134 @@ pub async fn load_files(
     }
     let mut loader = Loader::new(engine, name)?;
     for input in inputs {
-        let frame = read(engine, input, loader.schema()).await?;
-        let mut stream = frame
-            .execute_stream()
-            .await
-            .map_err(|e| read_error(input, e))?;
-        let mut row = 1;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| read_error(input, e))?;
-            let rows = batch.num_rows() as u64;
-            loader.push(batch, input, row).await?;
-            row += rows;
-            progress(loader.rows());
+        let typed = loader.schema().is_some() && format_of(input)? == Format::Csv;
+        let frame = read(engine, input, loader.schema(), typed).await?;
+        let schema = loader.settle_schema(&Arc::new(frame.schema().as_arrow().clone()))?;
+        match load_frame(&mut loader, frame, schema.clone(), input, progress, true).await {
+            Ok(()) => {}
+            Err(Failed::Read(e)) if typed => {
+                // The typed parse refused a value, and says where only within its byte
+                // range: read the file again as text, only checking, to name the row.
+                let frame = read(engine, input, loader.schema(), false).await?;
+                return match load_frame(&mut loader, frame, schema, input, progress, false).await {
+                    Err(Failed::Read(found) | Failed::Other(found)) => Err(found),
+                    Ok(()) => Err(e),
+                };
+            }
+            Err(Failed::Read(e) | Failed::Other(e)) => return Err(e),
         }
     }
     loader.commit(engine).await
+}
+
+/// How reading one input failed: its data could not be read (or parsed), or anything else.
+enum Failed {
+    Read(C360Error),
+    Other(C360Error),
+}
+
+/// What stopped one partition of an input.
+enum PartFailure {
+    Read(datafusion::error::DataFusionError),
+    /// A row that does not fit, `rows_before` rows into the partition.
+    Misfit {
+        rows_before: u64,
+        misfit: Misfit,
+    },
+}
+
+/// Reads one input into the loader. DataFusion splits a large file into byte ranges, one
+/// partition per core, in file order; each is parsed and checked (cast to the table's
+/// types) on its own task, so both cores work, while this task writes the checked batches.
+/// A bad row's number is its partition's offset, known once the partitions before it are
+/// counted, plus its place in the partition; the earliest bad row in the file is reported.
+async fn load_frame(
+    loader: &mut Loader,
+    frame: DataFrame,
+    schema: SchemaRef,
+    input: &str,
+    progress: &(dyn Fn(u64) + Sync),
+    write: bool,
+) -> std::result::Result<(), Failed> {
+    let streams = frame
+        .execute_stream_partitioned()
+        .await
+        .map_err(|e| Failed::Read(read_error(input, e)))?;
+    // The lowest partition that failed: later ones stop, earlier ones go on checking.
+    let failed = Arc::new(AtomicUsize::new(usize::MAX));
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<RecordBatch>(4);
+    let mut parts = Vec::with_capacity(streams.len());
+    for (index, mut stream) in streams.into_iter().enumerate() {
+        let (sender, failed, schema) = (sender.clone(), Arc::clone(&failed), schema.clone());
+        parts.push(tokio::spawn(async move {
+            let mut rows = 0u64;
+            while let Some(batch) = stream.next().await {
+                if failed.load(Ordering::Relaxed) < index {
+                    break;
+                }
+                let fail = |failure| {
+                    failed.fetch_min(index, Ordering::Relaxed);
+                    Err(failure)
+                };
+                let batch = match batch {
+                    Ok(batch) => batch,
+                    Err(e) => return fail(PartFailure::Read(e)),
+                };
+                let conformed = match conform_batch(&schema, &batch) {
+                    Ok(conformed) => conformed,
+                    Err(misfit) => {
+                        return fail(PartFailure::Misfit {
+                            rows_before: rows,
+                            misfit,
+                        });
+                    }
+                };
+                rows += batch.num_rows() as u64;
+                // After a failure rows are only checked and counted, not written.
+                if write
+                    && failed.load(Ordering::Relaxed) == usize::MAX
+                    && sender.send(conformed).await.is_err()
+                {
+                    break;
+                }
+            }
+            Ok(rows)
+        }));
+    }
+    drop(sender);
+    let mut written = Ok(());
+    while let Some(batch) = receiver.recv().await {
+        if let Err(e) = loader.push_conformed(batch).await {
+            written = Err(e);
+            failed.fetch_min(0, Ordering::Relaxed);
+            break;
+        }
+        progress(loader.rows());
+    }
+    drop(receiver);
+    let mut outcomes = Vec::with_capacity(parts.len());
+    for part in parts {
+        outcomes.push(
+            part.await
+                .map_err(|e| Failed::Other(C360Error::io(input, std::io::Error::other(e))))?,
+        );
+    }
+    written.map_err(Failed::Other)?;
+    let mut offset = 0;
+    for outcome in outcomes {
+        match outcome {
+            Ok(rows) => offset += rows,
+            Err(PartFailure::Read(e)) => return Err(Failed::Read(read_error(input, e))),
+            Err(PartFailure::Misfit {
+                rows_before,
+                misfit,
+            }) => {
+                let row = offset + rows_before + 1;
+                return Err(Failed::Other(loader.bad_row(input, row, misfit)));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_error(input: &str, e: datafusion::error::DataFusionError) -> C360Error {
@@ -179,10 +330,17 @@ fn format_of(input: &str) -> Result<Format> {
     }
 }
 
-/// A DataFrame over one input. For an existing table, CSV columns are read as text and cast
-/// by [`conform_batch`], which names the row and value that do not fit; inferring types
-/// would report such a row less clearly, or not at all.
-async fn read(engine: &Engine, input: &str, target: Option<SchemaRef>) -> Result<DataFrame> {
+/// A DataFrame over one input. For an existing table, CSV columns are parsed straight to
+/// the table's types when `typed` (one pass over the text), else read as text and cast by
+/// [`conform_batch`], which names the row and value that do not fit: the way to find the
+/// culprit once a typed read has failed. Inferring types instead would report such a row
+/// less clearly, or not at all.
+async fn read(
+    engine: &Engine,
+    input: &str,
+    target: Option<SchemaRef>,
+    typed: bool,
+) -> Result<DataFrame> {
     let format = format_of(input)?;
     register_url(engine, input)?;
     let ctx = engine.context();
@@ -197,21 +355,31 @@ async fn read(engine: &Engine, input: &str, target: Option<SchemaRef>) -> Result
             let options = CsvReadOptions::new()
                 .has_header(true)
                 .file_extension(&extension);
-            if target.is_none() {
-                ctx.read_csv(input, options).await.map_err(failed)?
-            } else {
-                let inferred = ctx.read_csv(input, options.clone()).await.map_err(failed)?;
-                let text = Schema::new(
-                    inferred
-                        .schema()
-                        .fields()
-                        .iter()
-                        .map(|f| Field::new(f.name(), DataType::Utf8, true))
-                        .collect::<Vec<_>>(),
-                );
-                ctx.read_csv(input, options.schema(&text))
-                    .await
-                    .map_err(failed)?
+            match target {
+                None => ctx.read_csv(input, options).await.map_err(failed)?,
+                Some(target) => {
+                    let inferred = ctx.read_csv(input, options.clone()).await.map_err(failed)?;
+                    let columns = Schema::new(
+                        inferred
+                            .schema()
+                            .fields()
+                            .iter()
+                            .map(|f| {
+                                let data_type = match target.field_with_name(f.name()) {
+                                    Ok(column) if typed && parses_from_csv(column.data_type()) => {
+                                        column.data_type().clone()
+                                    }
+                                    // Unknown columns stay text: conform_batch names them.
+                                    _ => DataType::Utf8,
+                                };
+                                Field::new(f.name(), data_type, true)
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                    ctx.read_csv(input, options.schema(&columns))
+                        .await
+                        .map_err(failed)?
+                }
             }
         }
         Format::NdJson => {
@@ -229,6 +397,22 @@ async fn read(engine: &Engine, input: &str, target: Option<SchemaRef>) -> Result
             ctx.read_parquet(input, options).await.map_err(failed)?
         }
     })
+}
+
+/// Types the CSV reader parses itself, as the text cast would.
+fn parses_from_csv(data_type: &DataType) -> bool {
+    data_type.is_integer()
+        || data_type.is_floating()
+        || matches!(
+            data_type,
+            DataType::Boolean
+                | DataType::Utf8
+                | DataType::Date32
+                | DataType::Date64
+                | DataType::Timestamp(..)
+                | DataType::Decimal128(..)
+                | DataType::Decimal256(..)
+        )
 }
 
 /// Inputs with a scheme (s3://, gs://, az://) are read through an object store built with

@@ -295,6 +295,20 @@ pub struct Misfit {
     pub column: String,
     pub row: Option<usize>,
     pub message: String,
+    pub kind: MisfitKind,
+}
+
+/// What is wrong, so that a door can answer with the right code (a SQLSTATE, a status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MisfitKind {
+    /// The batch has a column the table does not.
+    UnknownColumn,
+    /// A value does not convert to the column's type.
+    InvalidValue,
+    /// A value does not convert to the column's date, time or timestamp type.
+    InvalidDatetime,
+    /// A NULL (or a missing column) where the table allows none.
+    Null,
 }
 
 impl std::fmt::Display for Misfit {
@@ -318,10 +332,11 @@ pub fn conform_batch(
     schema: &SchemaRef,
     batch: &RecordBatch,
 ) -> std::result::Result<RecordBatch, Misfit> {
-    let misfit = |column: &str, row, message: String| Misfit {
+    let misfit = |column: &str, row, message: String, kind| Misfit {
         column: column.to_string(),
         row,
         message,
+        kind,
     };
     if let Some(extra) = batch
         .schema()
@@ -333,6 +348,7 @@ pub fn conform_batch(
             extra.name(),
             None,
             "is not a column of the table".into(),
+            MisfitKind::UnknownColumn,
         ));
     }
     let options = CastOptions {
@@ -351,6 +367,7 @@ pub fn conform_batch(
                     field.name(),
                     None,
                     "is missing (it may not be null)".into(),
+                    MisfitKind::Null,
                 ));
             }
         };
@@ -367,16 +384,27 @@ pub fn conform_batch(
                     })
                     .map(|v| format!("'{v}' is not a valid {}", field.data_type()))
                     .unwrap_or_else(|| e.to_string());
-                return Err(misfit(field.name(), row, value));
+                let kind = if field.data_type().is_temporal() {
+                    MisfitKind::InvalidDatetime
+                } else {
+                    MisfitKind::InvalidValue
+                };
+                return Err(misfit(field.name(), row, value, kind));
             }
         };
         if !field.is_nullable() && cast.null_count() > 0 {
             let row = (0..cast.len()).find(|i| cast.is_null(*i));
-            return Err(misfit(field.name(), row, "may not be null".into()));
+            return Err(misfit(
+                field.name(),
+                row,
+                "may not be null".into(),
+                MisfitKind::Null,
+            ));
         }
         columns.push(cast);
     }
-    RecordBatch::try_new(schema.clone(), columns).map_err(|e| misfit("*", None, e.to_string()))
+    RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| misfit("*", None, e.to_string(), MisfitKind::InvalidValue))
 }
 
 /// Writes `batches` as one durable Parquet data file of table `name`, named by nothing yet.
