@@ -1,7 +1,7 @@
 //! Real drivers against `c360 serve`: each runs a small program under tests/clients/ that
 //! exercises its catalog and protocol paths, and fails if any of them fails. `.ci/run`
 //! installs the drivers (psycopg 3, SQLAlchemy and asyncpg from PyPI; pgjdbc and a JDK from
-//! Debian).
+//! Debian; node-postgres from npm, into tests/clients/node_modules).
 
 mod common;
 
@@ -52,4 +52,10 @@ fn pgjdbc_metadata_and_prepared_statements() {
         &server,
         "pgjdbc: ok",
     );
+}
+
+#[test]
+fn node_postgres_prepares_and_lists_tables() {
+    let server = Server::start_demo();
+    run_check("node", &["node_pg_check.js"], &server, "node-postgres: ok");
 }
