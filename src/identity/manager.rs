@@ -129,15 +129,18 @@ impl IdentityGraphs {
         })
     }
 
-    /// `REFRESH IDENTITY GRAPH`: applies the rows seen at or after the watermark.
-    pub async fn refresh(&self, ctx: &SessionContext, name: &str) -> Result<RefreshReport> {
-        let managed = self
-            .graphs
+    async fn managed(&self, name: &str) -> Result<Arc<Mutex<Managed>>> {
+        self.graphs
             .lock()
             .await
             .get(name)
             .cloned()
-            .ok_or_else(|| C360Error::NotFound(format!("identity graph {name}")))?;
+            .ok_or_else(|| C360Error::NotFound(format!("identity graph {name}")))
+    }
+
+    /// `REFRESH IDENTITY GRAPH`: applies the rows seen at or after the watermark.
+    pub async fn refresh(&self, ctx: &SessionContext, name: &str) -> Result<RefreshReport> {
+        let managed = self.managed(name).await?;
         // Held for the whole refresh: two refreshes of one graph never run at once.
         let mut managed = managed.lock().await;
         let started = Instant::now();
@@ -174,13 +177,7 @@ impl IdentityGraphs {
     /// merges and refusals. Other people keep their ids: an id is the hash of its founding
     /// identifier, the same in any build.
     pub async fn rebuild(&self, ctx: &SessionContext, name: &str) -> Result<RefreshReport> {
-        let managed = self
-            .graphs
-            .lock()
-            .await
-            .get(name)
-            .cloned()
-            .ok_or_else(|| C360Error::NotFound(format!("identity graph {name}")))?;
+        let managed = self.managed(name).await?;
         let mut managed = managed.lock().await;
         let started = Instant::now();
         let definition = managed.definition.clone();

@@ -408,13 +408,7 @@ impl RefreshEngine {
     /// (`segment_changes`), rewritten as one file that replaces the old ones. Triggers are
     /// not run: that would send messages; their state is the queue's to erase.
     pub async fn forget_profile(&self, ctx: &SessionContext, profile_id: &str) -> Result<()> {
-        let items: Vec<(String, Arc<Mutex<Item>>)> = self
-            .items
-            .lock()
-            .await
-            .iter()
-            .map(|(name, item)| (name.clone(), Arc::clone(item)))
-            .collect();
+        let items = self.all_items().await;
         let mut reads = BTreeMap::new();
         for (name, item) in &items {
             let item = item.lock().await;
@@ -483,15 +477,19 @@ impl RefreshEngine {
         Ok(())
     }
 
-    /// Items whose schedule says a refresh is due at `now`, inputs before their readers.
-    pub async fn due(&self, now: DateTime<Utc>) -> Vec<String> {
-        let items: Vec<(String, Arc<Mutex<Item>>)> = self
-            .items
+    /// Every item, by name, without holding the map while each is looked at.
+    async fn all_items(&self) -> Vec<(String, Arc<Mutex<Item>>)> {
+        self.items
             .lock()
             .await
             .iter()
             .map(|(name, item)| (name.clone(), Arc::clone(item)))
-            .collect();
+            .collect()
+    }
+
+    /// Items whose schedule says a refresh is due at `now`, inputs before their readers.
+    pub async fn due(&self, now: DateTime<Utc>) -> Vec<String> {
+        let items = self.all_items().await;
         let mut due = BTreeMap::new();
         let mut trigger_priority = BTreeMap::new();
         for (name, item) in items {
