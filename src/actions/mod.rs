@@ -618,12 +618,7 @@ impl Queue {
                 }
             }
         })?;
-        for _ in 0..retried {
-            self.stats.retried();
-        }
-        for _ in 0..dead {
-            self.stats.dead();
-        }
+        self.stats.failed(retried, dead);
         Ok(changed)
     }
 

@@ -54,12 +54,10 @@ impl QueueStats {
         }
     }
 
-    pub fn retried(&self) {
-        bump(&self.retried, 1);
-    }
-
-    pub fn dead(&self) {
-        bump(&self.dead, 1);
+    /// Counts failed attempts: those to be retried, and those dead-lettered.
+    pub fn failed(&self, retried: u64, dead: u64) {
+        bump(&self.retried, retried);
+        bump(&self.dead, dead);
     }
 
     /// Renders the counters, and `depth`: `(channel, pending or in delivery)`.
