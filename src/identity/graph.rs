@@ -65,7 +65,7 @@
 use std::borrow::Cow;
 
 use super::intern::{FastSet, Interner, trim};
-use super::load::Batch;
+use super::load::{Batch, Loader};
 pub use super::output::{identities_schema, merges_schema, records_schema, refused_schema};
 pub use super::rules::{DEFAULT_HUB_THRESHOLD, MAX_HUB_THRESHOLD, MAX_TYPES, Rules};
 
@@ -253,6 +253,38 @@ pub struct IdentityGraph {
     pub(super) unknown: Interner,
     /// `(record << 32) | unknown id` already refused, so that re-applied rows add nothing.
     pub(super) unknown_seen: FastSet<u64>,
+    /// Known records stitched again since `take_restitched`: their profile may have changed
+    /// other than by a merge (see `tables.rs`).
+    pub(super) restitched: Vec<u32>,
+}
+
+/// One batch of rows being applied in parts (see [`IdentityGraph::begin_apply`]). Dropping it
+/// without `finish` leaves the rows fed so far interned but unlinked, as a failed `apply` does.
+pub struct Applying<'g> {
+    graph: &'g mut IdentityGraph,
+    loader: Loader,
+}
+
+impl Applying<'_> {
+    /// Interns these rows into the batch; nothing is stitched until `finish`.
+    pub fn feed<'a>(
+        &mut self,
+        rows: impl IntoIterator<Item = IdentityRow<'a>>,
+    ) -> Result<(), GraphError> {
+        self.graph.load_rows(&mut self.loader, rows)
+    }
+
+    /// Stitches everything fed, in processing order.
+    pub fn finish(self) -> Result<ApplySummary, GraphError> {
+        let graph = self.graph;
+        let (mut batch, mut summary) = graph.finish_load(self.loader)?;
+        graph.observe(&mut batch, &mut summary);
+        graph.stitch(&batch, &mut summary);
+        drop(batch);
+        graph.flatten();
+        graph.trim();
+        Ok(summary)
+    }
 }
 
 /// A record with several identifiers.
@@ -314,7 +346,13 @@ impl IdentityGraph {
             refusals: Vec::new(),
             unknown: Interner::new(),
             unknown_seen: FastSet::default(),
+            restitched: Vec::new(),
         }
+    }
+
+    /// The known records stitched again since the last call.
+    pub(super) fn take_restitched(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.restitched)
     }
 
     pub fn rules(&self) -> &Rules {
@@ -364,11 +402,12 @@ impl IdentityGraph {
 
     /// Applies a batch of rows: all of them for a full build, only new ones for a refresh.
     ///
-    /// Rows are consumed once, as they come: feed them straight from the source's batches
-    /// rather than collecting them first. The only error is [`GraphError::Capacity`] (over a
-    /// billion distinct values or records, or 4 GiB of their text); it is raised before any
-    /// stitching, but values and records interned up to that point stay as unlinked entries,
-    /// so the graph should be reloaded from its last state.
+    /// Rows are consumed once, as they come. For input that arrives in parts (a query's
+    /// stream of batches), use [`IdentityGraph::begin_apply`] and feed each part as it
+    /// arrives, so that the whole input is never held at once. The only error is
+    /// [`GraphError::Capacity`] (over a billion distinct values or records, or 4 GiB of their
+    /// text); it is raised before any stitching, but values and records interned up to that
+    /// point stay as unlinked entries, so the graph should be reloaded from its last state.
     ///
     /// Three steps: `load` interns the rows and lays them out by record in processing order;
     /// `observe` drops identifiers a record already had and updates hub detection; `stitch`
@@ -377,14 +416,20 @@ impl IdentityGraph {
         &mut self,
         rows: impl IntoIterator<Item = IdentityRow<'a>>,
     ) -> Result<ApplySummary, GraphError> {
-        let mut summary = ApplySummary::default();
-        let mut batch = self.load(rows, &mut summary)?;
-        self.observe(&mut batch, &mut summary);
-        self.stitch(&batch, &mut summary);
-        drop(batch);
-        self.flatten();
-        self.trim();
-        Ok(summary)
+        let mut applying = self.begin_apply();
+        applying.feed(rows)?;
+        applying.finish()
+    }
+
+    /// Starts applying one batch of rows given in parts: [`Applying::feed`] each part, then
+    /// [`Applying::finish`]. The result is the same as one [`IdentityGraph::apply`] of all
+    /// the parts' rows, in any split.
+    pub fn begin_apply(&mut self) -> Applying<'_> {
+        let loader = self.start_load();
+        Applying {
+            graph: self,
+            loader,
+        }
     }
 
     fn trim(&mut self) {
@@ -550,6 +595,7 @@ impl IdentityGraph {
                 self.r[record as usize] = self.new_entry(profile, &additions);
             } else {
                 self.grow_record(record, profile, &additions);
+                self.restitched.push(record);
             }
         }
     }

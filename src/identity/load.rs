@@ -9,8 +9,10 @@ const CHUNK: usize = 32;
 /// `load`'s marker for a row whose type is not in priority.
 const NO_TYPE: u8 = u8::MAX;
 
-/// Rows being loaded: what the chunks of `load` accumulate.
-struct Loader<'a> {
+/// Rows being loaded: what the chunks of `load_rows` accumulate. Owns nothing borrowed from
+/// the rows, so that rows can be fed from one source batch at a time and each batch dropped
+/// once fed: a full build never holds its whole input in memory.
+pub(super) struct Loader {
     old_records: u32,
     old_local: FastMap<u32, u32>,
     old_ids: Vec<u32>,
@@ -20,7 +22,10 @@ struct Loader<'a> {
     old_seen: Vec<i64>,
     pairs: Vec<(u32, u32)>,
     unknown: Vec<(u32, u32)>,
-    last_type: (&'a str, u8),
+    /// The last type name seen and its index: rows arrive in long runs of one type (a UNION
+    /// ALL per identifier column), so the name is looked up once per run.
+    last_type: (String, u8),
+    pub(super) summary: ApplySummary,
 }
 
 /// One batch's rows, grouped by record and laid out in processing order, so that both passes
@@ -44,14 +49,9 @@ impl Batch {
 }
 
 impl IdentityGraph {
-    /// Interns every row and groups the rows by record, in processing order. The only step of
-    /// `apply` that can fail.
-    pub(super) fn load<'a>(
-        &mut self,
-        rows: impl IntoIterator<Item = IdentityRow<'a>>,
-        summary: &mut ApplySummary,
-    ) -> Result<Batch, GraphError> {
-        let mut loader = Loader {
+    /// Starts loading a batch of rows (see `load_rows` and `finish_load`).
+    pub(super) fn start_load(&mut self) -> Loader {
+        Loader {
             old_records: self.records.len() as u32,
             old_local: FastMap::default(),
             old_ids: Vec::new(),
@@ -59,24 +59,37 @@ impl IdentityGraph {
             old_seen: Vec::new(),
             pairs: Vec::new(),
             unknown: Vec::new(),
-            last_type: ("", NO_TYPE),
-        };
+            last_type: (String::new(), NO_TYPE),
+            summary: ApplySummary::default(),
+        }
+    }
+
+    /// Interns rows into the batch being loaded. Can be called once per source batch.
+    pub(super) fn load_rows<'a>(
+        &mut self,
+        loader: &mut Loader,
+        rows: impl IntoIterator<Item = IdentityRow<'a>>,
+    ) -> Result<(), GraphError> {
         let mut rows = rows.into_iter();
         let (hint, _) = rows.size_hint();
         loader.pairs.reserve(hint);
-        // A full build interns mostly new records: size the table once instead of doubling.
-        if self.records.len() == 0 {
-            self.records.reserve(hint);
-        }
         let mut chunk: Vec<IdentityRow<'a>> = Vec::with_capacity(CHUNK);
         loop {
             chunk.clear();
             chunk.extend(rows.by_ref().take(CHUNK));
             if chunk.is_empty() {
-                break;
+                return Ok(());
             }
-            self.load_chunk(&chunk, &mut loader, summary)?;
+            self.load_chunk(&chunk, loader)?;
         }
+    }
+
+    /// Groups the loaded rows by record, in processing order. The only step of `apply` that
+    /// can fail besides interning.
+    pub(super) fn finish_load(
+        &mut self,
+        loader: Loader,
+    ) -> Result<(Batch, ApplySummary), GraphError> {
         let Loader {
             old_records,
             old_local,
@@ -85,6 +98,7 @@ impl IdentityGraph {
             old_seen,
             pairs,
             unknown,
+            summary,
             ..
         } = loader;
         let grown: usize = old_ids.iter().map(|&r| self.record_ids(r).len()).sum();
@@ -143,35 +157,37 @@ impl IdentityGraph {
                 .then_with(|| self.unknown.key(a.1).cmp(self.unknown.key(b.1)))
         });
         unknown.dedup();
-        Ok(Batch {
+        let batch = Batch {
             old_records,
             order,
             offsets,
             values,
             unknown,
-        })
+        };
+        Ok((batch, summary))
     }
 
     /// Loads up to `CHUNK` rows in stages, each a loop of independent memory accesses.
-    fn load_chunk<'a>(
+    fn load_chunk(
         &mut self,
-        chunk: &[IdentityRow<'a>],
-        loader: &mut Loader<'a>,
-        summary: &mut ApplySummary,
+        chunk: &[IdentityRow<'_>],
+        loader: &mut Loader,
     ) -> Result<(), GraphError> {
         // Stage 0: drop empty rows, resolve types, hash keys (no memory traffic).
         let mut keep = [(0usize, NO_TYPE, 0u32, 0u32); CHUNK];
         let mut n = 0;
         for (i, row) in chunk.iter().enumerate() {
-            summary.rows += 1;
+            loader.summary.rows += 1;
             if row.id_value.trim().is_empty() || row.record_key.trim().is_empty() {
-                summary.ignored += 1;
+                loader.summary.ignored += 1;
                 continue;
             }
             // Rows arrive in long runs of one type (a UNION ALL per identifier column).
             if loader.last_type.0 != row.id_type {
                 let t = self.rules.type_index(row.id_type).unwrap_or(NO_TYPE);
-                loader.last_type = (row.id_type, t);
+                loader.last_type.0.clear();
+                loader.last_type.0.push_str(row.id_type);
+                loader.last_type.1 = t;
             }
             let t = loader.last_type.1;
             let record_tag = self.records.tag_of(&[], row.record_key.as_bytes());

@@ -10,3 +10,4 @@ pub mod normalize;
 mod output;
 mod rules;
 pub mod state;
+pub mod tables;

@@ -56,14 +56,14 @@ pub fn refused_schema() -> SchemaRef {
 
 /// Formats profile ids (`p_` and 16 hex digits) into one reused buffer: millions of rows, no
 /// allocation and no formatting machinery for each.
-struct IdFormatter([u8; 18]);
+pub(super) struct IdFormatter([u8; 18]);
 
 impl IdFormatter {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         IdFormatter(*b"p_0000000000000000")
     }
 
-    fn format(&mut self, hash: u64) -> &str {
+    pub(super) fn format(&mut self, hash: u64) -> &str {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         for (i, digit) in self.0[2..].iter_mut().enumerate() {
             *digit = HEX[((hash >> (60 - 4 * i)) & 0xF) as usize];
@@ -114,9 +114,14 @@ impl IdentityGraph {
 
     /// `from_profile, into_profile, merged_at, via_type, via_value`, in merge order.
     pub fn merges(&self) -> Result<Vec<RecordBatch>, GraphError> {
+        self.merges_from(0)
+    }
+
+    /// The merges table from its row `start` on.
+    pub(super) fn merges_from(&self, start: usize) -> Result<Vec<RecordBatch>, GraphError> {
         let mut out = TableWriter::new("merges", merges_schema(), OUTPUT_ROWS)?;
         let mut ids = IdFormatter::new();
-        for merge in &self.merges {
+        for merge in self.merges.get(start..).unwrap_or_default() {
             out.str(0, ids.format(self.p_hash[merge.from as usize]));
             out.str(1, ids.format(self.p_hash[merge.into as usize]));
             out.i64(2, merge.at);
@@ -130,8 +135,13 @@ impl IdentityGraph {
     /// `record_key, id_type, id_value, reason, seen_at, detail`: identifiers refused on a
     /// record, in the order refused. `seen_at` is the record's.
     pub fn refused(&self) -> Result<Vec<RecordBatch>, GraphError> {
+        self.refused_from(0)
+    }
+
+    /// The refused table from its row `start` on.
+    pub(super) fn refused_from(&self, start: usize) -> Result<Vec<RecordBatch>, GraphError> {
         let mut out = TableWriter::new("refused", refused_schema(), OUTPUT_ROWS)?;
-        for refusal in &self.refusals {
+        for refusal in self.refusals.get(start..).unwrap_or_default() {
             out.str(0, &self.record_text(refusal.record));
             match refusal.what {
                 Refused::Value(value) => {
