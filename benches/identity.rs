@@ -413,7 +413,7 @@ async fn quality(engine: &Engine, data: &Path, ids: &[RecordBatch]) -> Result<Qu
     let mut ideal_first: IdMap<u32> = IdMap::default();
     let mut naive_first: IdMap<u32> = IdMap::default();
     let mut unknown_records = 0u64;
-    for row in rows_of(ids) {
+    for row in rows_of(ids)? {
         if row.id_value.trim().is_empty() || row.record_key.trim().is_empty() {
             continue;
         }
@@ -776,7 +776,7 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
     let rules = rules_from_options(&definition)?;
     let mut graph = IdentityGraph::new(rules);
     let started = Instant::now();
-    let summary = graph.apply(rows_of(&ids))?;
+    let summary = graph.apply(rows_of(&ids)?)?;
     let stitch_seconds = secs(started.elapsed());
     let started = Instant::now();
     let output_rows: usize = [

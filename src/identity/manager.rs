@@ -389,7 +389,7 @@ impl IdentityGraphs {
                 .map(as_source_batch)
                 .collect::<Result<Vec<_>>>()
                 .map_err(|e| C360Error::Identity(format!("identity graph {name}: {path}: {e}")))?;
-            graph.apply(rows_of(&batches)).map_err(graph_error)?;
+            graph.apply(rows_of(&batches)?).map_err(graph_error)?;
         }
         Ok(graph)
     }
@@ -643,7 +643,7 @@ async fn read_and_apply(
     let mut kept_rows = 0u64;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        let rows = rows_of_batch(&batch).inspect(|row| {
+        let rows = rows_of_batch(&batch)?.inspect(|row| {
             rows_read += 1;
             max_seen = Some(max_seen.map_or(row.seen_at, |m| m.max(row.seen_at)));
         });
@@ -658,15 +658,65 @@ async fn read_and_apply(
     Ok((rows_read, max_seen, summary, kept))
 }
 
-/// A graph's source as the stitch reads it: the four columns as text, `seen_at` in µs.
+/// A graph's source as the stitch reads it: the three key columns as text (strings as they
+/// come, since copying 20M strings into another representation costs seconds; other types
+/// cast), `seen_at` in µs.
 pub async fn source_frame(ctx: &SessionContext, source: &str) -> Result<DataFrame> {
     let micros = DataType::Timestamp(TimeUnit::Microsecond, None);
-    Ok(ctx.table(source).await?.select(vec![
-        cast(col("record_key"), DataType::Utf8).alias("record_key"),
-        cast(col("id_type"), DataType::Utf8).alias("id_type"),
-        cast(col("id_value"), DataType::Utf8).alias("id_value"),
+    let frame = ctx.table(source).await?;
+    let text = |name: &str| {
+        let is_text = frame
+            .schema()
+            .field_with_unqualified_name(name)
+            .is_ok_and(|field| TextColumn::readable(field.data_type()));
+        if is_text {
+            col(name)
+        } else {
+            cast(col(name), DataType::Utf8).alias(name)
+        }
+    };
+    let columns = vec![
+        text("record_key"),
+        text("id_type"),
+        text("id_value"),
         cast(col("seen_at"), micros).alias("seen_at"),
-    ])?)
+    ];
+    Ok(frame.select(columns)?)
+}
+
+/// A text column in any of Arrow's string layouts.
+enum TextColumn<'a> {
+    Utf8(&'a datafusion::arrow::array::StringArray),
+    Large(&'a datafusion::arrow::array::LargeStringArray),
+    View(&'a datafusion::arrow::array::StringViewArray),
+}
+
+impl<'a> TextColumn<'a> {
+    fn readable(data_type: &DataType) -> bool {
+        matches!(
+            data_type,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        )
+    }
+
+    fn of(array: &'a dyn Array) -> Option<TextColumn<'a>> {
+        Some(match array.data_type() {
+            DataType::Utf8 => TextColumn::Utf8(array.as_string::<i32>()),
+            DataType::LargeUtf8 => TextColumn::Large(array.as_string::<i64>()),
+            DataType::Utf8View => TextColumn::View(array.as_string_view()),
+            _ => return None,
+        })
+    }
+
+    /// The value at `i`, `""` for NULL.
+    fn text(&self, i: usize) -> &'a str {
+        match self {
+            TextColumn::Utf8(a) if a.is_valid(i) => a.value(i),
+            TextColumn::Large(a) if a.is_valid(i) => a.value(i),
+            TextColumn::View(a) if a.is_valid(i) => a.value(i),
+            _ => "",
+        }
+    }
 }
 
 /// A batch read back from a log file, with the column types of [`source_frame`] (a Parquet
@@ -701,31 +751,50 @@ fn as_source_batch(batch: &RecordBatch) -> Result<RecordBatch> {
 
 /// The rows of batches from [`source_frame`]. A row without a record or a time cannot be
 /// placed: it is noise, like an empty value, and is left out.
-pub fn rows_of(batches: &[RecordBatch]) -> impl Iterator<Item = IdentityRow<'_>> {
-    batches.iter().flat_map(rows_of_batch)
+pub fn rows_of(batches: &[RecordBatch]) -> Result<impl Iterator<Item = IdentityRow<'_>>> {
+    let rows = batches
+        .iter()
+        .map(rows_of_batch)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(rows.into_iter().flatten())
 }
 
-/// The rows of one batch from [`source_frame`] (see [`rows_of`]).
-pub fn rows_of_batch(batch: &RecordBatch) -> impl Iterator<Item = IdentityRow<'_>> {
-    let keys = batch.column(0).as_string::<i32>();
-    let types = batch.column(1).as_string::<i32>();
-    let values = batch.column(2).as_string::<i32>();
-    let seen = batch.column(3).as_primitive::<TimestampMicrosecondType>();
-    (0..batch.num_rows()).filter_map(move |i| {
-        if keys.is_null(i) || seen.is_null(i) {
+/// The rows of one batch from [`source_frame`] (see [`rows_of`]); an error if its columns are
+/// not the source's (text, text, text, timestamp in µs).
+pub fn rows_of_batch(batch: &RecordBatch) -> Result<impl Iterator<Item = IdentityRow<'_>>> {
+    let mismatch = || {
+        let types: Vec<String> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|field| field.data_type().to_string())
+            .collect();
+        C360Error::Identity(format!(
+            "identity rows must be (text, text, text, timestamp(µs)), got ({})",
+            types.join(", ")
+        ))
+    };
+    if batch.num_columns() != 4 {
+        return Err(mismatch());
+    }
+    let text = |i: usize| TextColumn::of(batch.column(i).as_ref()).ok_or_else(mismatch);
+    let (keys, types, values) = (text(0)?, text(1)?, text(2)?);
+    let seen = batch
+        .column(3)
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(mismatch)?;
+    let key_nulls = batch.column(0).logical_nulls();
+    Ok((0..batch.num_rows()).filter_map(move |i| {
+        if key_nulls.as_ref().is_some_and(|nulls| nulls.is_null(i)) || seen.is_null(i) {
             return None;
         }
         Some(IdentityRow {
-            record_key: keys.value(i),
-            id_type: if types.is_null(i) { "" } else { types.value(i) },
-            id_value: if values.is_null(i) {
-                ""
-            } else {
-                values.value(i)
-            },
+            record_key: keys.text(i),
+            id_type: types.text(i),
+            id_value: values.text(i),
             seen_at: seen.value(i),
         })
-    })
+    }))
 }
 
 #[cfg(test)]
