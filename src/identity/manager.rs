@@ -439,14 +439,12 @@ impl IdentityGraphs {
         watermark: Option<i64>,
     ) -> Result<()> {
         let folder = version_folder(name, version);
-        for (part, batches) in graph.to_state().map_err(graph_error)? {
-            let Some(schema) = batches.first().map(RecordBatch::schema) else {
-                continue;
-            };
-            self.storage
-                .put_parquet(&format!("{folder}/{part}.parquet"), schema, &batches)
-                .await?;
-        }
+        let parts = graph.to_state().map_err(graph_error)?;
+        let objects = parts
+            .into_iter()
+            .map(|(part, batches)| (format!("{folder}/{part}.parquet"), batches))
+            .collect();
+        self.storage.put_parquet_all(objects).await?;
         let manifest = Manifest {
             definition: definition.clone(),
             version,

@@ -226,18 +226,41 @@ impl Storage {
         schema: SchemaRef,
         batches: &[RecordBatch],
     ) -> Result<()> {
-        let failed = |message: String| C360Error::StorageUrl {
+        let bytes =
+            encode_parquet(schema, batches).map_err(|message| self.failed(relative, message))?;
+        self.put(relative, bytes).await
+    }
+
+    /// Writes several Parquet objects, encoding them in parallel on blocking threads (encoding
+    /// is CPU work: millions of rows take seconds each) and storing each once encoded. Each object
+    /// appears whole or not at all, as with [`Storage::put_parquet`]; together they are not
+    /// atomic, so callers commit them with a pointer written afterwards.
+    pub async fn put_parquet_all(&self, objects: Vec<(String, Vec<RecordBatch>)>) -> Result<()> {
+        let encoders: Vec<_> = objects
+            .into_iter()
+            .filter_map(|(relative, batches)| {
+                let schema = batches.first()?.schema();
+                Some(tokio::task::spawn_blocking(move || {
+                    let bytes = encode_parquet(schema, &batches);
+                    (relative, bytes)
+                }))
+            })
+            .collect();
+        for encoder in encoders {
+            let (relative, bytes) = encoder
+                .await
+                .map_err(|e| self.failed("", format!("a Parquet encoder stopped: {e}")))?;
+            let bytes = bytes.map_err(|message| self.failed(&relative, message))?;
+            self.put(&relative, bytes).await?;
+        }
+        Ok(())
+    }
+
+    fn failed(&self, relative: &str, message: String) -> C360Error {
+        C360Error::StorageUrl {
             url: format!("{}{relative}", self.url),
             message,
-        };
-        let mut buffer = Vec::new();
-        let mut writer =
-            ArrowWriter::try_new(&mut buffer, schema, None).map_err(|e| failed(e.to_string()))?;
-        for batch in batches {
-            writer.write(batch).map_err(|e| failed(e.to_string()))?;
         }
-        writer.close().map_err(|e| failed(e.to_string()))?;
-        self.put(relative, buffer).await
     }
 
     /// Reads a Parquet object written by [`Storage::put_parquet`].
@@ -492,4 +515,18 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, C360Error::StorageUrl { .. }), "{err}");
     }
+}
+
+/// One Parquet file's bytes.
+fn encode_parquet(
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+) -> std::result::Result<Vec<u8>, String> {
+    let mut buffer = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buffer, schema, None).map_err(|e| e.to_string())?;
+    for batch in batches {
+        writer.write(batch).map_err(|e| e.to_string())?;
+    }
+    writer.close().map_err(|e| e.to_string())?;
+    Ok(buffer)
 }
