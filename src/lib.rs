@@ -284,7 +284,9 @@ fn log_refresh(report: &refresh::RefreshReport) {
 }
 
 fn new_session(database: &str) -> Result<SessionContext> {
-    let mut config = SessionConfig::new()
+    // DataFusion's own settings can be tuned with DATAFUSION_* environment variables
+    // (e.g. DATAFUSION_EXECUTION_TARGET_PARTITIONS); the settings below always apply.
+    let mut config = SessionConfig::from_env()?
         .with_information_schema(true)
         .with_default_catalog_and_schema(database, DEFAULT_SCHEMA)
         .with_create_default_catalog_and_schema(true);
