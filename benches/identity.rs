@@ -649,6 +649,16 @@ struct Incremental {
     total_rows: i64,
 }
 
+/// "phase 1.23 s, phase 0.45 s".
+fn phases(report: &RefreshReport) -> String {
+    report
+        .phases
+        .iter()
+        .map(|(phase, took)| format!("{phase} {:.3} s", secs(*took)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 async fn incremental(engine: &Engine) -> Result<Incremental> {
     let total_rows = count(engine, "SELECT count(*) FROM ids_all").await?;
     let offset = (total_rows / 100).max(1);
@@ -671,9 +681,10 @@ async fn incremental(engine: &Engine) -> Result<Incremental> {
         .create(engine.context(), definition, false)
         .await?;
     println!(
-        "incremental: built on {live_rows} of {total_rows} rows in {:.2} s, {} profiles",
+        "incremental: built on {live_rows} of {total_rows} rows in {:.2} s, {} profiles ({})",
         secs(build.duration),
-        build.profiles
+        build.profiles,
+        phases(&build)
     );
     // New data lands: the cutoff moves past everything.
     engine
@@ -686,8 +697,12 @@ async fn incremental(engine: &Engine) -> Result<Incremental> {
         .await?;
     let refresh_wall = secs(started.elapsed());
     println!(
-        "incremental: refresh read {} rows, {} records applied, {} merges, in {:.3} s",
-        refresh.rows_read, refresh.summary.records, refresh.summary.merges, refresh_wall
+        "incremental: refresh read {} rows, {} records applied, {} merges, in {:.3} s ({})",
+        refresh.rows_read,
+        refresh.summary.records,
+        refresh.summary.merges,
+        refresh_wall,
+        phases(&refresh)
     );
     Ok(Incremental {
         build,

@@ -52,6 +52,30 @@ pub struct RefreshReport {
     pub summary: ApplySummary,
     pub profiles: usize,
     pub duration: Duration,
+    /// Where the time went, phase by phase, in order.
+    pub phases: Vec<(&'static str, Duration)>,
+}
+
+/// Times consecutive phases of a build or refresh.
+struct Phases {
+    last: Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn start() -> Phases {
+        Phases {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Ends the phase running since the previous mark.
+    fn mark(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.done.push((phase, now - self.last));
+        self.last = now;
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -140,12 +164,15 @@ impl IdentityGraphs {
         }
 
         let started = Instant::now();
+        let mut phases = Phases::start();
         let mut graph = IdentityGraph::new(rules);
         let (rows_read, watermark, summary, _) =
             read_and_apply(ctx, &definition, &mut graph, None, 0).await?;
+        phases.mark("read and stitch");
         let version = self.next_version(&name).await?;
         self.commit(&name, &definition, &graph, version, watermark)
             .await?;
+        phases.mark("state");
         let profiles = graph.profile_count();
         let committed = Committed {
             version,
@@ -153,6 +180,7 @@ impl IdentityGraphs {
             log: Vec::new(),
         };
         self.install(ctx, definition, graph, committed).await?;
+        phases.mark("tables");
         Ok(RefreshReport {
             graph: name,
             full_build: true,
@@ -160,6 +188,7 @@ impl IdentityGraphs {
             summary,
             profiles,
             duration: started.elapsed(),
+            phases: phases.done,
         })
     }
 
@@ -178,6 +207,7 @@ impl IdentityGraphs {
         // Held for the whole refresh: two refreshes of one graph never run at once.
         let mut managed = managed.lock().await;
         let started = Instant::now();
+        let mut phases = Phases::start();
         // Counted from the attempt, so that a failing source is retried once a period.
         managed.last_refresh = started;
         let definition = managed.definition.clone();
@@ -191,6 +221,7 @@ impl IdentityGraphs {
             LOG_ROWS.saturating_sub(logged),
         )
         .await?;
+        phases.mark("read and stitch");
         let changed = summary.records > 0 || summary.refused > 0;
         if changed {
             let watermark = new_watermark.max(watermark);
@@ -207,9 +238,16 @@ impl IdentityGraphs {
                     managed.log.clear();
                 }
             }
+            phases.mark("state");
             let managed = &mut *managed;
-            publish(&mut managed.outputs, &mut managed.graph, &managed.tables)?;
+            publish(
+                &mut managed.outputs,
+                &mut managed.graph,
+                &managed.tables,
+                &mut phases,
+            )?;
             managed.watermark = watermark;
+            phases.mark("publish and index");
         }
         Ok(RefreshReport {
             graph: name.to_string(),
@@ -218,6 +256,7 @@ impl IdentityGraphs {
             summary,
             profiles: managed.graph.profile_count(),
             duration: started.elapsed(),
+            phases: phases.done,
         })
     }
 
@@ -231,15 +270,19 @@ impl IdentityGraphs {
         let managed = self.managed(name).await?;
         let mut managed = managed.lock().await;
         let started = Instant::now();
+        let mut phases = Phases::start();
         let definition = managed.definition.clone();
         let mut graph = IdentityGraph::new(rules_from_options(&definition)?);
         let (rows_read, watermark, summary, _) =
             read_and_apply(ctx, &definition, &mut graph, None, 0).await?;
+        phases.mark("read and stitch");
         let version = managed.version + 1;
         self.commit(name, &definition, &graph, version, watermark)
             .await?;
+        phases.mark("state");
         let mut outputs = GraphTables::default();
-        publish(&mut outputs, &mut graph, &managed.tables)?;
+        publish(&mut outputs, &mut graph, &managed.tables, &mut phases)?;
+        phases.mark("publish and index");
         managed.outputs = outputs;
         managed.graph = graph;
         managed.version = version;
@@ -253,6 +296,7 @@ impl IdentityGraphs {
             summary,
             profiles: managed.graph.profile_count(),
             duration: started.elapsed(),
+            phases: phases.done,
         })
     }
 
@@ -494,8 +538,10 @@ fn publish(
     outputs: &mut GraphTables,
     graph: &mut IdentityGraph,
     tables: &[Arc<PublishedTable>; 4],
+    phases: &mut Phases,
 ) -> Result<()> {
     let batches = outputs.update(graph).map_err(graph_error)?;
+    phases.mark("tables");
     for (table, batches) in tables.iter().zip(batches) {
         table.publish(batches)?;
     }
