@@ -793,18 +793,22 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
     let started = Instant::now();
     let summary = graph.apply(rows_of(&ids)?)?;
     let stitch_seconds = secs(started.elapsed());
+    let graph_heap = graph.heap_bytes();
     let started = Instant::now();
-    let output_rows: usize = [
+    let outputs = [
         graph.identities()?,
         graph.records()?,
         graph.merges()?,
         graph.refused()?,
-    ]
-    .iter()
-    .flatten()
-    .map(RecordBatch::num_rows)
-    .sum();
+    ];
     let outputs_seconds = secs(started.elapsed());
+    let output_rows: usize = outputs.iter().flatten().map(RecordBatch::num_rows).sum();
+    let output_bytes: usize = outputs
+        .iter()
+        .flatten()
+        .map(RecordBatch::get_array_memory_size)
+        .sum();
+    drop(outputs);
     let started = Instant::now();
     let state_parts = graph.to_state()?;
     let state_seconds = secs(started.elapsed());
@@ -824,8 +828,13 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
     println!(
         "breakdown: read+normalize {read_seconds:.2} s ({id_rows} rows), stitch {stitch_seconds:.2} s \
          ({} records, {} merges, {} refused), outputs {outputs_seconds:.2} s ({output_rows} rows), \
-         state to Arrow {state_seconds:.2} s, state to Parquet {state_write_seconds:.2} s",
-        summary.records, summary.merges, summary.refused
+         state to Arrow {state_seconds:.2} s, state to Parquet {state_write_seconds:.2} s; \
+         memory: graph {:.2} GB, tables {:.2} GB",
+        summary.records,
+        summary.merges,
+        summary.refused,
+        gb(graph_heap as u64),
+        gb(output_bytes as u64)
     );
 
     // ---- quality
