@@ -17,14 +17,18 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::buffer::Buffer;
 
 use super::graph::{GraphError, IdentityGraph, NONE};
-use super::intern::FastSet;
 use super::output::{identities_schema, records_schema};
 
 /// Positions per chunk: one output batch each.
 const CHUNK: usize = 65_536;
+/// Bytes of a profile id: `p_` and 16 hex digits.
+const ID_LEN: usize = 18;
 
 /// One table's chunks, covering positions `0..covered` of its order.
 #[derive(Default)]
@@ -87,7 +91,13 @@ impl GraphTables {
         for merge in &graph.merges[self.merges_rows.min(graph.merges.len())..] {
             moved[merge.from as usize] = true;
         }
-        let restitched: FastSet<u32> = graph.take_restitched().into_iter().collect();
+        // A flag per record rather than a hash set: every row of every chunk is checked.
+        let mut restitched = vec![false; graph.records.len()];
+        let mut any_restitched = false;
+        for record in graph.take_restitched() {
+            restitched[record as usize] = true;
+            any_restitched = true;
+        }
 
         let graph = &*graph;
         let record_rows = |first: usize, end: usize| -> Vec<u32> {
@@ -110,7 +120,9 @@ impl GraphTables {
             self.chunk_rows,
             graph.record_order.len(),
             &moved,
-            &|chunk: &Chunk| chunk.members.iter().any(|r| restitched.contains(r)),
+            &|chunk: &Chunk| {
+                any_restitched && chunk.members.iter().any(|&r| restitched[r as usize])
+            },
             &record_rows,
             &record_root,
             &record_columns,
@@ -233,15 +245,16 @@ impl Chunked {
                 *chunk = build(chunk.first, chunk.end)?;
                 continue;
             }
-            let mut changed = false;
-            for root in &mut chunk.roots {
+            let mut changed = Vec::new();
+            for (row, root) in chunk.roots.iter_mut().enumerate() {
                 if moved.get(*root as usize).copied().unwrap_or(false) {
                     *root = graph.root(*root);
-                    changed = true;
+                    changed.push(row);
                 }
             }
-            if changed {
-                chunk.profile_ids = profile_ids(graph, &chunk.roots);
+            if !changed.is_empty() {
+                chunk.profile_ids =
+                    patch_profile_ids(graph, &chunk.profile_ids, &chunk.roots, &changed);
             }
         }
         // A short last chunk is rebuilt with the new positions, so chunks stay full.
@@ -258,6 +271,40 @@ impl Chunked {
             self.covered = end;
         }
         Ok(())
+    }
+}
+
+/// `column` with the rows `changed` given the profile ids of their new `roots`. Every profile
+/// id is `ID_LEN` bytes, so the offsets stay and the text is copied once and overwritten in
+/// place: a merge touches a few rows of a chunk, and formatting all of them again cost
+/// seconds per refresh at a million profiles.
+fn patch_profile_ids(
+    graph: &IdentityGraph,
+    column: &ArrayRef,
+    roots: &[u32],
+    changed: &[usize],
+) -> ArrayRef {
+    let Some(ids) = column.as_string_opt::<i32>() else {
+        return profile_ids(graph, roots);
+    };
+    let fixed_width = ids
+        .value_offsets()
+        .iter()
+        .enumerate()
+        .all(|(i, &offset)| offset as usize == i * ID_LEN);
+    if !fixed_width || ids.null_count() > 0 || ids.len() != roots.len() {
+        return profile_ids(graph, roots);
+    }
+    let mut text = ids.values().to_vec();
+    let mut format = super::output::IdFormatter::new();
+    for &row in changed {
+        let id = format.format(graph.p_hash[roots[row] as usize]);
+        text[row * ID_LEN..(row + 1) * ID_LEN].copy_from_slice(id.as_bytes());
+    }
+    // Only whole ASCII ids were written over whole ids: the text is still valid UTF-8.
+    match StringArray::try_new(ids.offsets().clone(), Buffer::from_vec(text), None) {
+        Ok(patched) => Arc::new(patched),
+        Err(_) => profile_ids(graph, roots),
     }
 }
 
