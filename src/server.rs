@@ -97,13 +97,22 @@ async fn run_schedules(engine: std::sync::Arc<Engine>, stop: impl Future<Output 
     }
 }
 
-/// Compacts landed tables every few seconds (group commits make many small files) and
-/// vacuums them hourly, until `stop`. Its own task, so a long compaction never delays a
-/// scheduled refresh.
+/// Compacts landed tables every `[maintenance] compact_interval_secs` (group commits make
+/// many small files) and vacuums them hourly, until `stop`. Its own task, so a long
+/// compaction never delays a scheduled refresh; the merging itself runs on a thread of its
+/// own at a lower priority (see `storage::maintenance`), so it never delays a group commit.
 async fn run_upkeep(engine: std::sync::Arc<Engine>, stop: impl Future<Output = ()>) {
     use crate::storage::maintenance::VACUUM_RETENTION;
     tokio::pin!(stop);
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    let settings = engine.settings().maintenance.clone();
+    let compact_max_bytes =
+        (settings.compact_interval_secs > 0).then(|| settings.compact_max_mb.max(1) << 20);
+    // Without compaction, the tick only paces the hourly vacuum.
+    let every = match settings.compact_interval_secs {
+        0 => 60,
+        secs => secs,
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_vacuum = std::time::Instant::now();
     loop {
@@ -122,7 +131,7 @@ async fn run_upkeep(engine: std::sync::Arc<Engine>, stop: impl Future<Output = (
         }
         tokio::select! {
             _ = &mut stop => return,
-            _ = engine.landed().maintain(vacuum, VACUUM_RETENTION) => {}
+            _ = engine.landed().maintain(compact_max_bytes, vacuum, VACUUM_RETENTION) => {}
         }
     }
 }
