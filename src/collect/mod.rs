@@ -8,6 +8,7 @@
 //! fails `serve` with the address in the message.
 
 pub mod api;
+pub mod dedup;
 pub mod ingest;
 pub mod metrics;
 pub mod segment;
