@@ -21,10 +21,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use super::delta::Add;
 use super::delta::{LOG_DIR, StatsBuilder};
-use super::table::{
-    LandedTable, conform_batch, data_file_name, data_file_properties, now_ms, put_data_file,
-};
+use super::table::{LandedTable, conform_batch, data_file_name, data_file_properties, now_ms};
 use crate::error::{C360Error, Result};
 
 /// Files smaller than this are worth merging.
@@ -37,6 +36,10 @@ pub const VACUUM_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// At most this many bytes of small files are merged in one compaction by default
 /// (`[maintenance] compact_max_mb`): it bounds the round's memory and its final fsync.
 pub const COMPACT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// The merged file reaches a local disk at most this fast (see `Storage::put_paced`): 64 MiB
+/// in two seconds, far above what a collector's files add per round, and a trickle that
+/// group commits' fsyncs do not queue behind.
+const COMPACT_WRITE_BYTES_PER_SEC: u64 = 32 * 1024 * 1024;
 /// Input files read ahead of the merging thread: enough to keep it busy, few enough that
 /// memory holds a handful of small files at most.
 const READ_AHEAD: usize = 2;
@@ -96,9 +99,19 @@ impl LandedTable {
                 std::io::Error::other("the compaction thread died"),
             )
         })??;
-        let mut add = put_data_file(self.storage(), self.name(), file, buffer, stats).await?;
-        // Same rows, new files: readers of the change feed must not see new data.
-        add.data_change = false;
+        let size = buffer.len() as u64;
+        self.storage()
+            .put_paced(&relative, buffer, COMPACT_WRITE_BYTES_PER_SEC)
+            .await?;
+        let add = Add {
+            path: file,
+            partition_values: Default::default(),
+            size,
+            modification_time: now_ms(),
+            // Same rows, new files: readers of the change feed must not see new data.
+            data_change: false,
+            stats: Some(stats),
+        };
         match self.commit("OPTIMIZE", vec![add], chosen.clone()).await {
             Ok(version) => Ok(Some(Compacted {
                 files_merged: chosen.len(),

@@ -518,7 +518,7 @@ pub(crate) fn data_file_properties() -> datafusion::parquet::file::properties::W
 
 /// Stores the encoded data file `file` of table `name` durably (fsync'd on a local root) and
 /// describes it for a commit.
-pub(crate) async fn put_data_file(
+async fn put_data_file(
     storage: &Storage,
     name: &str,
     file: String,
