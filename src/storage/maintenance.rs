@@ -20,6 +20,7 @@ use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::file::properties::WriterPropertiesBuilder;
 
 use super::delta::Add;
 use super::delta::{LOG_DIR, StatsBuilder};
@@ -40,6 +41,8 @@ pub const COMPACT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// in two seconds, far above what a collector's files add per round, and a trickle that
 /// group commits' fsyncs do not queue behind.
 const COMPACT_WRITE_BYTES_PER_SEC: u64 = 32 * 1024 * 1024;
+/// Rows per row group of a merged file (see `merge`).
+const COMPACT_ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Input files read ahead of the merging thread: enough to keep it busy, few enough that
 /// memory holds a handful of small files at most.
 const READ_AHEAD: usize = 2;
@@ -81,7 +84,7 @@ impl LandedTable {
             .name(format!("c360-compact-{table}"))
             .spawn(move || {
                 lower_priority();
-                let _ = done.send(merge(&table, schema, merged));
+                let _ = done.send(merge(&table, schema, merged, bytes as usize));
             })
             .map_err(|e| C360Error::io(&relative, e))?;
         for path in &chosen {
@@ -154,12 +157,19 @@ fn merge(
     table: &str,
     schema: SchemaRef,
     mut inputs: tokio::sync::mpsc::Receiver<(String, Bytes)>,
+    input_bytes: usize,
 ) -> Result<(Vec<u8>, String, usize)> {
-    let mut buffer = Vec::new();
+    // The output is about as large as the inputs: one allocation up front, rather than a
+    // buffer that doubles (and is copied) several times on the way to tens of MiB.
+    let mut buffer = Vec::with_capacity(input_bytes + (1 << 20));
     let mut stats = StatsBuilder::new(&schema);
-    let mut writer =
-        ArrowWriter::try_new(&mut buffer, schema.clone(), Some(data_file_properties()))
-            .map_err(|e| C360Error::parquet(table, e))?;
+    // Row groups of a bounded size: the writer holds the current one encoded in memory,
+    // which would otherwise be the whole merge (the default is a million rows).
+    let properties = WriterPropertiesBuilder::from(data_file_properties())
+        .set_max_row_group_row_count(Some(COMPACT_ROW_GROUP_ROWS))
+        .build();
+    let mut writer = ArrowWriter::try_new(&mut buffer, schema.clone(), Some(properties))
+        .map_err(|e| C360Error::parquet(table, e))?;
     while let Some((input, bytes)) = inputs.blocking_recv() {
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .and_then(|builder| builder.build())
@@ -273,6 +283,44 @@ mod tests {
         while table.compact(2, budget).await.unwrap().is_some() {}
         assert!(table.snapshot().files.len() <= 3);
         assert_eq!(sum(&storage, table.clone()).await, (0..120).sum::<i64>());
+    }
+
+    /// A merged file is written in bounded row groups: the writer holds one in memory, so
+    /// the merge's memory does not grow with its size.
+    #[tokio::test]
+    async fn merged_files_have_bounded_row_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path().to_str().unwrap(), &BTreeMap::new())
+            .await
+            .unwrap();
+        let schema = batch(0).schema();
+        let table = Arc::new(
+            LandedTable::create(&storage, "t", schema.clone())
+                .await
+                .unwrap(),
+        );
+        for i in 0..3 {
+            let rows = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from_iter_values(
+                    i * 100_000..(i + 1) * 100_000,
+                ))],
+            )
+            .unwrap();
+            table.append(&[rows]).await.unwrap();
+        }
+        table.compact(2, COMPACT_MAX_BYTES).await.unwrap().unwrap();
+        let merged = table.snapshot().files.values().next().unwrap().path.clone();
+        let bytes = storage.get(&format!("tables/t/{merged}")).await.unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+        let groups: Vec<i64> = reader
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows())
+            .collect();
+        let full = COMPACT_ROW_GROUP_ROWS as i64;
+        assert_eq!(groups, vec![full, full, 300_000 - 2 * full]);
     }
 
     #[test]
