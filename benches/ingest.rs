@@ -2,15 +2,22 @@
 //! against a real `c360 serve` (fsync'd group commit), beside the disk's own fsync rate.
 //!
 //! ```sh
-//! cargo bench --bench ingest                    # 10 s of load, then the figures
+//! cargo bench --bench ingest                    # 60 s of load, then the figures
 //! cargo bench --bench ingest -- --fsync-only    # the disk's fsync rate alone
-//! cargo bench --bench ingest -- --seconds 30 --connections 64 --batch 100
+//! cargo bench --bench ingest -- --no-compaction # the same with compaction off, to compare
+//! cargo bench --bench ingest -- --seconds 30 --window 5 --connections 64 --batch 100
 //! cargo bench --bench ingest -- --load-csv 1024   # `c360 load` of a 1 GiB CSV, in MB/s
 //! ```
 //!
-//! It prints events/s, acknowledgement latency percentiles, the server's resident memory
-//! at the start and end of the load (flat means no unbounded buffering), and the fsync rate
-//! measured in the same run, so that figures compare run to run and machine to machine.
+//! It prints, window by window (5 s by default), the acknowledged events/s, the ack latency
+//! percentiles, the group commits' rate and mean latency, the server's resident memory and
+//! the number of message ids the dedup window holds, so that whatever grows over a run
+//! shows; then the figures of the whole run, the fsync rate measured in the same run and
+//! the load average, so that figures compare run to run and machine to machine. Memory is
+//! called flat when the second half of the run adds at most 5% to the server's anonymous
+//! memory (heap and stacks; resident memory is printed too, but it also counts the code
+//! pages of the 200 MiB binary as they are first run): the dedup window is a fixed budget
+//! (`[http] dedup_max_ids`) that fills in the first half, then stays.
 //!
 //! `--load-csv SIZE_MB` instead writes a CSV of that size (typical CRM/order columns: text,
 //! e-mails, decimals, integers, timestamps, booleans) and times `c360 load` of it, twice:
@@ -24,11 +31,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Memory is called flat when the second half of the run grows it by at most this much.
+const FLAT_PERCENT: f64 = 5.0;
+
 struct Options {
     fsync_only: bool,
     /// `--load-csv SIZE_MB`: bench `c360 load` instead of the collector.
     load_csv_mb: Option<u64>,
+    /// `--no-compaction`: the server runs with `[maintenance] compact_interval_secs = 0`.
+    no_compaction: bool,
     seconds: u64,
+    /// `--window SECONDS`: the width of each line of the per-window table.
+    window: u64,
     connections: usize,
     batch: usize,
 }
@@ -37,7 +51,9 @@ fn options() -> Options {
     let mut options = Options {
         fsync_only: false,
         load_csv_mb: None,
-        seconds: 10,
+        no_compaction: false,
+        seconds: 60,
+        window: 5,
         connections: 32,
         batch: 100,
     };
@@ -47,7 +63,9 @@ fn options() -> Options {
         match arg.as_str() {
             "--fsync-only" => options.fsync_only = true,
             "--load-csv" | "--load-only" => options.load_csv_mb = Some(value(i).unwrap_or(1024)),
+            "--no-compaction" => options.no_compaction = true,
             "--seconds" => options.seconds = value(i).unwrap_or(options.seconds),
+            "--window" => options.window = value(i).unwrap_or(options.window),
             "--connections" => {
                 options.connections = value(i).map_or(options.connections, |v| v as usize)
             }
@@ -73,15 +91,19 @@ fn fsync_rate(dir: &std::path::Path) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+/// `VmRSS` and `RssAnon` of `pid`, in KiB. Resident memory counts the pages of the binary's
+/// code as they are first run (up to its 200 MiB, shared and reclaimable); anonymous memory
+/// is the heap and stacks, where an unbounded buffer would show.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
 }
 
 /// One keep-alive connection: POST, then read the status line, headers and body.
@@ -117,6 +139,65 @@ fn post(
     Ok((status, body))
 }
 
+/// The `c360` binary to bench: `C360_BENCH_BIN` when set (a copy of a build, safe from a
+/// later build into the same target folder), else the one built with this bench.
+fn server_binary() -> std::path::PathBuf {
+    std::env::var_os("C360_BENCH_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_c360").into())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// `GET /metrics` of the server, as text (empty when it does not answer).
+fn scrape(addr: &str) -> String {
+    let Ok(stream) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let mut stream = BufReader::new(stream);
+    let head = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    post(&mut stream, &head, b"")
+        .map(|(_, body)| String::from_utf8_lossy(&body).into_owned())
+        .unwrap_or_default()
+}
+
+/// The value of an unlabelled sample in a scrape.
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// What the sampler saw at one second of the run.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    at: f64,
+    rss_kib: u64,
+    anon_kib: u64,
+    commits: f64,
+    commit_seconds: f64,
+    dedup_ids: f64,
+    compactions: f64,
+}
+
+/// Percentile `p` (0..=1) of sorted latencies, in ms.
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .map_or(0.0, |us| f64::from(*us) / 1e3)
+}
+
 fn main() {
     let options = options();
     let data = tempfile::tempdir().expect("tempdir");
@@ -129,17 +210,33 @@ fn main() {
         load_csv(data.path(), size_mb);
         return;
     }
+    let load_at_start = loadavg();
+    println!("server: {}", server_binary().display());
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_c360"))
-        .args([
-            "serve",
-            "--pg",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(data.path())
+    let mut command = Command::new(server_binary());
+    command.args([
+        "serve",
+        "--pg",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--data",
+    ]);
+    command.arg(data.path().join("root"));
+    if options.no_compaction {
+        // The demo's settings plus compaction turned off: the baseline that tells how much
+        // of the commit latency compaction costs.
+        let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/c360.toml"))
+            .unwrap_or_default();
+        let config = data.path().join("bench.toml");
+        std::fs::write(
+            &config,
+            format!("{demo}\n[maintenance]\ncompact_interval_secs = 0\n"),
+        )
+        .expect("bench config");
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("C360_LOG", "warn")
         .stdout(Stdio::piped())
@@ -159,21 +256,46 @@ fn main() {
     };
     std::thread::spawn(move || for _ in lines {});
     let pid = child.id();
-    let rss_before = rss_kib(pid);
 
     let stop = Arc::new(AtomicBool::new(false));
     let events = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
-    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    // (ms since the start when acknowledged, latency in µs), one per acknowledged request.
+    let acks: Arc<Mutex<Vec<(u32, u32)>>> = Arc::default();
     let started = Instant::now();
+    let sampler = {
+        let (addr, stop) = (addr.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            let mut next = Instant::now();
+            loop {
+                let metrics = scrape(&addr);
+                let (rss, anon) = rss_kib(pid);
+                samples.push(Sample {
+                    at: started.elapsed().as_secs_f64(),
+                    rss_kib: rss,
+                    anon_kib: anon,
+                    commits: metric(&metrics, "c360_collector_commit_seconds_count"),
+                    commit_seconds: metric(&metrics, "c360_collector_commit_seconds_sum"),
+                    dedup_ids: metric(&metrics, "c360_collector_dedup_ids"),
+                    compactions: metric(&metrics, "c360_storage_compactions_total"),
+                });
+                if stop.load(Ordering::Relaxed) {
+                    return samples;
+                }
+                next += Duration::from_secs(1);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        })
+    };
     let clients: Vec<_> = (0..options.connections)
         .map(|client| {
-            let (addr, stop, events, refused, latencies) = (
+            let (addr, stop, events, refused, acks) = (
                 addr.clone(),
                 stop.clone(),
                 events.clone(),
                 refused.clone(),
-                latencies.clone(),
+                acks.clone(),
             );
             let batch = options.batch;
             std::thread::spawn(move || {
@@ -199,7 +321,8 @@ fn main() {
                     let sent = Instant::now();
                     match post(&mut stream, &head, body.as_bytes()) {
                         Ok((200, _)) => {
-                            mine.push(sent.elapsed());
+                            let at = started.elapsed().as_millis() as u32;
+                            mine.push((at, sent.elapsed().as_micros() as u32));
                             events.fetch_add(batch as u64, Ordering::Relaxed);
                         }
                         Ok(_) => {
@@ -208,44 +331,92 @@ fn main() {
                         Err(e) => panic!("connection {client}: {e}"),
                     }
                 }
-                latencies.lock().expect("latencies").extend(mine);
+                acks.lock().expect("acks").extend(mine);
             })
         })
         .collect();
     std::thread::sleep(Duration::from_secs(options.seconds));
-    let rss_during = rss_kib(pid);
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.join().expect("client thread");
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let metrics = {
-        let stream = TcpStream::connect(&addr).expect("connect");
-        let mut stream = BufReader::new(stream);
-        let head = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        post(&mut stream, &head, b"")
-            .map(|(_, body)| String::from_utf8_lossy(&body).into_owned())
-            .unwrap_or_default()
-    };
-    let metric = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let commits = metric("c360_collector_commit_seconds_count ");
-    let commit_seconds = metric("c360_collector_commit_seconds_sum ");
+    let samples = sampler.join().expect("sampler thread");
     let _ = child.kill();
     let _ = child.wait();
+    let load_at_end = loadavg();
 
-    let mut latencies = std::mem::take(&mut *latencies.lock().expect("latencies"));
-    latencies.sort();
-    let percentile = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
-    };
+    let acks = std::mem::take(&mut *acks.lock().expect("acks"));
     let total = events.load(Ordering::Relaxed);
+    println!(
+        "load average: {load_at_start} at start, {load_at_end} at end ({} cores)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "compaction: {}",
+        if options.no_compaction {
+            "off ([maintenance] compact_interval_secs = 0)"
+        } else {
+            "on (the default)"
+        }
+    );
+
+    // The run window by window, to show what grows: ack latency, commit latency, memory.
+    let window = options.window.max(1) as f64;
+    println!(
+        "{:>7} {:>9} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8} {:>9} {:>10} {:>6}",
+        "t (s)",
+        "events/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "commit/s",
+        "commit ms",
+        "RSS MiB",
+        "anon MiB",
+        "dedup ids",
+        "compac"
+    );
+    let mut from = 0.0;
+    while from < elapsed - 0.5 {
+        let to = (from + window).min(elapsed);
+        let mut in_window: Vec<u32> = acks
+            .iter()
+            .filter(|(at, _)| {
+                let at = f64::from(*at) / 1e3;
+                at >= from && at < to
+            })
+            .map(|(_, us)| *us)
+            .collect();
+        in_window.sort_unstable();
+        let at = |t: f64| {
+            samples
+                .iter()
+                .min_by(|a, b| (a.at - t).abs().total_cmp(&(b.at - t).abs()))
+                .copied()
+                .unwrap_or_default()
+        };
+        let (a, b) = (at(from), at(to));
+        let commits = b.commits - a.commits;
+        println!(
+            "{:>7} {:>9.0} {:>7.1} {:>7.1} {:>7.1} {:>8.0} {:>9.1} {:>8} {:>9} {:>10.0} {:>6.0}",
+            format!("{from:.0}-{to:.0}"),
+            in_window.len() as f64 * options.batch as f64 / (to - from),
+            percentile(&in_window, 0.5),
+            percentile(&in_window, 0.99),
+            percentile(&in_window, 1.0),
+            commits / (b.at - a.at).max(1e-9),
+            (b.commit_seconds - a.commit_seconds) * 1e3 / commits.max(1.0),
+            b.rss_kib / 1024,
+            b.anon_kib / 1024,
+            b.dedup_ids,
+            b.compactions,
+        );
+        from = to;
+    }
+
+    let mut latencies: Vec<u32> = acks.iter().map(|(_, us)| *us).collect();
+    latencies.sort_unstable();
     println!(
         "collector: {:.0} events/s acknowledged ({} connections x {}-event batches, {:.1} s), \
          {} requests refused (503)",
@@ -256,25 +427,73 @@ fn main() {
         refused.load(Ordering::Relaxed)
     );
     println!(
-        "ack latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        percentile(0.5),
-        percentile(0.99),
-        percentile(1.0)
+        "ack latency: p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms (over {:.0} s)",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 0.999),
+        percentile(&latencies, 1.0),
+        elapsed
     );
-    println!(
-        "server memory: {} MiB at start, {} MiB under load",
-        rss_before / 1024,
-        rss_during / 1024
+    let (first, last) = (
+        samples.first().copied().unwrap_or_default(),
+        samples.last().copied().unwrap_or_default(),
     );
+    let commits = last.commits - first.commits;
     println!(
         "group commits: {:.0}/s, {:.0} events each, {:.1} ms each on average",
         commits / elapsed,
         total as f64 / commits.max(1.0),
-        commit_seconds * 1e3 / commits.max(1.0)
+        (last.commit_seconds - first.commit_seconds) * 1e3 / commits.max(1.0)
     );
     println!(
         "commits can be at most {fsyncs:.0}/s on this disk; each commit fsyncs the data file, \
          the log entry and their directories"
+    );
+
+    // Memory: flat means the second half of the run adds (almost) nothing to the heap.
+    // Resident memory is shown too; it also counts the binary's code pages as they are
+    // first run, which is not what a leak or an unbounded buffer would grow.
+    let at = |t: f64| {
+        samples
+            .iter()
+            .min_by(|a, b| (a.at - t).abs().total_cmp(&(b.at - t).abs()))
+            .copied()
+            .unwrap_or_default()
+    };
+    let (start, middle, end) = (at(0.0), at(elapsed / 2.0), at(elapsed));
+    let peak = samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+    let peak_anon = samples.iter().map(|s| s.anon_kib).max().unwrap_or(0);
+    let growth = |a: u64, b: u64| (b as f64 - a as f64) / (a.max(1) as f64) * 100.0;
+    println!(
+        "server memory (RSS): {} MiB at start, {} MiB at {:.0} s, {} MiB at the end ({:.0} s), \
+         peak {} MiB; the second half {:+.1}%",
+        start.rss_kib / 1024,
+        middle.rss_kib / 1024,
+        elapsed / 2.0,
+        end.rss_kib / 1024,
+        elapsed,
+        peak / 1024,
+        growth(middle.rss_kib, end.rss_kib),
+    );
+    let anon_growth = growth(middle.anon_kib, end.anon_kib);
+    println!(
+        "server heap (RssAnon): {} MiB at start, {} MiB at {:.0} s, {} MiB at the end, peak {} \
+         MiB; the second half {:+.1}%: {}",
+        start.anon_kib / 1024,
+        middle.anon_kib / 1024,
+        elapsed / 2.0,
+        end.anon_kib / 1024,
+        peak_anon / 1024,
+        anon_growth,
+        if anon_growth <= FLAT_PERCENT {
+            format!("flat (at most {FLAT_PERCENT}%)")
+        } else {
+            format!("NOT flat (more than {FLAT_PERCENT}%)")
+        }
+    );
+    println!(
+        "dedup window: {:.0} ids remembered at the end (bounded by [http] dedup_max_ids)",
+        last.dedup_ids
     );
 }
 
@@ -336,7 +555,7 @@ fn load_csv(dir: &std::path::Path, size_mb: u64) {
     let root = dir.join("root");
     for attempt in ["new table", "existing table"] {
         let started = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_c360"))
+        let out = Command::new(server_binary())
             .args(["load", "orders"])
             .arg(&csv)
             .arg("--data")

@@ -31,6 +31,29 @@ pub struct Settings {
     pub pg: PgSettings,
     pub http: HttpSettings,
     pub actions: ActionSettings,
+    pub maintenance: MaintenanceSettings,
+}
+
+/// Background upkeep of landed tables (`c360 serve` only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaintenanceSettings {
+    /// Seconds between compaction rounds, which merge a table's small files (16 or more
+    /// under 16 MiB) into one; 0 turns compaction off (vacuum still runs hourly).
+    pub compact_interval_secs: u64,
+    /// Most MiB of small files one compaction round merges: it bounds the round's memory,
+    /// its CPU burst and the size of its final fsync, which share the disk with group
+    /// commits. A table with more waits for the next rounds.
+    pub compact_max_mb: u64,
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> Self {
+        MaintenanceSettings {
+            compact_interval_secs: 10,
+            compact_max_mb: crate::storage::maintenance::COMPACT_MAX_BYTES / (1024 * 1024),
+        }
+    }
 }
 
 /// The outbound action queue and its delivery.
@@ -175,8 +198,10 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     /// A `messageId` seen within this many seconds is acknowledged but not stored again.
     pub dedup_window_secs: u64,
-    /// At most this many message ids are remembered for deduplication (about 80 bytes
-    /// each); past it the oldest are forgotten first, so memory stays bounded under load.
+    /// At most this many message ids are remembered for deduplication: a fixed memory
+    /// budget of about 30 bytes each (50 MiB for the default 2,000,000), filled within
+    /// `dedup_max_ids / rate` seconds of sustained load. Past it the oldest are forgotten
+    /// first, so memory stays flat under any load.
     pub dedup_max_ids: usize,
     /// Events waiting for the next group commit; when full, requests get 503 + Retry-After.
     pub buffer_events: usize,
@@ -195,6 +220,7 @@ impl Default for Settings {
             pg: PgSettings::default(),
             http: HttpSettings::default(),
             actions: ActionSettings::default(),
+            maintenance: MaintenanceSettings::default(),
         }
     }
 }
@@ -292,6 +318,17 @@ mod tests {
         assert_eq!(settings.pg.listen.port(), 6000);
         assert_eq!(settings.pg.database, "c360");
         assert_eq!(settings.http, HttpSettings::default());
+    }
+
+    #[test]
+    fn compaction_can_be_turned_off_and_bounded() {
+        let settings =
+            Settings::from_toml("[maintenance]\ncompact_interval_secs = 0\ncompact_max_mb = 8\n")
+                .unwrap();
+        assert_eq!(settings.maintenance.compact_interval_secs, 0);
+        assert_eq!(settings.maintenance.compact_max_mb, 8);
+        assert_eq!(MaintenanceSettings::default().compact_interval_secs, 10);
+        assert_eq!(MaintenanceSettings::default().compact_max_mb, 64);
     }
 
     #[test]

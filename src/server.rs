@@ -11,6 +11,25 @@ use crate::error::{C360Error, Result};
 use crate::pg::PgServer;
 use crate::{Engine, Settings};
 
+/// Caps glibc's malloc arenas at one per core, before any thread allocates. By default
+/// glibc gives up to eight per core, one per thread that contends: a server's tokio workers
+/// and blocking threads (Parquet encoding, fsyncs, compaction) then each keep freed memory
+/// in an arena of their own, and resident memory creeps up under sustained ingest long
+/// after every buffer is bounded (measured on the ingest bench: 309 MiB after 60 s
+/// instead of 229 MiB with two arenas, at the same throughput). Elsewhere a no-op.
+pub fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let arenas = i32::try_from(cores).unwrap_or(i32::MAX);
+        // SAFETY: mallopt only sets an allocator parameter; called before the runtime
+        // starts its threads, and its failure (0) leaves glibc's default in place.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
+}
+
 /// Serves until `stop` resolves (the CLI passes Ctrl-C or SIGTERM).
 ///
 /// Everything that can fail at start-up (storage, workspace, ports) fails before the banner
@@ -97,13 +116,22 @@ async fn run_schedules(engine: std::sync::Arc<Engine>, stop: impl Future<Output 
     }
 }
 
-/// Compacts landed tables every few seconds (group commits make many small files) and
-/// vacuums them hourly, until `stop`. Its own task, so a long compaction never delays a
-/// scheduled refresh.
+/// Compacts landed tables every `[maintenance] compact_interval_secs` (group commits make
+/// many small files) and vacuums them hourly, until `stop`. Its own task, so a long
+/// compaction never delays a scheduled refresh; the merging itself runs on a thread of its
+/// own at a lower priority (see `storage::maintenance`), so it never delays a group commit.
 async fn run_upkeep(engine: std::sync::Arc<Engine>, stop: impl Future<Output = ()>) {
     use crate::storage::maintenance::VACUUM_RETENTION;
     tokio::pin!(stop);
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    let settings = engine.settings().maintenance.clone();
+    let compact_max_bytes =
+        (settings.compact_interval_secs > 0).then(|| settings.compact_max_mb.max(1) << 20);
+    // Without compaction, the tick only paces the hourly vacuum.
+    let every = match settings.compact_interval_secs {
+        0 => 60,
+        secs => secs,
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_vacuum = std::time::Instant::now();
     loop {
@@ -122,7 +150,7 @@ async fn run_upkeep(engine: std::sync::Arc<Engine>, stop: impl Future<Output = (
         }
         tokio::select! {
             _ = &mut stop => return,
-            _ = engine.landed().maintain(vacuum, VACUUM_RETENTION) => {}
+            _ = engine.landed().maintain(compact_max_bytes, vacuum, VACUUM_RETENTION) => {}
         }
     }
 }

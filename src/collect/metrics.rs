@@ -15,6 +15,8 @@ pub struct Metrics {
     /// Requests answered 503 (buffer full, commit too slow or failed).
     pub overloaded: AtomicU64,
     pub buffered: AtomicU64,
+    /// Message ids the dedup window holds (at most `[http] dedup_max_ids`).
+    pub dedup_ids: AtomicU64,
     /// 1 while the last event commit failed (what `/health` reports as degraded).
     pub failing: AtomicU64,
     commit_latency: Histogram,
@@ -76,6 +78,12 @@ impl Metrics {
             "Events waiting for the next group commit.",
             "gauge",
             get(&self.buffered),
+        );
+        counter(
+            "c360_collector_dedup_ids",
+            "Message ids remembered for deduplication (at most [http] dedup_max_ids).",
+            "gauge",
+            get(&self.dedup_ids),
         );
         self.commit_latency.render(
             &mut out,

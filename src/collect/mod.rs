@@ -8,6 +8,7 @@
 //! fails `serve` with the address in the message.
 
 pub mod api;
+pub mod dedup;
 pub mod ingest;
 pub mod metrics;
 pub mod segment;
@@ -45,6 +46,7 @@ struct Health {
     storage: String,
     ingest: Arc<Ingest>,
     queue: Arc<crate::actions::Queue>,
+    upkeep: Arc<crate::storage::landed::UpkeepStats>,
 }
 
 #[derive(Serialize)]
@@ -90,6 +92,7 @@ impl HttpServer {
             storage: engine.storage().url().to_string(),
             ingest: Arc::clone(&ingest),
             queue: engine.refresh_engine().queue(),
+            upkeep: engine.landed().stats(),
         };
         let collector = api::Collector {
             ingest: Arc::clone(&ingest),
@@ -209,6 +212,7 @@ async fn metrics_handler(State(health): State<Health>) -> impl axum::response::I
         .and_then(|depth| depth.ok())
         .unwrap_or_default();
     health.queue.stats.render(&mut text, depth);
+    health.upkeep.render(&mut text);
     (
         [(
             axum::http::header::CONTENT_TYPE,

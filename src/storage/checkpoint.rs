@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use datafusion::arrow::json::{LineDelimitedWriter, ReaderBuilder};
+use datafusion::parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
 use super::Storage;
@@ -107,36 +108,47 @@ fn last_path(dir: &str) -> String {
     format!("{dir}/{LOG_DIR}/_last_checkpoint")
 }
 
-/// Writes the checkpoint of `snapshot` for the table in `dir`.
-pub async fn write(storage: &Storage, dir: &str, snapshot: &Snapshot) -> Result<()> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| {
-        C360Error::Corrupt(format!(
-            "checkpoint {} of {dir}: {what}: {e}",
-            snapshot.version
-        ))
+/// Writes the checkpoint of `snapshot` for the table in `dir`. The encoding (every active
+/// file of the table) runs on a blocking thread, not on the async workers that serve the
+/// collector's requests.
+pub async fn write(storage: &Storage, dir: &str, snapshot: Arc<Snapshot>) -> Result<()> {
+    let version = snapshot.version;
+    let failed = move |what: &str, e: &dyn std::fmt::Display| {
+        C360Error::Corrupt(format!("checkpoint {version}: {what}: {e}"))
     };
-    let mut actions = vec![
-        Action::Protocol(snapshot.protocol.clone()),
-        Action::MetaData(snapshot.metadata.clone()),
-    ];
-    actions.extend(snapshot.files.values().cloned().map(Action::Add));
-    let lines = delta::encode_commit(&actions)?;
-    let mut decoder = ReaderBuilder::new(schema())
-        .with_batch_size(actions.len().max(1))
-        .build_decoder()
-        .map_err(|e| failed("encoding", &e))?;
-    decoder.decode(&lines).map_err(|e| failed("encoding", &e))?;
-    let batch = decoder
-        .flush()
-        .map_err(|e| failed("encoding", &e))?
-        .ok_or_else(|| failed("encoding", &"no rows"))?;
-    storage
-        .put_parquet(&path(dir, snapshot.version), schema(), &[batch])
-        .await?;
-    let last = LastCheckpoint {
-        version: snapshot.version,
-        size: actions.len() as u64,
-    };
+    let encoded = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64)> {
+        let mut actions = vec![
+            Action::Protocol(snapshot.protocol.clone()),
+            Action::MetaData(snapshot.metadata.clone()),
+        ];
+        actions.extend(
+            snapshot
+                .files
+                .values()
+                .map(|add| Action::Add((**add).clone())),
+        );
+        let lines = delta::encode_commit(&actions)?;
+        let mut decoder = ReaderBuilder::new(schema())
+            .with_batch_size(actions.len().max(1))
+            .build_decoder()
+            .map_err(|e| failed("encoding", &e))?;
+        decoder.decode(&lines).map_err(|e| failed("encoding", &e))?;
+        let batch = decoder
+            .flush()
+            .map_err(|e| failed("encoding", &e))?
+            .ok_or_else(|| failed("encoding", &"no rows"))?;
+        let mut buffer = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut buffer, schema(), None)
+            .map_err(|e| failed("encoding", &e))?;
+        writer.write(&batch).map_err(|e| failed("encoding", &e))?;
+        writer.close().map_err(|e| failed("encoding", &e))?;
+        Ok((buffer, actions.len() as u64))
+    })
+    .await
+    .map_err(|e| failed("encoding task", &e))?;
+    let (bytes, size) = encoded?;
+    storage.put(&path(dir, version), bytes).await?;
+    let last = LastCheckpoint { version, size };
     let bytes = serde_json::to_vec(&last).map_err(|e| failed("_last_checkpoint", &e))?;
     storage.put(&last_path(dir), bytes).await
 }

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::kernels::aggregate;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
@@ -139,9 +139,12 @@ pub struct Snapshot {
     pub metadata: MetaData,
     pub schema: SchemaRef,
     /// Active files by path, in the order they were added (scans read them in that order).
-    pub files: BTreeMap<u64, Add>,
+    /// Shared, not copied: each commit derives its snapshot from the last one, and with a
+    /// few thousand files between compactions a deep copy per group commit would make the
+    /// commit's cost grow with the table's history.
+    pub files: BTreeMap<u64, Arc<Add>>,
     /// path → key in `files`.
-    index: BTreeMap<String, u64>,
+    index: BTreeMap<Arc<str>, u64>,
     next_key: u64,
 }
 
@@ -191,15 +194,16 @@ impl Snapshot {
         for action in actions {
             match action {
                 Action::Add(add) => {
-                    if let Some(old) = self.index.remove(&add.path) {
+                    if let Some(old) = self.index.remove(add.path.as_str()) {
                         self.files.remove(&old);
                     }
-                    self.index.insert(add.path.clone(), self.next_key);
-                    self.files.insert(self.next_key, add);
+                    self.index
+                        .insert(Arc::from(add.path.as_str()), self.next_key);
+                    self.files.insert(self.next_key, Arc::new(add));
                     self.next_key += 1;
                 }
                 Action::Remove(remove) => {
-                    if let Some(key) = self.index.remove(&remove.path) {
+                    if let Some(key) = self.index.remove(remove.path.as_str()) {
                         self.files.remove(&key);
                     }
                 }
@@ -217,6 +221,11 @@ impl Snapshot {
 
     pub fn contains(&self, path: &str) -> bool {
         self.index.contains_key(path)
+    }
+
+    /// The active file at `path`, if there is one.
+    pub fn get(&self, path: &str) -> Option<&Add> {
+        self.files.get(self.index.get(path)?).map(|add| &**add)
     }
 
     pub fn row_count(&self) -> Option<u64> {
@@ -386,48 +395,79 @@ fn arrow_type(name: &str) -> std::result::Result<DataType, String> {
 /// integer columns so that other engines can skip files. Never of strings: the log is never
 /// rewritten, so a name or an e-mail in a min/max would outlive its erasure.
 pub fn stats(batches: &[RecordBatch], schema: &Schema) -> String {
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let mut nulls = serde_json::Map::new();
-    let mut mins = serde_json::Map::new();
-    let mut maxs = serde_json::Map::new();
-    for (i, field) in schema.fields().iter().enumerate() {
-        let columns: Vec<&ArrayRef> = batches.iter().map(|b| b.column(i)).collect();
-        let null_count: usize = columns.iter().map(|c| c.null_count()).sum();
-        nulls.insert(field.name().clone(), json!(null_count));
-        if let Some((min, max)) = min_max(&columns) {
-            mins.insert(field.name().clone(), min);
-            maxs.insert(field.name().clone(), max);
-        }
+    let mut builder = StatsBuilder::new(schema);
+    for batch in batches {
+        builder.add(batch);
     }
-    json!({"numRecords": rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
-        .to_string()
+    builder.finish()
 }
 
-fn min_max(columns: &[&ArrayRef]) -> Option<(Value, Value)> {
-    use datafusion::arrow::array::AsArray;
-    use datafusion::arrow::datatypes::Int64Type;
-    let mut min: Option<Value> = None;
-    let mut max: Option<Value> = None;
-    let mut keep = |lo: Value, hi: Value, less: &dyn Fn(&Value, &Value) -> bool| {
-        if min.as_ref().is_none_or(|m| less(&lo, m)) {
-            min = Some(lo);
-        }
-        if max.as_ref().is_none_or(|m| less(m, &hi)) {
-            max = Some(hi);
-        }
-    };
-    for column in columns {
-        match column.data_type() {
-            DataType::Int64 => {
-                let array = column.as_primitive::<Int64Type>();
-                if let (Some(lo), Some(hi)) = (aggregate::min(array), aggregate::max(array)) {
-                    keep(json!(lo), json!(hi), &|a, b| a.as_i64() < b.as_i64());
-                }
-            }
-            _ => return None,
+/// [`stats`] gathered batch by batch, for writers that stream a file rather than hold it
+/// (compaction): the same figures, without keeping every batch in memory.
+pub struct StatsBuilder {
+    names: Vec<String>,
+    rows: usize,
+    nulls: Vec<usize>,
+    /// Per column: the running (min, max) of an Int64 column; `None` once a batch has a
+    /// column of another type, or while no value has been seen.
+    bounds: Vec<Option<(i64, i64)>>,
+    /// False once a column is known to have no min/max (not Int64).
+    ranged: Vec<bool>,
+}
+
+impl StatsBuilder {
+    pub fn new(schema: &Schema) -> StatsBuilder {
+        let n = schema.fields().len();
+        StatsBuilder {
+            names: schema.fields().iter().map(|f| f.name().clone()).collect(),
+            rows: 0,
+            nulls: vec![0; n],
+            bounds: vec![None; n],
+            ranged: vec![true; n],
         }
     }
-    min.zip(max)
+
+    pub fn add(&mut self, batch: &RecordBatch) {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::Int64Type;
+        self.rows += batch.num_rows();
+        for (i, column) in batch.columns().iter().enumerate().take(self.names.len()) {
+            self.nulls[i] += column.null_count();
+            if !self.ranged[i] {
+                continue;
+            }
+            if column.data_type() != &DataType::Int64 {
+                self.ranged[i] = false;
+                continue;
+            }
+            let array = column.as_primitive::<Int64Type>();
+            if let (Some(lo), Some(hi)) = (aggregate::min(array), aggregate::max(array)) {
+                self.bounds[i] = Some(match self.bounds[i] {
+                    Some((min, max)) => (min.min(lo), max.max(hi)),
+                    None => (lo, hi),
+                });
+            }
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn finish(self) -> String {
+        let mut nulls = serde_json::Map::new();
+        let mut mins = serde_json::Map::new();
+        let mut maxs = serde_json::Map::new();
+        for (i, name) in self.names.iter().enumerate() {
+            nulls.insert(name.clone(), json!(self.nulls[i]));
+            if let (true, Some((min, max))) = (self.ranged[i], self.bounds[i]) {
+                mins.insert(name.clone(), json!(min));
+                maxs.insert(name.clone(), json!(max));
+            }
+        }
+        json!({"numRecords": self.rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
+            .to_string()
+    }
 }
 
 #[cfg(test)]

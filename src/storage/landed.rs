@@ -2,6 +2,7 @@
 //! registered by name, so that `SELECT … FROM landed.events` reads the newest commit.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -19,6 +20,34 @@ pub struct LandedTables {
     storage: Storage,
     schema: Arc<MemorySchemaProvider>,
     tables: RwLock<BTreeMap<String, Arc<LandedTable>>>,
+    stats: Arc<UpkeepStats>,
+}
+
+/// What background upkeep has done since start-up (`/metrics`).
+#[derive(Debug, Default)]
+pub struct UpkeepStats {
+    pub compactions: AtomicU64,
+    pub files_merged: AtomicU64,
+}
+
+impl UpkeepStats {
+    /// Appends the counters in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        crate::prometheus::sample(
+            out,
+            "c360_storage_compactions_total",
+            "Compactions of landed tables committed since start-up.",
+            "counter",
+            self.compactions.load(Ordering::Relaxed),
+        );
+        crate::prometheus::sample(
+            out,
+            "c360_storage_compacted_files_total",
+            "Small files merged away by compactions since start-up.",
+            "counter",
+            self.files_merged.load(Ordering::Relaxed),
+        );
+    }
 }
 
 impl LandedTables {
@@ -40,6 +69,7 @@ impl LandedTables {
             storage: storage.clone(),
             schema,
             tables: RwLock::new(BTreeMap::new()),
+            stats: Arc::default(),
         };
         for name in storage.list_children(TABLES_DIR).await? {
             if let Some(table) = LandedTable::open(storage, &name).await? {
@@ -65,6 +95,10 @@ impl LandedTables {
         Ok(())
     }
 
+    pub fn stats(&self) -> Arc<UpkeepStats> {
+        Arc::clone(&self.stats)
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<LandedTable>> {
         self.tables.read().ok()?.get(name).cloned()
     }
@@ -76,24 +110,44 @@ impl LandedTables {
             .unwrap_or_default()
     }
 
-    /// Compacts every table with enough small files, and, when `vacuum` is set, deletes
-    /// the files no snapshot has named for `retention`. Failures are logged per table and
-    /// retried at the next round: upkeep never stops the server.
-    pub async fn maintain(&self, vacuum: bool, retention: std::time::Duration) {
+    /// Compacts every table with enough small files (merging at most `compact_max_bytes`
+    /// of them each; `None` skips compaction), and, when `vacuum` is set, deletes the files
+    /// no snapshot has named for `retention`. Failures are logged per table and retried at
+    /// the next round: upkeep never stops the server.
+    pub async fn maintain(
+        &self,
+        compact_max_bytes: Option<u64>,
+        vacuum: bool,
+        retention: std::time::Duration,
+    ) {
         let tables: Vec<Arc<LandedTable>> = self
             .tables
             .read()
             .map(|t| t.values().cloned().collect())
             .unwrap_or_default();
         for table in tables {
-            match table.compact(super::maintenance::COMPACT_AT_FILES).await {
-                Ok(Some(done)) => tracing::info!(
-                    table = table.name(),
-                    files = done.files_merged,
-                    rows = done.rows,
-                    version = done.version,
-                    "compacted"
-                ),
+            let compacted = match compact_max_bytes {
+                Some(max_bytes) => {
+                    table
+                        .compact(super::maintenance::COMPACT_AT_FILES, max_bytes)
+                        .await
+                }
+                None => Ok(None),
+            };
+            match compacted {
+                Ok(Some(done)) => {
+                    self.stats.compactions.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .files_merged
+                        .fetch_add(done.files_merged as u64, Ordering::Relaxed);
+                    tracing::info!(
+                        table = table.name(),
+                        files = done.files_merged,
+                        rows = done.rows,
+                        version = done.version,
+                        "compacted"
+                    )
+                }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(table = table.name(), error = %e, "compaction failed"),
             }

@@ -8,7 +8,7 @@
 //!
 //! Readers replay the log once, then keep the snapshot and read only newer entries.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
@@ -40,6 +40,16 @@ pub struct LandedTable {
     /// Serializes this process's commits, so that version races happen only between
     /// processes (and replays stay rare).
     writer: tokio::sync::Mutex<()>,
+    /// The checkpoint waiting to be written in the background, and whether a writer task
+    /// runs: one at a time, so that `_last_checkpoint` only moves forward, and a newer
+    /// request replaces one not yet started, so that a slow store never piles them up.
+    checkpoints: Arc<Mutex<CheckpointSlot>>,
+}
+
+#[derive(Debug, Default)]
+struct CheckpointSlot {
+    pending: Option<Arc<Snapshot>>,
+    running: bool,
 }
 
 impl LandedTable {
@@ -137,6 +147,7 @@ impl LandedTable {
             dir: format!("{TABLES_DIR}/{name}"),
             snapshot: RwLock::new(Arc::new(snapshot)),
             writer: tokio::sync::Mutex::new(()),
+            checkpoints: Arc::default(),
         }
     }
 
@@ -182,6 +193,55 @@ impl LandedTable {
             current = self.publish(next);
         }
         Ok(current)
+    }
+
+    /// Writes a checkpoint of `snapshot` on a task of its own. It is an optimization (a
+    /// failure costs the next open a longer replay), and its cost grows with the number of
+    /// files, so the commit that asks for it does not wait for it: the group commit's
+    /// latency stays independent of the table's size.
+    fn checkpoint_in_background(&self, snapshot: Arc<Snapshot>) {
+        {
+            let mut slot = lock_slot(&self.checkpoints);
+            slot.pending = Some(snapshot);
+            if slot.running {
+                return;
+            }
+            slot.running = true;
+        }
+        let (storage, dir, name) = (self.storage.clone(), self.dir.clone(), self.name.clone());
+        let checkpoints = Arc::clone(&self.checkpoints);
+        tokio::spawn(async move {
+            loop {
+                let next = {
+                    let mut slot = lock_slot(&checkpoints);
+                    match slot.pending.take() {
+                        Some(next) => next,
+                        None => {
+                            slot.running = false;
+                            return;
+                        }
+                    }
+                };
+                if let Err(e) = checkpoint::write(&storage, &dir, next).await {
+                    tracing::warn!(table = %name, error = %e, "cannot write a checkpoint");
+                }
+            }
+        });
+    }
+
+    /// Waits until the checkpoints asked for so far are written (tests: they are written
+    /// in the background).
+    #[cfg(test)]
+    pub(crate) async fn checkpoints_settled(&self) {
+        loop {
+            {
+                let slot = lock_slot(&self.checkpoints);
+                if !slot.running && slot.pending.is_none() {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// Installs `next` unless a newer snapshot is already there; returns the one installed.
@@ -243,7 +303,7 @@ impl LandedTable {
         loop {
             let mut all = actions.clone();
             for path in &removes {
-                let Some(add) = snapshot.files.values().find(|a| &a.path == path) else {
+                let Some(add) = snapshot.get(path) else {
                     return Err(C360Error::Conflict(format!(
                         "table {}: file {path} was removed by a concurrent commit",
                         self.name
@@ -273,18 +333,23 @@ impl LandedTable {
                 self.storage.sync(&log).await?;
                 let mut next = (*snapshot).clone();
                 next.apply(version, all)?;
-                if version % checkpoint::EVERY == 0 {
-                    // An optimization: a failure costs the next open a longer replay.
-                    if let Err(e) = checkpoint::write(&self.storage, &self.dir, &next).await {
-                        tracing::warn!(table = %self.name, error = %e, "cannot write a checkpoint");
-                    }
+                let published = self.publish(next);
+                if version.is_multiple_of(checkpoint::EVERY) {
+                    self.checkpoint_in_background(published);
                 }
-                self.publish(next);
                 return Ok(version);
             }
             // Another process took this version: learn what it did, then try the next one.
             snapshot = self.refresh().await?;
         }
+    }
+}
+
+/// The checkpoint slot, whatever a panicking holder left: every update is one assignment.
+fn lock_slot(slot: &Mutex<CheckpointSlot>) -> std::sync::MutexGuard<'_, CheckpointSlot> {
+    match slot.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 
@@ -414,31 +479,53 @@ pub async fn write_data_file(
     schema: SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<Add> {
-    let file = format!("part-{}.parquet", uuid::Uuid::new_v4());
+    let file = data_file_name();
     let relative = format!("{TABLES_DIR}/{name}/{file}");
     // Encoding is CPU work of milliseconds: keep it off the async workers, which serve
     // the collector's requests meanwhile.
-    let (owned, encode_schema, encode_path) = (batches.to_vec(), schema.clone(), relative.clone());
-    let buffer = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+    let (owned, encode_path) = (batches.to_vec(), relative.clone());
+    let (buffer, stats) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String)> {
         let mut buffer = Vec::new();
-        let props = datafusion::parquet::file::properties::WriterProperties::builder()
-            .set_compression(datafusion::parquet::basic::Compression::SNAPPY)
-            .build();
         let failed = |e| C360Error::parquet(&encode_path, e);
         let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
             &mut buffer,
-            encode_schema,
-            Some(props),
+            schema.clone(),
+            Some(data_file_properties()),
         )
         .map_err(failed)?;
         for batch in &owned {
             writer.write(batch).map_err(failed)?;
         }
         writer.close().map_err(failed)?;
-        Ok(buffer)
+        Ok((buffer, delta::stats(&owned, &schema)))
     })
     .await
     .map_err(|e| C360Error::io(&relative, std::io::Error::other(e)))??;
+    put_data_file(storage, name, file, buffer, stats).await
+}
+
+/// A fresh data file name: never reused, so a file is never overwritten in place.
+pub(crate) fn data_file_name() -> String {
+    format!("part-{}.parquet", uuid::Uuid::new_v4())
+}
+
+/// How data files are encoded.
+pub(crate) fn data_file_properties() -> datafusion::parquet::file::properties::WriterProperties {
+    datafusion::parquet::file::properties::WriterProperties::builder()
+        .set_compression(datafusion::parquet::basic::Compression::SNAPPY)
+        .build()
+}
+
+/// Stores the encoded data file `file` of table `name` durably (fsync'd on a local root) and
+/// describes it for a commit.
+async fn put_data_file(
+    storage: &Storage,
+    name: &str,
+    file: String,
+    buffer: Vec<u8>,
+    stats: String,
+) -> Result<Add> {
+    let relative = format!("{TABLES_DIR}/{name}/{file}");
     let size = buffer.len() as u64;
     storage.put(&relative, buffer).await?;
     storage.sync(&relative).await?;
@@ -448,7 +535,7 @@ pub async fn write_data_file(
         size,
         modification_time: now_ms(),
         data_change: true,
-        stats: Some(delta::stats(batches, &schema)),
+        stats: Some(stats),
     })
 }
 

@@ -283,6 +283,8 @@ async fn opening_uses_the_checkpoint_and_falls_back_to_the_log() {
     for i in 0..205 {
         table.append(&[batch(i, 1)]).await.unwrap();
     }
+    // Checkpoints are written beside the commits, not by them.
+    table.checkpoints_settled().await;
     let last = dir.path().join("tables/t/_delta_log/_last_checkpoint");
     assert!(last.is_file(), "a checkpoint is written every 100 versions");
     // Remove one commit that the checkpoint (version 200) covers: only a reader of the
@@ -298,6 +300,69 @@ async fn opening_uses_the_checkpoint_and_falls_back_to_the_log() {
     assert_eq!(replayed.snapshot().version, 149);
 }
 
+/// A commit that asks for a checkpoint does not wait for it: while a slow checkpoint is
+/// being written, commits go on, and the newest request waiting replaces older ones (one
+/// writer at a time, so `_last_checkpoint` never goes back).
+#[tokio::test]
+async fn checkpoints_are_written_beside_commits_newest_last() {
+    let (dir, storage) = root().await;
+    let table = LandedTable::create(&storage, "t", schema()).await.unwrap();
+    // Hold the writer's slot as a running checkpoint would: commits must not block on it.
+    lock_slot(&table.checkpoints).running = true;
+    for i in 0..205 {
+        table.append(&[batch(i, 1)]).await.unwrap();
+    }
+    let last = dir.path().join("tables/t/_delta_log/_last_checkpoint");
+    assert!(
+        !last.exists(),
+        "no checkpoint is written by the commit itself"
+    );
+    assert_eq!(
+        lock_slot(&table.checkpoints)
+            .pending
+            .as_ref()
+            .map(|s| s.version),
+        Some(200),
+        "the newest request replaces the older one"
+    );
+    // The slot frees up: the next request starts the writer, which writes the newest.
+    lock_slot(&table.checkpoints).running = false;
+    for i in 205..300 {
+        table.append(&[batch(i, 1)]).await.unwrap();
+    }
+    table.checkpoints_settled().await;
+    let pointer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&last).unwrap()).unwrap();
+    assert_eq!(pointer["version"], 300);
+    // Opening reads it: without the checkpoint, the removed commit would stop the replay.
+    std::fs::remove_file(
+        dir.path()
+            .join("tables/t/_delta_log")
+            .join(delta::commit_name(7)),
+    )
+    .unwrap();
+    let reopened = LandedTable::open(&storage, "t").await.unwrap().unwrap();
+    assert_eq!(reopened.snapshot().row_count(), Some(300));
+}
+
+/// Each commit's snapshot shares the file entries of the one before: deriving it costs
+/// pointers, not copies of every file's path and stats, however many files the table has.
+#[tokio::test]
+async fn a_commit_shares_the_file_entries_of_the_previous_snapshot() {
+    let (_dir, storage) = root().await;
+    let table = LandedTable::create(&storage, "t", schema()).await.unwrap();
+    for i in 0..3 {
+        table.append(&[batch(i, 1)]).await.unwrap();
+    }
+    let before = table.snapshot();
+    table.append(&[batch(3, 1)]).await.unwrap();
+    let after = table.snapshot();
+    assert_eq!(after.files.len(), 4);
+    for (key, add) in &before.files {
+        assert!(Arc::ptr_eq(add, &after.files[key]), "file {key} was copied");
+    }
+}
+
 /// Interop with checkpoints: delta-rs opens a table through the checkpoint c360 wrote at
 /// version 100, the commits before it deleted so that it cannot replay them instead.
 #[tokio::test]
@@ -307,6 +372,7 @@ async fn python_deltalake_reads_through_a_c360_checkpoint() {
     for i in 0..102 {
         table.append(&[batch(i * 2, 2)]).await.unwrap();
     }
+    table.checkpoints_settled().await;
     let log = dir.path().join("tables/cp/_delta_log");
     assert!(
         log.join(format!("{:020}.checkpoint.parquet", 100))
