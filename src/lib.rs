@@ -149,8 +149,9 @@ impl Engine {
                 tracing::warn!(graph = %name, error = %e, "scheduled identity refresh failed");
             }
         }
-        for name in self.refresh.due(chrono::Utc::now()).await {
-            match self.refresh.refresh(&self.ctx, None, &name).await {
+        let due = self.refresh.due(chrono::Utc::now()).await;
+        for (name, outcome) in self.refresh.refresh_tick(&self.ctx, &due).await {
+            match outcome {
                 Ok(report) => log_refresh(&report),
                 Err(e) => tracing::warn!(name = %name, error = %e, "scheduled refresh failed"),
             }

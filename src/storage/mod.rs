@@ -230,13 +230,24 @@ impl Storage {
             url: format!("{}{relative}", self.url),
             message,
         };
-        let mut buffer = Vec::new();
-        let mut writer =
-            ArrowWriter::try_new(&mut buffer, schema, None).map_err(|e| failed(e.to_string()))?;
-        for batch in batches {
-            writer.write(batch).map_err(|e| failed(e.to_string()))?;
-        }
-        writer.close().map_err(|e| failed(e.to_string()))?;
+        // Encoding is CPU-bound (hundreds of milliseconds for a large result): it runs on a
+        // blocking thread so that the async workers keep serving other refreshes and queries.
+        let batches = batches.to_vec();
+        let buffer = tokio::task::spawn_blocking(move || {
+            let mut buffer = Vec::new();
+            let mut writer = ArrowWriter::try_new(&mut buffer, schema, None)?;
+            for batch in &batches {
+                writer.write(batch)?;
+            }
+            writer.close()?;
+            Ok::<_, datafusion::parquet::errors::ParquetError>(buffer)
+        })
+        .await
+        .map_err(|e| C360Error::Task {
+            what: format!("writing {}{relative}", self.url),
+            message: e.to_string(),
+        })?
+        .map_err(|e| failed(e.to_string()))?;
         self.put(relative, buffer).await
     }
 
