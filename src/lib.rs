@@ -298,10 +298,20 @@ fn new_session(database: &str) -> Result<SessionContext> {
     let runtime = RuntimeEnvBuilder::new()
         .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
         .build_arc()?;
+    // Joins on an indexed column of a published table (records by key, profiles by id) read
+    // the index: see storage::index_join. The rule goes right after DataFusion's join
+    // selection, so that distribution and ordering are planned around what it makes.
+    let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
+    let at = rules
+        .iter()
+        .position(|rule| rule.name() == storage::index_join::IndexJoinRule::AFTER)
+        .map_or(rules.len(), |i| i + 1);
+    rules.insert(at, std::sync::Arc::new(storage::index_join::IndexJoinRule));
     let mut state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
+        .with_physical_optimizer_rules(rules)
         .build();
     functions::register_all(&mut state)?;
     Ok(SessionContext::new_with_state(state))

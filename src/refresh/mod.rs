@@ -15,6 +15,7 @@
 //! deleted by the item's next commit.
 
 pub mod inputs;
+pub mod one_row;
 pub mod schedule;
 pub mod segments;
 pub mod triggers;
@@ -42,6 +43,7 @@ use crate::storage::Storage;
 use crate::storage::index::KeyKind;
 use crate::storage::published::PublishedTable;
 use crate::system_tables;
+use one_row::OneRowCache;
 use segments::Members;
 
 const STATE_ROOT: &str = "refresh";
@@ -309,7 +311,7 @@ impl RefreshEngine {
                     self.publish_system_tables()?;
                     return saved.map(|()| None);
                 }
-                let refreshed = self.refresh_locked(ctx, &mut item).await;
+                let refreshed = self.refresh_locked(ctx, &mut item, &OneRowCache::new()).await;
                 if refreshed.is_err() {
                     item.definition = previous;
                 }
@@ -347,7 +349,7 @@ impl RefreshEngine {
             self.publish_system_tables()?;
             return Ok(None);
         }
-        let report = self.refresh_locked(ctx, &mut item).await?;
+        let report = self.refresh_locked(ctx, &mut item, &OneRowCache::new()).await?;
         if item.definition.kind != QueryKind::Trigger {
             ctx.register_table(name.as_str(), Arc::clone(&item.table) as _)?;
         }
@@ -369,7 +371,7 @@ impl RefreshEngine {
     ) -> Result<RefreshReport> {
         let item = self.get(kind, name).await?;
         let mut item = item.lock().await;
-        let result = self.refresh_locked(ctx, &mut item).await;
+        let result = self.refresh_locked(ctx, &mut item, &OneRowCache::new()).await;
         // A skipped refresh changed nothing that the system tables show.
         if !result.as_ref().is_ok_and(|report| report.skipped) {
             self.show(&item);
@@ -425,6 +427,9 @@ impl RefreshEngine {
         }
 
         let concurrency = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        // Clocks and other one-row subqueries that several items share are computed once.
+        let shared = OneRowCache::new();
+        let shared = &shared;
         while !pending.is_empty() {
             let reads: BTreeMap<&String, &BTreeSet<String>> = pending
                 .iter()
@@ -438,7 +443,7 @@ impl RefreshEngine {
             let done: Vec<(String, Result<RefreshReport>)> = futures::stream::iter(items)
                 .map(|(name, item)| async move {
                     let mut item = item.lock().await;
-                    let result = self.refresh_locked(ctx, &mut item).await;
+                    let result = self.refresh_locked(ctx, &mut item, shared).await;
                     if !result.as_ref().is_ok_and(|report| report.skipped) {
                         self.show(&item);
                     }
@@ -456,7 +461,7 @@ impl RefreshEngine {
         }
         for (name, item) in triggers {
             let mut item = item.lock().await;
-            let result = self.refresh_locked(ctx, &mut item).await;
+            let result = self.refresh_locked(ctx, &mut item, shared).await;
             if !result.as_ref().is_ok_and(|report| report.skipped) {
                 self.show(&item);
                 if let Err(e) = self.publish_system_tables() {
@@ -544,7 +549,7 @@ impl RefreshEngine {
             let mut item = item.lock().await;
             // Forced: a view over a source the fingerprint does not see would be skipped.
             item.fingerprint = None;
-            self.refresh_locked(ctx, &mut item).await?;
+            self.refresh_locked(ctx, &mut item, &OneRowCache::new()).await?;
             if item.definition.kind == QueryKind::Segment {
                 self.erase_history(&mut item, profile_id).await?;
             }
@@ -728,10 +733,15 @@ impl RefreshEngine {
     }
 
     /// Runs one refresh of a locked item; on failure records the error and keeps the result.
-    async fn refresh_locked(&self, ctx: &SessionContext, item: &mut Item) -> Result<RefreshReport> {
+    async fn refresh_locked(
+        &self,
+        ctx: &SessionContext,
+        item: &mut Item,
+        tick: &OneRowCache,
+    ) -> Result<RefreshReport> {
         let started = Instant::now();
         item.last_attempt = Utc::now();
-        match self.run(ctx, item, started).await {
+        match self.run(ctx, item, started, tick).await {
             Ok(report) => {
                 item.last_error = None;
                 Ok(report)
@@ -750,6 +760,7 @@ impl RefreshEngine {
         ctx: &SessionContext,
         item: &mut Item,
         started: Instant,
+        tick: &OneRowCache,
     ) -> Result<RefreshReport> {
         let definition = item.definition.clone();
         let name = &definition.name;
@@ -785,7 +796,8 @@ impl RefreshEngine {
 
         let planned: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
         let step = Instant::now();
-        let batches = frame.collect().await?;
+        let plan = one_row::inline(ctx, frame.logical_plan().clone(), tick).await?;
+        let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
         report.phases.query = step.elapsed();
         let step = Instant::now();
         // Execution may refine the planned schema (nullability, metadata): keep what ran.

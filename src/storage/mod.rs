@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod delete;
 pub mod delta;
 pub mod index;
+pub mod index_join;
 pub mod landed;
 pub mod maintenance;
 pub mod provider;
