@@ -2,7 +2,6 @@
 //! gives the new members table (with `entered_at` kept for those who stay) and the history rows
 //! (`entered` / `exited`).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -13,6 +12,8 @@ use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::error::{C360Error, Result};
+// DataFusion's maps (hashbrown with a fast hasher): a diff hashes every member twice.
+use datafusion::common::{HashMap, HashSet};
 
 pub const PROFILE_ID: &str = "profile_id";
 
@@ -187,7 +188,8 @@ pub fn diff(
         source: e,
     };
 
-    let mut before: HashMap<&str, i64> = HashMap::with_capacity(previous.len());
+    let mut before: HashMap<&str, i64> =
+        HashMap::with_capacity_and_hasher(previous.len(), Default::default());
     before.extend(previous.entries());
     let id_columns = result
         .iter()
@@ -195,7 +197,8 @@ pub fn diff(
         .collect::<std::result::Result<Vec<ArrayRef>, _>>()
         .map_err(arrow)?;
     let rows: usize = result.iter().map(RecordBatch::num_rows).sum();
-    let mut now_in: HashSet<&str> = HashSet::with_capacity(rows.min(before.len() * 2 + 1024));
+    let mut now_in: HashSet<&str> =
+        HashSet::with_capacity_and_hasher(rows.min(before.len() * 2 + 1024), Default::default());
     let mut entered_ids: Vec<&str> = Vec::new();
     let mut members = Vec::with_capacity(result.len());
     for (batch, ids) in result.iter().zip(&id_columns) {
