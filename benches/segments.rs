@@ -288,7 +288,8 @@ async fn run(args: Args) -> Result<()> {
         let result = engine.execute(&format!("EXPLAIN ANALYZE {query}")).await?;
         println!("\nEXPLAIN ANALYZE {name}:");
         for batch in &result.batches {
-            let plans = datafusion::arrow::array::AsArray::as_string::<i32>(batch.column(1).as_ref());
+            let plans =
+                datafusion::arrow::array::AsArray::as_string::<i32>(batch.column(1).as_ref());
             for plan in plans.iter().flatten() {
                 println!("{plan}");
             }

@@ -298,9 +298,10 @@ fn new_session(database: &str) -> Result<SessionContext> {
     // customers `properties ->> 'category'` was parsed for all 12.7M events (6 s) before the
     // filter kept the 3.4M product views (or the 119k orders, for `all_sales`). Kept off, each
     // expression is computed where the query puts it, after the filters.
-    config
-        .options_mut()
-        .set("datafusion.optimizer.enable_leaf_expression_pushdown", "false")?;
+    config.options_mut().set(
+        "datafusion.optimizer.enable_leaf_expression_pushdown",
+        "false",
+    )?;
     // DataFusion caches directory listings forever by default; files landing in a source
     // folder must be seen by the next query and refresh, so listings are not cached.
     let runtime = RuntimeEnvBuilder::new()

@@ -25,11 +25,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::prelude::SessionContext;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -311,7 +311,9 @@ impl RefreshEngine {
                     self.publish_system_tables()?;
                     return saved.map(|()| None);
                 }
-                let refreshed = self.refresh_locked(ctx, &mut item, &OneRowCache::new()).await;
+                let refreshed = self
+                    .refresh_locked(ctx, &mut item, &OneRowCache::new())
+                    .await;
                 if refreshed.is_err() {
                     item.definition = previous;
                 }
@@ -349,7 +351,9 @@ impl RefreshEngine {
             self.publish_system_tables()?;
             return Ok(None);
         }
-        let report = self.refresh_locked(ctx, &mut item, &OneRowCache::new()).await?;
+        let report = self
+            .refresh_locked(ctx, &mut item, &OneRowCache::new())
+            .await?;
         if item.definition.kind != QueryKind::Trigger {
             ctx.register_table(name.as_str(), Arc::clone(&item.table) as _)?;
         }
@@ -371,7 +375,9 @@ impl RefreshEngine {
     ) -> Result<RefreshReport> {
         let item = self.get(kind, name).await?;
         let mut item = item.lock().await;
-        let result = self.refresh_locked(ctx, &mut item, &OneRowCache::new()).await;
+        let result = self
+            .refresh_locked(ctx, &mut item, &OneRowCache::new())
+            .await;
         // A skipped refresh changed nothing that the system tables show.
         if !result.as_ref().is_ok_and(|report| report.skipped) {
             self.show(&item);
@@ -452,7 +458,9 @@ impl RefreshEngine {
                 .buffer_unordered(concurrency)
                 .collect()
                 .await;
-            if done.iter().any(|(_, r)| !r.as_ref().is_ok_and(|r| r.skipped))
+            if done
+                .iter()
+                .any(|(_, r)| !r.as_ref().is_ok_and(|r| r.skipped))
                 && let Err(e) = self.publish_system_tables()
             {
                 tracing::warn!(error = %e, "could not publish the system tables");
@@ -549,7 +557,8 @@ impl RefreshEngine {
             let mut item = item.lock().await;
             // Forced: a view over a source the fingerprint does not see would be skipped.
             item.fingerprint = None;
-            self.refresh_locked(ctx, &mut item, &OneRowCache::new()).await?;
+            self.refresh_locked(ctx, &mut item, &OneRowCache::new())
+                .await?;
             if item.definition.kind == QueryKind::Segment {
                 self.erase_history(&mut item, profile_id).await?;
             }

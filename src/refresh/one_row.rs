@@ -26,9 +26,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchemaRef, ScalarValue};
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::{
-    Expr, Filter, JoinType, LogicalPlan, Projection, SubqueryAlias,
-};
+use datafusion::logical_expr::{Expr, Filter, JoinType, LogicalPlan, Projection, SubqueryAlias};
 use datafusion::prelude::SessionContext;
 use tokio::sync::Mutex;
 
@@ -172,7 +170,11 @@ async fn evaluate(
     {
         return Ok(Arc::clone(row));
     }
-    let batches = ctx.execute_logical_plan(side.clone()).await?.collect().await?;
+    let batches = ctx
+        .execute_logical_plan(side.clone())
+        .await?
+        .collect()
+        .await?;
     let row = Arc::new(only_row(&batches)?);
     if let Some(version) = version {
         cache
@@ -318,11 +320,15 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("at", DataType::Int64, true)]));
         let rows = |values: Vec<i64>| {
             vec![
-                RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(values))])
-                    .unwrap(),
+                RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![Arc::new(Int64Array::from(values))],
+                )
+                .unwrap(),
             ]
         };
-        let table = Arc::new(PublishedTable::new(Arc::clone(&schema), rows(vec![1, 2, 3])).unwrap());
+        let table =
+            Arc::new(PublishedTable::new(Arc::clone(&schema), rows(vec![1, 2, 3])).unwrap());
         let ctx = SessionContext::new();
         ctx.register_table("t", Arc::clone(&table) as _).unwrap();
         let cache = OneRowCache::new();
@@ -330,7 +336,13 @@ mod tests {
             let sql = "SELECT at FROM t, (SELECT max(at) AS now FROM t) c WHERE at = c.now";
             let plan = ctx.sql(sql).await.unwrap().logical_plan().clone();
             let plan = inline(ctx, plan, cache).await.unwrap();
-            let batches = ctx.execute_logical_plan(plan).await.unwrap().collect().await.unwrap();
+            let batches = ctx
+                .execute_logical_plan(plan)
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
             pretty_format_batches(&batches).unwrap().to_string()
         }
         let first = run(&ctx, &cache).await;

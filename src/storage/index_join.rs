@@ -272,7 +272,9 @@ impl IndexJoinRule {
             }
             let column_type = indexed.scan.table_schema.field(indexed.column).data_type();
             let probe_type = probe_key.data_type(&probe.schema())?;
-            if KeyKind::of(column_type).is_none() || KeyKind::of(column_type) != KeyKind::of(&probe_type) {
+            if KeyKind::of(column_type).is_none()
+                || KeyKind::of(column_type) != KeyKind::of(&probe_type)
+            {
                 continue;
             }
             // The probe side as it was before the join asked for one partition of it.
@@ -299,14 +301,12 @@ impl PhysicalOptimizerRule for IndexJoinRule {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            match node.downcast_ref::<HashJoinExec>() {
-                Some(join) => Ok(match Self::swap(join)? {
-                    Some(swapped) => Transformed::yes(swapped),
-                    None => Transformed::no(node),
-                }),
-                None => Ok(Transformed::no(node)),
-            }
+        plan.transform_up(|node| match node.downcast_ref::<HashJoinExec>() {
+            Some(join) => Ok(match Self::swap(join)? {
+                Some(swapped) => Transformed::yes(swapped),
+                None => Transformed::no(node),
+            }),
+            None => Ok(Transformed::no(node)),
         })
         .map(|t| t.data)
     }
@@ -455,9 +455,8 @@ impl ExecutionPlan for IndexJoinExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let [probe] = <[Arc<dyn ExecutionPlan>; 1]>::try_from(children).map_err(|_| {
-            DataFusionError::Internal("IndexJoinExec has one child".into())
-        })?;
+        let [probe] = <[Arc<dyn ExecutionPlan>; 1]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("IndexJoinExec has one child".into()))?;
         Ok(Arc::new(IndexJoinExec::new(
             probe,
             Arc::clone(&self.probe_key),
@@ -544,8 +543,12 @@ mod tests {
             RecordBatch::try_new(
                 Arc::clone(&schema),
                 vec![
-                    Arc::new(StringArray::from_iter_values(range.clone().map(|i| format!("web:m{i}")))),
-                    Arc::new(StringArray::from_iter_values(range.map(|i| format!("p{}", i % 300)))),
+                    Arc::new(StringArray::from_iter_values(
+                        range.clone().map(|i| format!("web:m{i}")),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        range.map(|i| format!("p{}", i % 300)),
+                    )),
                 ],
             )
             .unwrap()
@@ -581,9 +584,11 @@ mod tests {
             .chain([None, Some("m5".into()), Some("nobody".into())])
             .collect();
         let n = Int64Array::from_iter_values(0..ids.len() as i64);
-        let batch =
-            RecordBatch::try_new(Arc::clone(&events), vec![Arc::new(StringArray::from(ids)), Arc::new(n)])
-                .unwrap();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&events),
+            vec![Arc::new(StringArray::from(ids)), Arc::new(n)],
+        )
+        .unwrap();
         ctx.register_batch("events", batch).unwrap();
         ctx
     }
@@ -611,10 +616,22 @@ mod tests {
         }
         // Not an indexed column: a hash join, as before.
         let sql = "SELECT e.n FROM events e JOIN records r ON r.profile_id = e.message_id";
-        assert!(!rows(&indexed, &format!("EXPLAIN {sql}")).await.contains("IndexJoinExec"));
+        assert!(
+            !rows(&indexed, &format!("EXPLAIN {sql}"))
+                .await
+                .contains("IndexJoinExec")
+        );
         // Not an inner join: a hash join.
-        let sql = "SELECT e.n FROM events e LEFT JOIN records r ON r.record_key = 'web:' || e.message_id";
-        assert!(!rows(&indexed, &format!("EXPLAIN {sql}")).await.contains("IndexJoinExec"));
-        assert_eq!(rows(&indexed, sql).await.len(), rows(&hashed, sql).await.len());
+        let sql =
+            "SELECT e.n FROM events e LEFT JOIN records r ON r.record_key = 'web:' || e.message_id";
+        assert!(
+            !rows(&indexed, &format!("EXPLAIN {sql}"))
+                .await
+                .contains("IndexJoinExec")
+        );
+        assert_eq!(
+            rows(&indexed, sql).await.len(),
+            rows(&hashed, sql).await.len()
+        );
     }
 }

@@ -323,7 +323,10 @@ impl TableProvider for PublishedTable {
             .filter_map(|filter| self.indexed_equality(filter))
             .collect();
         if lookups.is_empty() {
-            let inner = snapshot.table.scan(state, projection, filters, limit).await?;
+            let inner = snapshot
+                .table
+                .scan(state, projection, filters, limit)
+                .await?;
             if self.indexed.is_empty() && self.joinable.is_empty() {
                 return Ok(inner);
             }
