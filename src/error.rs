@@ -121,6 +121,11 @@ pub enum C360Error {
         kind: crate::storage::table::MisfitKind,
     },
 
+    /// Work c360 moved to a blocking thread (a segment's diff, a Parquet encoding) that
+    /// panicked or was cancelled: a bug or a shutdown, never bad input.
+    #[error("{what} did not finish: {message}")]
+    Task { what: String, message: String },
+
     /// State in the storage root that c360 cannot read back.
     #[error("corrupt state: {0}")]
     Corrupt(String),

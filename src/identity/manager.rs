@@ -360,14 +360,18 @@ impl IdentityGraphs {
             outputs.update(&mut graph).map_err(graph_error)?;
         let tables = [
             // Indexed for an app's lookups: the profile of an identifier ("who is this
-            // e-mail?") and a profile's identifiers. Records are not: they outnumber
-            // profiles, and are joined in bulk, where an index does not help.
+            // e-mail?") and a profile's identifiers. Records outnumber profiles and are
+            // joined in bulk (events and sales to their profiles): their key is indexed for
+            // those joins only, by the first join after each publication, so that a join
+            // looks up the records it needs instead of hashing all of them every time.
             Arc::new(PublishedTable::indexed(
                 identities_schema(),
                 identities,
                 &["profile_id", "id_value"],
             )?),
-            Arc::new(PublishedTable::new(records_schema(), records)?),
+            Arc::new(
+                PublishedTable::new(records_schema(), records)?.with_join_index(&["record_key"])?,
+            ),
             Arc::new(PublishedTable::new(merges_schema(), merges)?),
             Arc::new(PublishedTable::new(refused_schema(), refused)?),
         ];

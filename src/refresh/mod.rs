@@ -15,6 +15,7 @@
 //! deleted by the item's next commit.
 
 pub mod inputs;
+pub mod one_row;
 pub mod schedule;
 pub mod segments;
 pub mod triggers;
@@ -28,6 +29,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::prelude::SessionContext;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -41,6 +43,7 @@ use crate::storage::Storage;
 use crate::storage::index::KeyKind;
 use crate::storage::published::PublishedTable;
 use crate::system_tables;
+use one_row::OneRowCache;
 use segments::Members;
 
 const STATE_ROOT: &str = "refresh";
@@ -56,6 +59,23 @@ pub struct RefreshReport {
     pub entered: usize,
     pub exited: usize,
     pub duration: Duration,
+    /// Where the time went, so that slow refreshes can be explained rather than guessed at.
+    pub phases: Phases,
+}
+
+/// The time one refresh spent in each of its steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Phases {
+    /// Planning the query and fingerprinting its inputs.
+    pub plan: Duration,
+    /// Running the query.
+    pub query: Duration,
+    /// Diffing a segment's rows against its members.
+    pub diff: Duration,
+    /// Writing the result and history objects and the manifest.
+    pub write: Duration,
+    /// Publishing the result to SQL and the system tables.
+    pub publish: Duration,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -291,7 +311,9 @@ impl RefreshEngine {
                     self.publish_system_tables()?;
                     return saved.map(|()| None);
                 }
-                let refreshed = self.refresh_locked(ctx, &mut item).await;
+                let refreshed = self
+                    .refresh_locked(ctx, &mut item, &OneRowCache::new())
+                    .await;
                 if refreshed.is_err() {
                     item.definition = previous;
                 }
@@ -329,7 +351,9 @@ impl RefreshEngine {
             self.publish_system_tables()?;
             return Ok(None);
         }
-        let report = self.refresh_locked(ctx, &mut item).await?;
+        let report = self
+            .refresh_locked(ctx, &mut item, &OneRowCache::new())
+            .await?;
         if item.definition.kind != QueryKind::Trigger {
             ctx.register_table(name.as_str(), Arc::clone(&item.table) as _)?;
         }
@@ -351,13 +375,118 @@ impl RefreshEngine {
     ) -> Result<RefreshReport> {
         let item = self.get(kind, name).await?;
         let mut item = item.lock().await;
-        let result = self.refresh_locked(ctx, &mut item).await;
+        let result = self
+            .refresh_locked(ctx, &mut item, &OneRowCache::new())
+            .await;
         // A skipped refresh changed nothing that the system tables show.
         if !result.as_ref().is_ok_and(|report| report.skipped) {
             self.show(&item);
             self.publish_system_tables()?;
         }
         result
+    }
+
+    /// Refreshes `names` as one schedule tick. Segments and materialized views run in waves:
+    /// each wave holds the items that read none of the items still to run, and its items run
+    /// concurrently (a query's operators already use every core, but a refresh also waits on
+    /// storage and spends time in single-threaded steps, which another item's work fills).
+    /// Triggers run last, one at a time in the order given, since a frequency cap shared by
+    /// two triggers goes to whichever runs first. The system tables are published once per
+    /// wave rather than once per item. Each item's outcome is returned in the order run.
+    pub async fn refresh_tick(
+        &self,
+        ctx: &SessionContext,
+        names: &[String],
+    ) -> Vec<(String, Result<RefreshReport>)> {
+        let mut outcomes = Vec::with_capacity(names.len());
+        let mut pending: BTreeMap<String, (Arc<Mutex<Item>>, BTreeSet<String>)> = BTreeMap::new();
+        let mut triggers = Vec::new();
+        for name in names {
+            let item = match self.get(None, name).await {
+                Ok(item) => item,
+                Err(e) => {
+                    outcomes.push((name.clone(), Err(e)));
+                    continue;
+                }
+            };
+            let (kind, reads) = {
+                let locked = item.lock().await;
+                (locked.definition.kind, locked.reads.clone())
+            };
+            if kind == QueryKind::Trigger {
+                triggers.push((name.clone(), item));
+                continue;
+            }
+            // After a restart an item learns what it reads by running; plan it to know now.
+            let reads = if reads.is_empty() {
+                match self.reads_of(ctx, &item).await {
+                    Ok(reads) => reads,
+                    Err(e) => {
+                        outcomes.push((name.clone(), Err(e)));
+                        continue;
+                    }
+                }
+            } else {
+                reads
+            };
+            pending.insert(name.clone(), (item, reads));
+        }
+
+        let concurrency = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        // Clocks and other one-row subqueries that several items share are computed once.
+        let shared = OneRowCache::new();
+        let shared = &shared;
+        while !pending.is_empty() {
+            let reads: BTreeMap<&String, &BTreeSet<String>> = pending
+                .iter()
+                .map(|(name, (_, reads))| (name, reads))
+                .collect();
+            let wave = next_wave(&reads);
+            let items: Vec<(String, Arc<Mutex<Item>>)> = wave
+                .iter()
+                .filter_map(|name| pending.remove(name).map(|(item, _)| (name.clone(), item)))
+                .collect();
+            let done: Vec<(String, Result<RefreshReport>)> = futures::stream::iter(items)
+                .map(|(name, item)| async move {
+                    let mut item = item.lock().await;
+                    let result = self.refresh_locked(ctx, &mut item, shared).await;
+                    if !result.as_ref().is_ok_and(|report| report.skipped) {
+                        self.show(&item);
+                    }
+                    (name, result)
+                })
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
+            if done
+                .iter()
+                .any(|(_, r)| !r.as_ref().is_ok_and(|r| r.skipped))
+                && let Err(e) = self.publish_system_tables()
+            {
+                tracing::warn!(error = %e, "could not publish the system tables");
+            }
+            outcomes.extend(done);
+        }
+        for (name, item) in triggers {
+            let mut item = item.lock().await;
+            let result = self.refresh_locked(ctx, &mut item, shared).await;
+            if !result.as_ref().is_ok_and(|report| report.skipped) {
+                self.show(&item);
+                if let Err(e) = self.publish_system_tables() {
+                    tracing::warn!(error = %e, "could not publish the system tables");
+                }
+            }
+            outcomes.push((name, result));
+        }
+        outcomes
+    }
+
+    /// The tables and views an item's query reads, planned now.
+    async fn reads_of(&self, ctx: &SessionContext, item: &Mutex<Item>) -> Result<BTreeSet<String>> {
+        let query = item.lock().await.definition.query.clone();
+        let frame = ctx.sql(&query).await?;
+        let inputs = inputs::inputs_of(frame.logical_plan())?;
+        Ok(inputs.names().cloned().collect())
     }
 
     /// `DROP SEGMENT` / `DROP MATERIALIZED VIEW`: refused while another item reads it.
@@ -428,7 +557,8 @@ impl RefreshEngine {
             let mut item = item.lock().await;
             // Forced: a view over a source the fingerprint does not see would be skipped.
             item.fingerprint = None;
-            self.refresh_locked(ctx, &mut item).await?;
+            self.refresh_locked(ctx, &mut item, &OneRowCache::new())
+                .await?;
             if item.definition.kind == QueryKind::Segment {
                 self.erase_history(&mut item, profile_id).await?;
             }
@@ -612,10 +742,15 @@ impl RefreshEngine {
     }
 
     /// Runs one refresh of a locked item; on failure records the error and keeps the result.
-    async fn refresh_locked(&self, ctx: &SessionContext, item: &mut Item) -> Result<RefreshReport> {
+    async fn refresh_locked(
+        &self,
+        ctx: &SessionContext,
+        item: &mut Item,
+        tick: &OneRowCache,
+    ) -> Result<RefreshReport> {
         let started = Instant::now();
         item.last_attempt = Utc::now();
-        match self.run(ctx, item, started).await {
+        match self.run(ctx, item, started, tick).await {
             Ok(report) => {
                 item.last_error = None;
                 Ok(report)
@@ -634,6 +769,7 @@ impl RefreshEngine {
         ctx: &SessionContext,
         item: &mut Item,
         started: Instant,
+        tick: &OneRowCache,
     ) -> Result<RefreshReport> {
         let definition = item.definition.clone();
         let name = &definition.name;
@@ -649,6 +785,10 @@ impl RefreshEngine {
             entered: 0,
             exited: 0,
             duration: Duration::ZERO,
+            phases: Phases {
+                plan: started.elapsed(),
+                ..Phases::default()
+            },
         };
         // A trigger that may fire a row again after a while depends on the clock too.
         let clock_bound = definition.options.contains_key("refire_after");
@@ -664,7 +804,11 @@ impl RefreshEngine {
         }
 
         let planned: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-        let batches = frame.collect().await?;
+        let step = Instant::now();
+        let plan = one_row::inline(ctx, frame.logical_plan().clone(), tick).await?;
+        let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
+        report.phases.query = step.elapsed();
+        let step = Instant::now();
         // Execution may refine the planned schema (nullability, metadata): keep what ran.
         let query_schema = batches.first().map_or(planned, RecordBatch::schema);
         let refresh_id = item.refresh_id + 1;
@@ -677,17 +821,24 @@ impl RefreshEngine {
                 } else {
                     batches
                 };
-                let diff = segments::diff(
-                    name,
-                    &item.members,
-                    &batches,
-                    refresh_id,
-                    now.timestamp_micros(),
-                )?;
+                // CPU-bound: on a blocking thread, so that the items of a tick refreshed
+                // alongside this one keep their async workers.
+                let (segment, previous) = (name.clone(), item.members.clone());
+                let micros = now.timestamp_micros();
+                let diff = tokio::task::spawn_blocking(move || {
+                    segments::diff(&segment, &previous, &batches, refresh_id, micros)
+                })
+                .await
+                .map_err(|e| C360Error::Task {
+                    what: format!("the diff of segment {name}"),
+                    message: e.to_string(),
+                })??;
                 (diff.schema.clone(), diff.members.clone(), Some(diff))
             }
         };
         let rows = result.iter().map(RecordBatch::num_rows).sum();
+        report.phases.diff = step.elapsed();
+        let step = Instant::now();
 
         // Commit: the new objects first, then the manifest that names them.
         let folder = format!("{STATE_ROOT}/{name}");
@@ -724,6 +875,9 @@ impl RefreshEngine {
             tracing::warn!(name = %name, error = %e, "could not delete superseded results");
         }
 
+        report.phases.write = step.elapsed();
+        let step = Instant::now();
+
         // Published only once committed.
         if item.table.schema() == schema {
             item.table.publish(result)?;
@@ -750,6 +904,7 @@ impl RefreshEngine {
         item.last_duration_ms = Some(duration_ms);
         item.fingerprint = fingerprint;
         report.rows = rows;
+        report.phases.publish = step.elapsed();
         report.duration = started.elapsed();
         Ok(report)
     }
@@ -955,6 +1110,22 @@ fn queue_path(storage: &Storage, settings: &ActionSettings) -> Result<std::path:
     }
 }
 
+/// The items of `pending` (name → what it reads) that can run now: those reading no other
+/// pending item. All of them when there are none such (a cycle cannot be created, as an item
+/// cannot read what does not exist yet, but a tick must never stall on one).
+fn next_wave(pending: &BTreeMap<&String, &BTreeSet<String>>) -> Vec<String> {
+    let ready: Vec<String> = pending
+        .iter()
+        .filter(|(_, reads)| reads.iter().all(|read| !pending.contains_key(read)))
+        .map(|(name, _)| (*name).clone())
+        .collect();
+    if ready.is_empty() {
+        pending.keys().map(|name| (*name).clone()).collect()
+    } else {
+        ready
+    }
+}
+
 /// Orders `due` items so that one reading another comes after it.
 fn dependency_order(due: BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
     let mut ordered = Vec::with_capacity(due.len());
@@ -979,4 +1150,62 @@ fn dependency_order(due: BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
         }
     }
     ordered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reads(pairs: &[(&str, &[&str])]) -> BTreeMap<String, BTreeSet<String>> {
+        pairs
+            .iter()
+            .map(|(name, reads)| {
+                (
+                    name.to_string(),
+                    reads.iter().map(|r| r.to_string()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn waves(pending: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+        let mut left: BTreeMap<&String, &BTreeSet<String>> = pending.iter().collect();
+        let mut waves = Vec::new();
+        while !left.is_empty() {
+            let wave = next_wave(&left);
+            for name in &wave {
+                left.remove(name);
+            }
+            waves.push(wave);
+        }
+        waves
+    }
+
+    #[test]
+    fn a_tick_runs_readers_after_their_inputs_and_the_rest_together() {
+        let pending = reads(&[
+            ("profiles", &["customers_records", "events"]),
+            ("high_value", &["profiles"]),
+            ("lapsed", &["profiles"]),
+            ("high_value_lapsed", &["high_value", "lapsed"]),
+            ("browsed", &["events"]),
+        ]);
+        assert_eq!(
+            waves(&pending),
+            vec![
+                vec!["browsed".to_string(), "profiles".to_string()],
+                vec!["high_value".to_string(), "lapsed".to_string()],
+                vec!["high_value_lapsed".to_string()],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cycle_does_not_stall_a_tick() {
+        let pending = reads(&[("a", &["b"]), ("b", &["a"]), ("c", &["a"])]);
+        assert_eq!(
+            waves(&pending),
+            vec![vec!["a".to_string(), "b".to_string(), "c".to_string()]]
+        );
+    }
 }

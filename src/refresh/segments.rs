@@ -2,7 +2,6 @@
 //! gives the new members table (with `entered_at` kept for those who stay) and the history rows
 //! (`entered` / `exited`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -13,6 +12,8 @@ use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::error::{C360Error, Result};
+// DataFusion's maps (hashbrown with a fast hasher): a diff hashes every member twice.
+use datafusion::common::{HashMap, HashSet};
 
 pub const PROFILE_ID: &str = "profile_id";
 
@@ -76,12 +77,51 @@ pub fn members_schema(query_schema: &Schema) -> Result<SchemaRef> {
     Ok(Arc::new(Schema::new(fields)))
 }
 
-/// The current members of a segment, by profile id, with when each entered (µs since epoch).
-pub type Members = HashMap<String, i64>;
+/// The current members of a segment, as committed: batches of `profile_id, entered_at`
+/// (then the query's other columns), each id once. Kept as the arrays the members table
+/// publishes rather than as owned strings, so that a refresh allocates nothing per member
+/// that stays.
+#[derive(Debug, Clone, Default)]
+pub struct Members {
+    batches: Vec<RecordBatch>,
+    len: usize,
+}
+
+impl Members {
+    pub fn new() -> Members {
+        Members::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Each member's id and entry time (µs since epoch), in table order.
+    fn entries(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.batches.iter().flat_map(|batch| {
+            // Checked by `members_of` and built by `diff`: column 0 is a string, 1 a timestamp.
+            let ids = batch.column(0).as_string::<i32>();
+            let entered = batch
+                .column(1)
+                .as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>();
+            (0..batch.num_rows()).map(move |i| (ids.value(i), entered.value(i)))
+        })
+    }
+
+    /// When `profile_id` entered, if it is a member (a scan: for tests and rare lookups).
+    pub fn entered_at(&self, profile_id: &str) -> Option<i64> {
+        self.entries()
+            .find(|(id, _)| *id == profile_id)
+            .map(|(_, at)| at)
+    }
+}
 
 /// Reads the members of a committed members table back.
 pub fn members_of(batches: &[RecordBatch]) -> Result<Members> {
-    let mut members = Members::new();
     for batch in batches {
         let ids = batch.column(0).as_string_opt::<i32>();
         let entered = batch
@@ -93,11 +133,16 @@ pub fn members_of(batches: &[RecordBatch]) -> Result<Members> {
                 "a segment's members file does not start with profile_id, entered_at".into(),
             ));
         };
-        for i in 0..batch.num_rows() {
-            members.insert(ids.value(i).to_string(), entered.value(i));
+        if ids.null_count() > 0 || entered.null_count() > 0 {
+            return Err(C360Error::Corrupt(
+                "a segment's members file has a NULL profile_id or entered_at".into(),
+            ));
         }
     }
-    Ok(members)
+    Ok(Members {
+        len: batches.iter().map(RecordBatch::num_rows).sum(),
+        batches: batches.to_vec(),
+    })
 }
 
 /// What one refresh of a segment produced.
@@ -113,6 +158,9 @@ pub struct Diff {
 
 /// Diffs `result` (the segment query's rows) against `previous`. A profile id that appears on
 /// several rows is one member, with the first row's columns; a NULL profile id is no one.
+///
+/// Costs one hash of each previous member's id and one of each result row's, and allocates
+/// nothing per member: the maps borrow the ids from the arrays.
 pub fn diff(
     segment: &str,
     previous: &Members,
@@ -140,11 +188,20 @@ pub fn diff(
         source: e,
     };
 
-    let mut current = Members::with_capacity(previous.len());
-    let mut entered_ids = Vec::new();
+    let mut before: HashMap<&str, i64> =
+        HashMap::with_capacity_and_hasher(previous.len(), Default::default());
+    before.extend(previous.entries());
+    let id_columns = result
+        .iter()
+        .map(|batch| cast(batch.column(id_index), &DataType::Utf8))
+        .collect::<std::result::Result<Vec<ArrayRef>, _>>()
+        .map_err(arrow)?;
+    let rows: usize = result.iter().map(RecordBatch::num_rows).sum();
+    let mut now_in: HashSet<&str> =
+        HashSet::with_capacity_and_hasher(rows.min(before.len() * 2 + 1024), Default::default());
+    let mut entered_ids: Vec<&str> = Vec::new();
     let mut members = Vec::with_capacity(result.len());
-    for batch in result {
-        let ids = cast(batch.column(id_index), &DataType::Utf8).map_err(arrow)?;
+    for (batch, ids) in result.iter().zip(&id_columns) {
         let ids = ids.as_string::<i32>();
         let mut keep = Vec::new();
         let mut entered_at = Vec::new();
@@ -153,41 +210,51 @@ pub fn diff(
                 continue;
             }
             let id = ids.value(i);
-            if current.contains_key(id) {
+            if !now_in.insert(id) {
                 continue;
             }
-            let since = match previous.get(id) {
+            let since = match before.get(id) {
                 Some(&since) => since,
                 None => {
-                    entered_ids.push(id.to_string());
+                    entered_ids.push(id);
                     now_micros
                 }
             };
-            current.insert(id.to_string(), since);
             keep.push(i as u32);
             entered_at.push(since);
         }
         if keep.is_empty() {
             continue;
         }
+        let all_kept = keep.len() == batch.num_rows();
         let indices = UInt32Array::from(keep);
+        // A batch whose every row is kept (the usual case) is shared, not copied.
+        let pick = |column: &ArrayRef| -> Result<ArrayRef> {
+            if all_kept {
+                Ok(Arc::clone(column))
+            } else {
+                take(column, &indices, None).map_err(arrow)
+            }
+        };
+        let ids_column: ArrayRef = Arc::new(ids.clone());
         let mut columns: Vec<ArrayRef> = vec![
-            take(&ids, &indices, None).map_err(arrow)?,
+            pick(&ids_column)?,
             Arc::new(TimestampMicrosecondArray::from(entered_at).with_timezone("UTC")),
         ];
         for (index, column) in batch.columns().iter().enumerate() {
             if index != id_index {
-                columns.push(take(column, &indices, None).map_err(arrow)?);
+                columns.push(pick(column)?);
             }
         }
         members.push(RecordBatch::try_new(schema.clone(), columns).map_err(arrow)?);
     }
 
-    let mut exited_ids: Vec<&String> = previous
+    let mut exited_ids: Vec<&str> = before
         .keys()
-        .filter(|id| !current.contains_key(*id))
+        .copied()
+        .filter(|id| !now_in.contains(id))
         .collect();
-    exited_ids.sort();
+    exited_ids.sort_unstable();
     let (entered, exited) = (entered_ids.len(), exited_ids.len());
     let changes = if entered + exited == 0 {
         None
@@ -212,10 +279,14 @@ pub fn diff(
         ];
         Some(RecordBatch::try_new(changes_schema(), columns).map_err(arrow)?)
     };
+    let len = now_in.len();
     Ok(Diff {
         schema,
+        current: Members {
+            batches: members.clone(),
+            len,
+        },
         members,
-        current,
         changes,
         entered,
         exited,
@@ -315,10 +386,12 @@ mod tests {
         .unwrap();
         assert_eq!((second.entered, second.exited), (1, 1));
         assert_eq!(
-            second.current["b"], 100,
+            second.current.entered_at("b"),
+            Some(100),
             "b stays with its first entry time"
         );
-        assert_eq!(second.current["c"], 200);
+        assert_eq!(second.current.entered_at("c"), Some(200));
+        assert_eq!(second.current.entered_at("a"), None);
         let changes = second.changes.unwrap();
         let change = changes.column(2).as_string::<i32>();
         let who = changes.column(1).as_string::<i32>();

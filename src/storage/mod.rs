@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod delete;
 pub mod delta;
 pub mod index;
+pub mod index_join;
 pub mod landed;
 pub mod maintenance;
 pub mod provider;
@@ -250,8 +251,16 @@ impl Storage {
         schema: SchemaRef,
         batches: &[RecordBatch],
     ) -> Result<()> {
-        let bytes =
-            encode_parquet(schema, batches).map_err(|message| self.failed(relative, message))?;
+        // Encoding is CPU-bound (hundreds of milliseconds for a large result): it runs on a
+        // blocking thread so that the async workers keep serving other refreshes and queries.
+        let batches = batches.to_vec();
+        let bytes = tokio::task::spawn_blocking(move || encode_parquet(schema, &batches))
+            .await
+            .map_err(|e| C360Error::Task {
+                what: format!("writing {}{relative}", self.url),
+                message: e.to_string(),
+            })?
+            .map_err(|message| self.failed(relative, message))?;
         self.put(relative, bytes).await
     }
 

@@ -8,7 +8,7 @@
 //! matching rows, instead of a scan of every row.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
@@ -31,6 +31,7 @@ use datafusion::physical_plan::{
 use datafusion::scalar::ScalarValue;
 
 use super::index::{Key, KeyIndex, KeyKind, RowId, take_rows};
+use super::index_join::PublishedScanExec;
 
 /// Publication counter shared by every table, starting from the clock so that a generation
 /// is never reused, even across restarts: a new generation always means new contents.
@@ -51,34 +52,82 @@ pub struct PublishedTable {
     /// The indexed columns, fixed for the table's life so that a plan made against one
     /// publication stays valid for the next.
     indexed: Vec<usize>,
+    /// Columns indexed for joins only, on the first join that needs it (see
+    /// [`super::index_join`]).
+    joinable: Vec<usize>,
     current: RwLock<Arc<Snapshot>>,
 }
+
+/// An index built on first use, or the reason it could not be.
+type LazyIndex = OnceLock<std::result::Result<Arc<KeyIndex>, String>>;
 
 /// One publication: its rows and their indexes, read together.
 #[derive(Debug)]
 pub struct Snapshot {
     table: Arc<MemTable>,
     batches: Vec<RecordBatch>,
-    indexes: Vec<KeyIndex>,
+    indexes: Vec<Arc<KeyIndex>>,
+    lazy: Vec<(usize, LazyIndex)>,
+    rows: usize,
     generation: u64,
 }
 
 impl Snapshot {
-    fn new(schema: &SchemaRef, batches: Vec<RecordBatch>, indexed: &[usize]) -> Result<Snapshot> {
+    fn new(
+        schema: &SchemaRef,
+        batches: Vec<RecordBatch>,
+        indexed: &[usize],
+        joinable: &[usize],
+    ) -> Result<Snapshot> {
         let indexes = indexed
             .iter()
-            .map(|column| KeyIndex::build(&batches, *column))
+            .map(|column| KeyIndex::build(&batches, *column).map(Arc::new))
             .collect::<Result<_>>()?;
         Ok(Snapshot {
             table: Arc::new(MemTable::try_new(schema.clone(), vec![batches.clone()])?),
+            rows: batches.iter().map(RecordBatch::num_rows).sum(),
             batches,
             indexes,
+            lazy: joinable
+                .iter()
+                .map(|column| (*column, OnceLock::new()))
+                .collect(),
             generation: next_generation(),
         })
     }
 
     pub fn batches(&self) -> &[RecordBatch] {
         &self.batches
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether a join on `column` can read an index (built already or on first use).
+    pub fn has_join_index(&self, column: usize) -> bool {
+        self.indexes.iter().any(|index| index.column() == column)
+            || self.lazy.iter().any(|(lazy, _)| *lazy == column)
+    }
+
+    /// The index on `column`, built now if it is built on first use. Blocks while it is
+    /// built (by this caller or another): call it off the async workers.
+    pub fn join_index(&self, column: usize) -> Result<Arc<KeyIndex>> {
+        if let Some(index) = self.indexes.iter().find(|index| index.column() == column) {
+            return Ok(Arc::clone(index));
+        }
+        let (_, lazy) = self
+            .lazy
+            .iter()
+            .find(|(lazy, _)| *lazy == column)
+            .ok_or_else(|| DataFusionError::Internal(format!("no index on column {column}")))?;
+        lazy.get_or_init(|| {
+            KeyIndex::build(&self.batches, column)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(DataFusionError::Execution)
     }
 
     /// The rows whose `column` equals `key`, in table order; `None` if `column` has no index.
@@ -115,17 +164,49 @@ impl PublishedTable {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(PublishedTable {
-            current: RwLock::new(Arc::new(Snapshot::new(&schema, batches, &indexed)?)),
+            current: RwLock::new(Arc::new(Snapshot::new(&schema, batches, &indexed, &[])?)),
             indexed,
+            joinable: Vec::new(),
             schema,
         })
+    }
+
+    /// The same table, with `columns` indexed for joins (see [`super::index_join`]): each
+    /// publication's index is built by the first join that reads it, not when published,
+    /// so a table that is joined seldom or never costs nothing more to publish.
+    pub fn with_join_index(mut self, columns: &[&str]) -> Result<PublishedTable> {
+        for name in columns {
+            let column = self.schema.index_of(name)?;
+            if KeyKind::of(self.schema.field(column).data_type()).is_none() {
+                return Err(DataFusionError::Plan(format!(
+                    "cannot index column {name} of type {}",
+                    self.schema.field(column).data_type()
+                )));
+            }
+            if !self.indexed.contains(&column) && !self.joinable.contains(&column) {
+                self.joinable.push(column);
+            }
+        }
+        let batches = self.batches()?;
+        self.current = RwLock::new(Arc::new(Snapshot::new(
+            &self.schema,
+            batches,
+            &self.indexed,
+            &self.joinable,
+        )?));
+        Ok(self)
     }
 
     /// Replaces the contents and their indexes; scans already planned keep reading the
     /// previous ones. The indexes are built before the lock is taken: readers never wait
     /// for a build.
     pub fn publish(&self, batches: Vec<RecordBatch>) -> Result<()> {
-        let snapshot = Arc::new(Snapshot::new(&self.schema, batches, &self.indexed)?);
+        let snapshot = Arc::new(Snapshot::new(
+            &self.schema,
+            batches,
+            &self.indexed,
+            &self.joinable,
+        )?);
         let mut current = self
             .current
             .write()
@@ -242,7 +323,21 @@ impl TableProvider for PublishedTable {
             .filter_map(|filter| self.indexed_equality(filter))
             .collect();
         if lookups.is_empty() {
-            return snapshot.table.scan(state, projection, filters, limit).await;
+            let inner = snapshot
+                .table
+                .scan(state, projection, filters, limit)
+                .await?;
+            if self.indexed.is_empty() && self.joinable.is_empty() {
+                return Ok(inner);
+            }
+            // Marked, so that a join on an indexed column can read the index instead.
+            return Ok(Arc::new(PublishedScanExec {
+                snapshot: Arc::clone(&snapshot),
+                table_schema: self.schema.clone(),
+                projection: projection.cloned(),
+                limited: limit.is_some(),
+                inner,
+            }));
         }
         // Every filter pushed here was declared Exact, so every one is applied: the rows of
         // the first, kept where the others hold too.
