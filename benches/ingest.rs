@@ -179,6 +179,15 @@ fn metric(metrics: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The sample taken closest to `t` seconds into the run.
+fn nearest(samples: &[Sample], t: f64) -> Sample {
+    samples
+        .iter()
+        .min_by(|a, b| (a.at - t).abs().total_cmp(&(b.at - t).abs()))
+        .copied()
+        .unwrap_or_default()
+}
+
 /// What the sampler saw at one second of the run.
 #[derive(Clone, Copy, Default)]
 struct Sample {
@@ -389,13 +398,7 @@ fn main() {
             .map(|(_, us)| *us)
             .collect();
         in_window.sort_unstable();
-        let at = |t: f64| {
-            samples
-                .iter()
-                .min_by(|a, b| (a.at - t).abs().total_cmp(&(b.at - t).abs()))
-                .copied()
-                .unwrap_or_default()
-        };
+        let at = |t: f64| nearest(&samples, t);
         let (a, b) = (at(from), at(to));
         let commits = b.commits - a.commits;
         println!(
@@ -453,13 +456,7 @@ fn main() {
     // Memory: flat means the second half of the run adds (almost) nothing to the heap.
     // Resident memory is shown too; it also counts the binary's code pages as they are
     // first run, which is not what a leak or an unbounded buffer would grow.
-    let at = |t: f64| {
-        samples
-            .iter()
-            .min_by(|a, b| (a.at - t).abs().total_cmp(&(b.at - t).abs()))
-            .copied()
-            .unwrap_or_default()
-    };
+    let at = |t: f64| nearest(&samples, t);
     let (start, middle, end) = (at(0.0), at(elapsed / 2.0), at(elapsed));
     let peak = samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
     let peak_anon = samples.iter().map(|s| s.anon_kib).max().unwrap_or(0);
