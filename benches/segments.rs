@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench segments -- --customers 1000000 [--data DIR] [--state DIR] [--skip-cold]
-//!     [--sequential] [--explain SEGMENT]…
+//!     [--sequential] [--explain SEGMENT|VIEW]…
 //! ```
 //!
 //! 1. generate `c360 generate` data into DIR unless it is there (seed 360);
@@ -168,7 +168,11 @@ async fn definition_of(engine: &Engine, table: &str, name: &str) -> Result<Strin
             "SELECT definition FROM {table} WHERE name = '{name}'"
         ))
         .await?;
-    let batch = result.batches.first().ok_or("no definition")?;
+    let batch = result
+        .batches
+        .iter()
+        .find(|batch| batch.num_rows() > 0)
+        .ok_or_else(|| format!("no {table} named {name}"))?;
     let strings = datafusion::arrow::array::AsArray::as_string::<i32>(batch.column(0).as_ref());
     Ok(strings.value(0).to_string())
 }
@@ -284,7 +288,11 @@ async fn run(args: Args) -> Result<()> {
     let member_median = median(member_times);
 
     for name in &args.explain {
-        let query = definition_of(&engine, "segments", name).await?;
+        // A segment's name, or a materialized view's (`profiles`).
+        let query = match definition_of(&engine, "segments", name).await {
+            Ok(query) => query,
+            Err(_) => definition_of(&engine, "materialized_views", name).await?,
+        };
         let result = engine.execute(&format!("EXPLAIN ANALYZE {query}")).await?;
         println!("\nEXPLAIN ANALYZE {name}:");
         for batch in &result.batches {

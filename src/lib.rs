@@ -31,6 +31,12 @@ use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+/// mimalloc, as datafusion-cli uses: under the collector's load glibc's malloc took a fifth
+/// of the CPU, and its per-thread arenas kept freed memory resident. Declared here, so that
+/// the server, the tests and the benches all run on the same allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub use config::Settings;
 pub use error::{C360Error, Result};
 use storage::Storage;

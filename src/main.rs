@@ -149,9 +149,6 @@ fn main() -> ExitCode {
             "warn"
         },
     );
-    if matches!(cli.command, Command::Serve { .. }) {
-        c360::server::cap_malloc_arenas();
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,25 +11,6 @@ use crate::error::{C360Error, Result};
 use crate::pg::PgServer;
 use crate::{Engine, Settings};
 
-/// Caps glibc's malloc arenas at one per core, before any thread allocates. By default
-/// glibc gives up to eight per core, one per thread that contends: a server's tokio workers
-/// and blocking threads (Parquet encoding, fsyncs, compaction) then each keep freed memory
-/// in an arena of their own, and resident memory creeps up under sustained ingest long
-/// after every buffer is bounded (measured on the ingest bench: 309 MiB after 60 s
-/// instead of 229 MiB with two arenas, at the same throughput). Elsewhere a no-op.
-pub fn cap_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let arenas = i32::try_from(cores).unwrap_or(i32::MAX);
-        // SAFETY: mallopt only sets an allocator parameter; called before the runtime
-        // starts its threads, and its failure (0) leaves glibc's default in place.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, arenas);
-        }
-    }
-}
-
 /// Serves until `stop` resolves (the CLI passes Ctrl-C or SIGTERM).
 ///
 /// Everything that can fail at start-up (storage, workspace, ports) fails before the banner

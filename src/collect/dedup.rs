@@ -13,11 +13,41 @@
 //! full, and every id younger than the window while there is room.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 /// A message id's 128-bit hash, as two words: a map entry with its generation is then 24
 /// bytes (a `u128` is 16-byte aligned, which would make it 32).
 pub type IdKey = (u64, u64);
+
+/// Hashes an [`IdKey`] by folding its two words: they already are a hash of the message id,
+/// so hashing them again (SipHash, by default) would only cost time, and a new id is looked
+/// up in every segment while the collector's lock is held.
+#[derive(Default)]
+pub struct IdKeyHasher(u64);
+
+impl Hasher for IdKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = self.0.rotate_left(29) ^ word;
+    }
+
+    // Only `write_u64` is called for an `IdKey`; bytes are folded the same way, should a
+    // key of another shape ever be hashed with it.
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+}
+
+/// A map or set keyed by [`IdKey`], hashed with [`IdKeyHasher`].
+pub type IdKeyMap<V> = HashMap<IdKey, V, BuildHasherDefault<IdKeyHasher>>;
 
 /// What one remembered id costs once the window is full: a 24-byte entry and a control byte
 /// in a table at most 7/8 full.
@@ -29,7 +59,7 @@ const SEGMENTS: usize = 8;
 
 struct Segment {
     /// id → the generation that accepted it.
-    ids: HashMap<IdKey, u64>,
+    ids: IdKeyMap<u64>,
     /// When its newest id was accepted: once that is older than the window, so are all.
     newest: Instant,
 }
@@ -48,10 +78,13 @@ pub struct DedupWindow {
 impl DedupWindow {
     /// A window of `window` holding at most `max_ids` ids.
     pub fn new(max_ids: usize, window: Duration) -> DedupWindow {
-        let per_segment = HashMap::<IdKey, u64>::with_capacity(max_ids.div_ceil(SEGMENTS).max(1))
-            .capacity()
-            .min(max_ids)
-            .max(1);
+        let per_segment = IdKeyMap::<u64>::with_capacity_and_hasher(
+            max_ids.div_ceil(SEGMENTS).max(1),
+            Default::default(),
+        )
+        .capacity()
+        .min(max_ids)
+        .max(1);
         DedupWindow {
             segments: VecDeque::new(),
             per_segment,
@@ -91,7 +124,7 @@ impl DedupWindow {
                 self.drop_oldest();
             }
             self.segments.push_back(Segment {
-                ids: HashMap::with_capacity(self.per_segment),
+                ids: IdKeyMap::with_capacity_and_hasher(self.per_segment, Default::default()),
                 newest: now,
             });
         }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
-use super::dedup::{DedupWindow, IdKey};
+use super::dedup::{DedupWindow, IdKey, IdKeyMap};
 use super::metrics::Metrics;
 use crate::sources::events::{self, EventRow};
 use crate::storage::table::LandedTable;
@@ -125,9 +125,11 @@ impl Ingest {
             }
             let open = state.open;
             let mut duplicates = 0;
+            let mut in_request = IdKeyMap::with_capacity_and_hasher(rows.len(), Default::default());
             for (row, (key, known)) in rows.into_iter().zip(known) {
                 // Known before, or a repeat within this request: wait for the first copy.
-                if let Some(generation) = known.or_else(|| state.seen.get(&key)) {
+                let repeat = in_request.insert(key, ()).map(|()| open);
+                if let Some(generation) = known.or(repeat) {
                     depends.insert(generation);
                     duplicates += 1;
                     continue;

@@ -39,9 +39,9 @@ pub fn parse_body(
     let Value::Object(object) = value else {
         return Err(Invalid::new("body", "must be a JSON object"));
     };
-    let write_key = optional_string(&object, "writeKey", "writeKey")?;
+    let write_key = optional_string(&object, Path::Body, "writeKey")?;
     if kind != "batch" {
-        let row = message(kind, &object, "", None, None, received_at)?;
+        let row = message(kind, &object, Path::Body, None, None, received_at)?;
         return Ok((write_key, vec![row]));
     }
     let batch = match object.get("batch") {
@@ -49,49 +49,72 @@ pub fn parse_body(
         Some(_) => return Err(Invalid::new("batch", "must be an array of messages")),
         None => return Err(Invalid::new("batch", "is required")),
     };
-    let sent_at = optional_time(&object, "sentAt", "sentAt")?;
+    let sent_at = optional_time(&object, Path::Body, "sentAt")?;
+    // Serialized once for the whole batch: most messages of a batch inherit it.
     let context = match object.get("context") {
         None | Some(Value::Null) => None,
-        Some(Value::Object(c)) => Some(c),
+        Some(context @ Value::Object(_)) => Some(context.to_string()),
         Some(_) => return Err(Invalid::new("context", "must be an object")),
     };
     let mut rows = Vec::with_capacity(batch.len());
     for (i, item) in batch.iter().enumerate() {
-        let at = format!("batch[{i}].");
+        let at = Path::Batch(i);
         let Value::Object(item) = item else {
             return Err(Invalid::new(&format!("batch[{i}]"), "must be an object"));
         };
         let item_kind = match item.get("type") {
             Some(Value::String(t)) if TYPES.contains(&t.as_str()) => t.as_str(),
             Some(Value::String(t)) => {
-                return Err(Invalid::new(
-                    &format!("{at}type"),
-                    format!("'{t}' is not one of {}", TYPES.join(", ")),
-                ));
+                return Err(at.invalid("type", format!("'{t}' is not one of {}", TYPES.join(", "))));
             }
-            Some(_) => return Err(Invalid::new(&format!("{at}type"), "must be a string")),
-            None => return Err(Invalid::new(&format!("{at}type"), "is required")),
+            Some(_) => return Err(at.invalid("type", "must be a string")),
+            None => return Err(at.invalid("type", "is required")),
         };
         rows.push(message(
             item_kind,
             item,
-            &at,
+            at,
             sent_at,
-            context,
+            context.as_deref(),
             received_at,
         )?);
     }
     Ok((write_key, rows))
 }
 
-/// One message. `at` prefixes field names in errors; `batch_sent_at` and `batch_context`
-/// come from the enclosing batch and yield to the message's own.
+/// Where a message sits in the request body, to name a field in an error: `userId` in a
+/// single message, `batch[3].userId` in a batch. The name is only formatted for an error,
+/// since a valid message's dozen fields would otherwise cost a dozen allocations.
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    Body,
+    Batch(usize),
+}
+
+impl Path {
+    fn field(self, key: &str) -> String {
+        match self {
+            Path::Body => key.to_string(),
+            Path::Batch(i) => format!("batch[{i}].{key}"),
+        }
+    }
+
+    fn invalid(self, key: &str, reason: impl Into<String>) -> Invalid {
+        Invalid {
+            field: self.field(key),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One message. `at` names its fields in errors; `batch_sent_at` and `batch_context` (JSON
+/// text) come from the enclosing batch and yield to the message's own.
 fn message(
     kind: &str,
     m: &Map<String, Value>,
-    at: &str,
+    at: Path,
     batch_sent_at: Option<i64>,
-    batch_context: Option<&Map<String, Value>>,
+    batch_context: Option<&str>,
     received_at: i64,
 ) -> Result<EventRow, Invalid> {
     let kind = TYPES
@@ -99,48 +122,40 @@ fn message(
         .find(|t| **t == kind)
         .copied()
         .ok_or_else(|| Invalid::new("type", format!("unknown message type '{kind}'")))?;
-    let field = |name: &str| format!("{at}{name}");
-    let user_id = optional_id(m, "userId", &field("userId"))?;
-    let anonymous_id = optional_id(m, "anonymousId", &field("anonymousId"))?;
+    let user_id = optional_id(m, at, "userId")?;
+    let anonymous_id = optional_id(m, at, "anonymousId")?;
     if user_id.is_none() && anonymous_id.is_none() {
-        return Err(Invalid::new(
-            &field("userId"),
-            "userId or anonymousId is required",
-        ));
+        return Err(at.invalid("userId", "userId or anonymousId is required"));
     }
-    let event = optional_string(m, "event", &field("event"))?;
+    let event = optional_string(m, at, "event")?;
     if kind == "track" && event.is_none() {
-        return Err(Invalid::new(&field("event"), "is required for track"));
+        return Err(at.invalid("event", "is required for track"));
     }
-    let group_id = optional_id(m, "groupId", &field("groupId"))?;
+    let group_id = optional_id(m, at, "groupId")?;
     if kind == "group" && group_id.is_none() {
-        return Err(Invalid::new(&field("groupId"), "is required for group"));
+        return Err(at.invalid("groupId", "is required for group"));
     }
-    let previous_id = optional_id(m, "previousId", &field("previousId"))?;
+    let previous_id = optional_id(m, at, "previousId")?;
     if kind == "alias" && (previous_id.is_none() || user_id.is_none()) {
         let missing = if previous_id.is_none() {
             "previousId"
         } else {
             "userId"
         };
-        return Err(Invalid::new(&field(missing), "is required for alias"));
+        return Err(at.invalid(missing, "is required for alias"));
     }
-    let message_id = optional_id(m, "messageId", &field("messageId"))?
+    let message_id = optional_id(m, at, "messageId")?
         .unwrap_or_else(|| format!("c360-{}", uuid::Uuid::new_v4()));
-    let properties = optional_object(m, "properties", &field("properties"))?;
-    let traits = optional_object(m, "traits", &field("traits"))?;
-    let context = match optional_object(m, "context", &field("context"))? {
+    let properties = optional_object(m, at, "properties")?;
+    let traits = optional_object(m, at, "traits")?;
+    let context = match optional_object(m, at, "context")? {
         Some(context) => context,
-        None => {
-            batch_context.map_or_else(|| "{}".to_string(), |c| Value::from(c.clone()).to_string())
-        }
+        None => batch_context.unwrap_or("{}").to_string(),
     };
-    let original = optional_time(m, "timestamp", &field("timestamp"))?.or(optional_time(
-        m,
-        "originalTimestamp",
-        &field("originalTimestamp"),
-    )?);
-    let sent_at = optional_time(m, "sentAt", &field("sentAt"))?.or(batch_sent_at);
+    // Both are checked, though the first one present is used.
+    let original =
+        optional_time(m, at, "timestamp")?.or(optional_time(m, at, "originalTimestamp")?);
+    let sent_at = optional_time(m, at, "sentAt")?.or(batch_sent_at);
     Ok(EventRow {
         message_id,
         kind,
@@ -151,7 +166,7 @@ fn message(
         traits,
         context,
         timestamp: corrected_timestamp(original, sent_at, received_at),
-        name: optional_string(m, "name", &field("name"))?,
+        name: optional_string(m, at, "name")?,
         group_id,
         previous_id,
         original_timestamp: original,
@@ -173,49 +188,41 @@ pub fn corrected_timestamp(original: Option<i64>, sent_at: Option<i64>, received
 }
 
 /// Identifiers: strings, or numbers (some SDKs send numeric user ids), kept as text.
-fn optional_id(m: &Map<String, Value>, key: &str, field: &str) -> Result<Option<String>, Invalid> {
+fn optional_id(m: &Map<String, Value>, at: Path, key: &str) -> Result<Option<String>, Invalid> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(Invalid::new(field, "must be a string")),
+        Some(_) => Err(at.invalid(key, "must be a string")),
     }
 }
 
-fn optional_string(
-    m: &Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<Option<String>, Invalid> {
+fn optional_string(m: &Map<String, Value>, at: Path, key: &str) -> Result<Option<String>, Invalid> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Invalid::new(field, "must be a string")),
+        Some(_) => Err(at.invalid(key, "must be a string")),
     }
 }
 
 /// Objects are kept as JSON text, for SQL's `->` and `->>`.
-fn optional_object(
-    m: &Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<Option<String>, Invalid> {
+fn optional_object(m: &Map<String, Value>, at: Path, key: &str) -> Result<Option<String>, Invalid> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(value @ Value::Object(_)) => Ok(Some(value.to_string())),
-        Some(_) => Err(Invalid::new(field, "must be an object")),
+        Some(_) => Err(at.invalid(key, "must be an object")),
     }
 }
 
 /// ISO-8601 times, as microseconds since the epoch.
-fn optional_time(m: &Map<String, Value>, key: &str, field: &str) -> Result<Option<i64>, Invalid> {
+fn optional_time(m: &Map<String, Value>, at: Path, key: &str) -> Result<Option<i64>, Invalid> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
             .map(|t| Some(t.timestamp_micros()))
-            .map_err(|e| Invalid::new(field, format!("'{s}' is not an ISO-8601 time: {e}"))),
-        Some(_) => Err(Invalid::new(field, "must be an ISO-8601 string")),
+            .map_err(|e| at.invalid(key, format!("'{s}' is not an ISO-8601 time: {e}"))),
+        Some(_) => Err(at.invalid(key, "must be an ISO-8601 string")),
     }
 }
 
