@@ -11,7 +11,8 @@
 //!
 //! It prints, window by window (5 s by default), the acknowledged events/s, the ack latency
 //! percentiles, the group commits' rate and mean latency, the server's resident memory and
-//! the number of message ids the dedup window holds, so that whatever grows over a run
+//! the number of message ids the dedup window holds, the compactions so far and the data
+//! files of the `events` table (compaction's backlog), so that whatever grows over a run
 //! shows; then the figures of the whole run, the fsync rate measured in the same run and
 //! the load average, so that figures compare run to run and machine to machine. Memory is
 //! called flat when the second half of the run adds at most 5% to the server's anonymous
@@ -198,6 +199,7 @@ struct Sample {
     commit_seconds: f64,
     dedup_ids: f64,
     compactions: f64,
+    files: f64,
 }
 
 /// Percentile `p` (0..=1) of sorted latencies, in ms.
@@ -288,6 +290,7 @@ fn main() {
                     commit_seconds: metric(&metrics, "c360_collector_commit_seconds_sum"),
                     dedup_ids: metric(&metrics, "c360_collector_dedup_ids"),
                     compactions: metric(&metrics, "c360_storage_compactions_total"),
+                    files: metric(&metrics, "c360_collector_table_files"),
                 });
                 if stop.load(Ordering::Relaxed) {
                     return samples;
@@ -373,7 +376,7 @@ fn main() {
     // The run window by window, to show what grows: ack latency, commit latency, memory.
     let window = options.window.max(1) as f64;
     println!(
-        "{:>7} {:>9} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8} {:>9} {:>10} {:>6}",
+        "{:>7} {:>9} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8} {:>9} {:>10} {:>6} {:>6}",
         "t (s)",
         "events/s",
         "p50 ms",
@@ -384,7 +387,8 @@ fn main() {
         "RSS MiB",
         "anon MiB",
         "dedup ids",
-        "compac"
+        "compac",
+        "files"
     );
     let mut from = 0.0;
     while from < elapsed - 0.5 {
@@ -402,7 +406,7 @@ fn main() {
         let (a, b) = (at(from), at(to));
         let commits = b.commits - a.commits;
         println!(
-            "{:>7} {:>9.0} {:>7.1} {:>7.1} {:>7.1} {:>8.0} {:>9.1} {:>8} {:>9} {:>10.0} {:>6.0}",
+            "{:>7} {:>9.0} {:>7.1} {:>7.1} {:>7.1} {:>8.0} {:>9.1} {:>8} {:>9} {:>10.0} {:>6.0} {:>6.0}",
             format!("{from:.0}-{to:.0}"),
             in_window.len() as f64 * options.batch as f64 / (to - from),
             percentile(&in_window, 0.5),
@@ -414,6 +418,7 @@ fn main() {
             b.anon_kib / 1024,
             b.dedup_ids,
             b.compactions,
+            b.files,
         );
         from = to;
     }

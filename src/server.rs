@@ -98,7 +98,10 @@ async fn run_schedules(engine: std::sync::Arc<Engine>, stop: impl Future<Output 
 }
 
 /// Compacts landed tables every `[maintenance] compact_interval_secs` (group commits make
-/// many small files) and vacuums them hourly, until `stop`. Its own task, so a long
+/// many small files) and vacuums them hourly, until `stop`. A round that leaves a backlog
+/// (more small files than its byte budget) is followed by the next one at once: under a
+/// sustained load, group commits add files faster than one budget per interval merges, and
+/// a table whose files pile up makes every commit and scan slower. Its own task, so a long
 /// compaction never delays a scheduled refresh; the merging itself runs on a thread of its
 /// own at a lower priority (see `storage::maintenance`), so it never delays a group commit.
 async fn run_upkeep(engine: std::sync::Arc<Engine>, stop: impl Future<Output = ()>) {
@@ -115,10 +118,13 @@ async fn run_upkeep(engine: std::sync::Arc<Engine>, stop: impl Future<Output = (
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_vacuum = std::time::Instant::now();
+    let mut backlog = false;
     loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tick.tick() => {}
+        if !backlog {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tick.tick() => {}
+            }
         }
         let vacuum = last_vacuum.elapsed() >= std::time::Duration::from_secs(3600);
         if vacuum {
@@ -131,7 +137,9 @@ async fn run_upkeep(engine: std::sync::Arc<Engine>, stop: impl Future<Output = (
         }
         tokio::select! {
             _ = &mut stop => return,
-            _ = engine.landed().maintain(compact_max_bytes, vacuum, VACUUM_RETENTION) => {}
+            more = engine.landed().maintain(compact_max_bytes, vacuum, VACUUM_RETENTION) => {
+                backlog = more;
+            }
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The HTTP door: a Segment-compatible event collector, `/health` and `/metrics`.
 //!
 //! Apps and websites send Segment calls (`api.rs` checks them, `segment.rs` turns them into
-//! rows); `ingest.rs` group-commits them into the landed `events` table and answers 200 only
-//! once they are durable; `metrics.rs` counts what happened.
+//! rows, with `typed.rs` as its fast path); `ingest.rs` group-commits them into the landed
+//! `events` table and answers 200 only once they are durable; `metrics.rs` counts what
+//! happened.
 //!
 //! Like the Postgres listener, it binds before start-up is announced so that a port in use
 //! fails `serve` with the address in the message.
@@ -12,6 +13,7 @@ pub mod dedup;
 pub mod ingest;
 pub mod metrics;
 pub mod segment;
+mod typed;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -47,6 +49,7 @@ struct Health {
     ingest: Arc<Ingest>,
     queue: Arc<crate::actions::Queue>,
     upkeep: Arc<crate::storage::landed::UpkeepStats>,
+    events: Arc<LandedTable>,
 }
 
 #[derive(Serialize)]
@@ -93,6 +96,7 @@ impl HttpServer {
             ingest: Arc::clone(&ingest),
             queue: engine.refresh_engine().queue(),
             upkeep: engine.landed().stats(),
+            events: Arc::clone(&events),
         };
         let collector = api::Collector {
             ingest: Arc::clone(&ingest),
@@ -213,6 +217,14 @@ async fn metrics_handler(State(health): State<Health>) -> impl axum::response::I
         .unwrap_or_default();
     health.queue.stats.render(&mut text, depth);
     health.upkeep.render(&mut text);
+    // Compaction's backlog shows here first: group commits add a file each.
+    crate::prometheus::sample(
+        &mut text,
+        "c360_collector_table_files",
+        "Data files in the current snapshot of the events table.",
+        "gauge",
+        health.events.snapshot().files.len(),
+    );
     (
         [(
             axum::http::header::CONTENT_TYPE,

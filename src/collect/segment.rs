@@ -29,7 +29,23 @@ impl Invalid {
 
 /// Parses the body of `/v1/<kind>` (one message) or, with `kind` = `batch`, of `/v1/batch`.
 /// `received_at` is the collector's clock, in microseconds since the epoch.
+///
+/// A valid body is read straight into typed fields (`typed.rs`). Anything that path does not
+/// expect (a type mismatch, a duplicate key, a bad time) is read again as a JSON tree, which
+/// names the offending field: errors are rare, and worth a second parse to be precise.
 pub fn parse_body(
+    kind: &str,
+    body: &[u8],
+    received_at: i64,
+) -> Result<(Option<String>, Vec<EventRow>), Invalid> {
+    match super::typed::parse_body(kind, body, received_at) {
+        Some(parsed) => parsed,
+        None => parse_tree(kind, body, received_at),
+    }
+}
+
+/// [`parse_body`] through a JSON tree, which checks and names every field.
+pub(super) fn parse_tree(
     kind: &str,
     body: &[u8],
     received_at: i64,
@@ -86,7 +102,7 @@ pub fn parse_body(
 /// single message, `batch[3].userId` in a batch. The name is only formatted for an error,
 /// since a valid message's dozen fields would otherwise cost a dozen allocations.
 #[derive(Debug, Clone, Copy)]
-enum Path {
+pub(super) enum Path {
     Body,
     Batch(usize),
 }
@@ -99,7 +115,7 @@ impl Path {
         }
     }
 
-    fn invalid(self, key: &str, reason: impl Into<String>) -> Invalid {
+    pub(super) fn invalid(self, key: &str, reason: impl Into<String>) -> Invalid {
         Invalid {
             field: self.field(key),
             reason: reason.into(),
@@ -122,57 +138,95 @@ fn message(
         .find(|t| **t == kind)
         .copied()
         .ok_or_else(|| Invalid::new("type", format!("unknown message type '{kind}'")))?;
-    let user_id = optional_id(m, at, "userId")?;
-    let anonymous_id = optional_id(m, at, "anonymousId")?;
-    if user_id.is_none() && anonymous_id.is_none() {
-        return Err(at.invalid("userId", "userId or anonymousId is required"));
-    }
-    let event = optional_string(m, at, "event")?;
-    if kind == "track" && event.is_none() {
-        return Err(at.invalid("event", "is required for track"));
-    }
-    let group_id = optional_id(m, at, "groupId")?;
-    if kind == "group" && group_id.is_none() {
-        return Err(at.invalid("groupId", "is required for group"));
-    }
-    let previous_id = optional_id(m, at, "previousId")?;
-    if kind == "alias" && (previous_id.is_none() || user_id.is_none()) {
-        let missing = if previous_id.is_none() {
-            "previousId"
-        } else {
-            "userId"
-        };
-        return Err(at.invalid(missing, "is required for alias"));
-    }
-    let message_id = optional_id(m, at, "messageId")?
-        .unwrap_or_else(|| format!("c360-{}", uuid::Uuid::new_v4()));
-    let properties = optional_object(m, at, "properties")?;
-    let traits = optional_object(m, at, "traits")?;
-    let context = match optional_object(m, at, "context")? {
-        Some(context) => context,
-        None => batch_context.unwrap_or("{}").to_string(),
-    };
-    // Both are checked, though the first one present is used.
-    let original =
-        optional_time(m, at, "timestamp")?.or(optional_time(m, at, "originalTimestamp")?);
-    let sent_at = optional_time(m, at, "sentAt")?.or(batch_sent_at);
-    Ok(EventRow {
-        message_id,
-        kind,
-        anonymous_id,
-        user_id,
-        event,
-        properties: properties.unwrap_or_else(|| "{}".to_string()),
-        traits,
-        context,
-        timestamp: corrected_timestamp(original, sent_at, received_at),
+    let fields = Fields {
+        user_id: optional_id(m, at, "userId")?,
+        anonymous_id: optional_id(m, at, "anonymousId")?,
+        event: optional_string(m, at, "event")?,
+        group_id: optional_id(m, at, "groupId")?,
+        previous_id: optional_id(m, at, "previousId")?,
+        message_id: optional_id(m, at, "messageId")?,
         name: optional_string(m, at, "name")?,
-        group_id,
-        previous_id,
-        original_timestamp: original,
-        sent_at,
-        received_at,
-    })
+        properties: optional_object(m, at, "properties")?,
+        traits: optional_object(m, at, "traits")?,
+        context: optional_object(m, at, "context")?,
+        // Both are checked, though the first one present is used.
+        timestamp: optional_time(m, at, "timestamp")?,
+        original_timestamp: optional_time(m, at, "originalTimestamp")?,
+        sent_at: optional_time(m, at, "sentAt")?,
+    };
+    fields.into_row(kind, at, batch_sent_at, batch_context, received_at)
+}
+
+/// A message's fields once read and typed (ids as text, objects as JSON text, times in µs),
+/// by either reader: `typed.rs` for the common case, the `Value` walk above otherwise.
+#[derive(Debug, Default)]
+pub(super) struct Fields {
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub event: Option<String>,
+    pub group_id: Option<String>,
+    pub previous_id: Option<String>,
+    pub message_id: Option<String>,
+    pub name: Option<String>,
+    pub properties: Option<String>,
+    pub traits: Option<String>,
+    pub context: Option<String>,
+    pub timestamp: Option<i64>,
+    pub original_timestamp: Option<i64>,
+    pub sent_at: Option<i64>,
+}
+
+impl Fields {
+    /// The spec's rules for a `kind` message, then its event row.
+    pub(super) fn into_row(
+        self,
+        kind: &'static str,
+        at: Path,
+        batch_sent_at: Option<i64>,
+        batch_context: Option<&str>,
+        received_at: i64,
+    ) -> Result<EventRow, Invalid> {
+        if self.user_id.is_none() && self.anonymous_id.is_none() {
+            return Err(at.invalid("userId", "userId or anonymousId is required"));
+        }
+        if kind == "track" && self.event.is_none() {
+            return Err(at.invalid("event", "is required for track"));
+        }
+        if kind == "group" && self.group_id.is_none() {
+            return Err(at.invalid("groupId", "is required for group"));
+        }
+        if kind == "alias" && (self.previous_id.is_none() || self.user_id.is_none()) {
+            let missing = if self.previous_id.is_none() {
+                "previousId"
+            } else {
+                "userId"
+            };
+            return Err(at.invalid(missing, "is required for alias"));
+        }
+        let original = self.timestamp.or(self.original_timestamp);
+        let sent_at = self.sent_at.or(batch_sent_at);
+        Ok(EventRow {
+            message_id: self
+                .message_id
+                .unwrap_or_else(|| format!("c360-{}", uuid::Uuid::new_v4())),
+            kind,
+            anonymous_id: self.anonymous_id,
+            user_id: self.user_id,
+            event: self.event,
+            properties: self.properties.unwrap_or_else(|| "{}".to_string()),
+            traits: self.traits,
+            context: self
+                .context
+                .unwrap_or_else(|| batch_context.unwrap_or("{}").to_string()),
+            timestamp: corrected_timestamp(original, sent_at, received_at),
+            name: self.name,
+            group_id: self.group_id,
+            previous_id: self.previous_id,
+            original_timestamp: original,
+            sent_at,
+            received_at,
+        })
+    }
 }
 
 /// The spec's clock-skew correction: a device's clock may be off, but the time between its

@@ -113,13 +113,15 @@ impl LandedTables {
     /// Compacts every table with enough small files (merging at most `compact_max_bytes`
     /// of them each; `None` skips compaction), and, when `vacuum` is set, deletes the files
     /// no snapshot has named for `retention`. Failures are logged per table and retried at
-    /// the next round: upkeep never stops the server.
+    /// the next round: upkeep never stops the server. Returns whether a table has enough
+    /// small files left for another round straight away.
     pub async fn maintain(
         &self,
         compact_max_bytes: Option<u64>,
         vacuum: bool,
         retention: std::time::Duration,
-    ) {
+    ) -> bool {
+        let mut backlog = false;
         let tables: Vec<Arc<LandedTable>> = self
             .tables
             .read()
@@ -136,6 +138,7 @@ impl LandedTables {
             };
             match compacted {
                 Ok(Some(done)) => {
+                    backlog |= done.small_files_left >= super::maintenance::COMPACT_AT_FILES;
                     self.stats.compactions.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .files_merged
@@ -159,6 +162,7 @@ impl LandedTables {
                 }
             }
         }
+        backlog
     }
 
     /// The table `name`, created with `schema` if it does not exist yet.

@@ -56,6 +56,8 @@ pub struct Compacted {
     pub files_merged: usize,
     pub rows: usize,
     pub version: u64,
+    /// Small files this round left for the next (over its byte budget).
+    pub small_files_left: usize,
 }
 
 impl LandedTable {
@@ -66,10 +68,16 @@ impl LandedTable {
         let snapshot = self.refresh().await?;
         let mut chosen = Vec::new();
         let mut bytes = 0;
+        let mut small_files_left = 0;
         for add in snapshot.files.values() {
-            if add.size < SMALL_FILE_BYTES && bytes + add.size <= max_bytes {
+            if add.size >= SMALL_FILE_BYTES {
+                continue;
+            }
+            if bytes + add.size <= max_bytes {
                 bytes += add.size;
                 chosen.push(add.path.clone());
+            } else {
+                small_files_left += 1;
             }
         }
         if chosen.len() < min_files.max(2) {
@@ -120,6 +128,7 @@ impl LandedTable {
                 files_merged: chosen.len(),
                 rows,
                 version,
+                small_files_left,
             })),
             // The merged file is an orphan now; vacuum removes it.
             Err(C360Error::Conflict(_)) => Ok(None),
