@@ -426,6 +426,10 @@ fn psql_meta_commands_describe_the_catalog() {
         ("\\dn", "public"),
         ("\\d profiles", "lifetime_value"),
         ("\\d stores", "store_id"),
+        // The `+` forms add sizes and descriptions (pg_size_pretty, obj_description).
+        ("\\dt+", "pos_sales"),
+        ("\\dv+", "web_orders"),
+        ("\\l+", "c360"),
     ] {
         let out = server.psql(&["-c", command]);
         assert!(out.status.success(), "{command}: {}", stderr_of(&out));

@@ -54,7 +54,83 @@ pub fn install(ctx: &SessionContext, database: &str) -> Result<()> {
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
         JsonBuildObject::new(),
     ));
+    // psql's `\dt+` and `\l+` ask these. c360 keeps no per-oid sizes (a table's files are
+    // its storage root's, a view has none) nor comments: unknown, as PostgreSQL says NULL.
+    for name in [
+        "pg_table_size",
+        "pg_total_relation_size",
+        "pg_relation_size",
+    ] {
+        ctx.register_udf(constant(name, 1, ScalarValue::Int64(None)));
+    }
+    ctx.register_udf(constant("pg_database_size", 1, ScalarValue::Int64(None)));
+    ctx.register_udf(constant("obj_description", 2, ScalarValue::Utf8(None)));
+    ctx.register_udf(constant("shobj_description", 2, ScalarValue::Utf8(None)));
+    ctx.register_udf(size_pretty());
     Ok(())
+}
+
+/// `pg_size_pretty(bigint)`, with PostgreSQL's units and rounding: BI tools show sizes with it.
+fn size_pretty() -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::arrow::array::{Array, AsArray, StringBuilder};
+    use datafusion::arrow::datatypes::Int64Type;
+
+    create_udf(
+        "pg_size_pretty",
+        vec![DataType::Int64],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| match &args[0] {
+            ColumnarValue::Scalar(value) => {
+                let bytes = match value.cast_to(&DataType::Int64)? {
+                    ScalarValue::Int64(bytes) => bytes,
+                    _ => None,
+                };
+                Ok(ColumnarValue::Scalar(ScalarValue::Utf8(
+                    bytes.map(pretty_size),
+                )))
+            }
+            ColumnarValue::Array(array) => {
+                let bytes = datafusion::arrow::compute::cast(array, &DataType::Int64)?;
+                let bytes = bytes.as_primitive::<Int64Type>();
+                let mut out = StringBuilder::with_capacity(bytes.len(), bytes.len() * 8);
+                for i in 0..bytes.len() {
+                    out.append_option((!bytes.is_null(i)).then(|| pretty_size(bytes.value(i))));
+                }
+                Ok(ColumnarValue::Array(Arc::new(out.finish())))
+            }
+        }),
+    )
+}
+
+/// PostgreSQL 15's `pg_size_pretty`: bytes below 10 kB, then the largest unit that keeps the
+/// number under 20,480 (rounded half away from zero), up to PB.
+fn pretty_size(bytes: i64) -> String {
+    // (unit, limit, rounded, bits)
+    const UNITS: [(&str, i64, bool, u32); 6] = [
+        ("bytes", 10 * 1024, false, 0),
+        ("kB", 20 * 1024 - 1, true, 10),
+        ("MB", 20 * 1024 - 1, true, 20),
+        ("GB", 20 * 1024 - 1, true, 30),
+        ("TB", 20 * 1024 - 1, true, 40),
+        ("PB", 20 * 1024 - 1, true, 50),
+    ];
+    let half_rounded = |x: i64| (x + if x < 0 { -1 } else { 1 }) / 2;
+    let mut size = bytes;
+    for (i, (unit, limit, rounded, bits)) in UNITS.iter().enumerate() {
+        let Some((_, _, next_rounded, next_bits)) = UNITS.get(i + 1) else {
+            let size = if *rounded { half_rounded(size) } else { size };
+            return format!("{size} {unit}");
+        };
+        if size.unsigned_abs() < limit.unsigned_abs() {
+            let size = if *rounded { half_rounded(size) } else { size };
+            return format!("{size} {unit}");
+        }
+        // One bit fewer when the next unit rounds by halves, one more if this one did.
+        let shift = next_bits - bits - u32::from(*next_rounded) + u32::from(*rounded);
+        size /= 1_i64 << shift;
+    }
+    format!("{bytes} bytes")
 }
 
 /// `json_build_object(key, value, …)`, as in PostgreSQL: SQLAlchemy's column reflection
@@ -247,4 +323,33 @@ fn to_regtype() -> datafusion::logical_expr::ScalarUDF {
             }
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_print_as_postgresql_15_prints_them() {
+        // Each pair as PostgreSQL 15's pg_size_pretty answered it.
+        for (bytes, expected) in [
+            (0, "0 bytes"),
+            (-1, "-1 bytes"),
+            (10239, "10239 bytes"),
+            (10240, "10 kB"),
+            (10751, "10 kB"),
+            (10752, "11 kB"),
+            (-10752, "-11 kB"),
+            (20479, "20 kB"),
+            (1_000_000, "977 kB"),
+            (10_485_759, "10 MB"),
+            (123_456_789, "118 MB"),
+            (-123_456_789, "-118 MB"),
+            (1_073_741_824, "1024 MB"),
+            (20_971_520_000, "20 GB"),
+            (1_099_511_627_776, "1024 GB"),
+            (10_995_116_277_760, "10 TB"),
+            (i64::MAX, "8192 PB"),
+        ] {
+            assert_eq!(super::pretty_size(bytes), expected, "{bytes}");
+        }
+    }
 }
