@@ -282,6 +282,8 @@ mod tests {
         let budget = sizes[..5].iter().sum::<u64>();
         let done = table.compact(2, budget).await.unwrap().unwrap();
         assert_eq!((done.files_merged, done.rows), (5, 50));
+        // The other seven are over the budget: upkeep runs the next round at once.
+        assert_eq!(done.small_files_left, 7);
         let snapshot = table.snapshot();
         assert_eq!(snapshot.files.len(), 12 - 5 + 1);
         assert!(
