@@ -7,10 +7,11 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Int64Array, Int64Builder, RecordBatch,
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, BooleanBuilder, Int64Array, Int64Builder, RecordBatch,
     StringArray, StringBuilder, TimestampMicrosecondBuilder, UInt8Array, UInt8Builder, UInt32Array,
     UInt32Builder,
 };
+use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
     DataType, Int64Type, SchemaRef, TimeUnit, UInt8Type, UInt32Type,
@@ -24,7 +25,7 @@ pub(super) const OUTPUT_ROWS: usize = 65_536;
 /// Rows per persisted-state batch (one Parquet row group's worth).
 pub(super) const STATE_ROWS: usize = 1 << 20;
 /// Text bytes after which a batch is cut whatever its row count, far below `Utf8`'s 2 GiB.
-const MAX_TEXT_BYTES: usize = 256 << 20;
+pub(super) const MAX_TEXT_BYTES: usize = 256 << 20;
 
 enum Col {
     Str(StringBuilder),
@@ -94,11 +95,6 @@ impl TableWriter {
         }
     }
 
-    pub(super) fn u8(&mut self, col: usize, value: u8) {
-        if let Some(Col::U8(b)) = self.cols.get_mut(col) {
-            b.append_value(value);
-        }
-    }
 
     pub(super) fn u32(&mut self, col: usize, value: Option<u32>) {
         if let Some(Col::U32(b)) = self.cols.get_mut(col) {
@@ -114,11 +110,6 @@ impl TableWriter {
         }
     }
 
-    pub(super) fn bool(&mut self, col: usize, value: bool) {
-        if let Some(Col::Bool(b)) = self.cols.get_mut(col) {
-            b.append_value(value);
-        }
-    }
 
     /// Ends the current row, cutting a batch when it is full.
     pub(super) fn end_row(&mut self) -> Result<(), GraphError> {
@@ -218,6 +209,13 @@ impl ColumnReader<'_> {
             .clone())
     }
 
+    pub(super) fn binary(&self, name: &str) -> Result<BinaryArray, GraphError> {
+        Ok(self
+            .column(name, &DataType::Binary, false)?
+            .as_binary::<i32>()
+            .clone())
+    }
+
     pub(super) fn u8(&self, name: &str) -> Result<UInt8Array, GraphError> {
         Ok(self
             .column(name, &DataType::UInt8, false)?
@@ -245,4 +243,38 @@ impl ColumnReader<'_> {
             .as_boolean()
             .clone())
     }
+}
+
+/// A batch of `columns`, naming `table` in the error.
+pub(super) fn batch_of(
+    table: &str,
+    schema: SchemaRef,
+    columns: Vec<ArrayRef>,
+) -> Result<RecordBatch, GraphError> {
+    RecordBatch::try_new(schema, columns).map_err(|e| GraphError::Arrow {
+        table: table.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// A binary column from offsets and bytes (see `Interner::key_run`).
+pub(super) fn binary_column(offsets: Vec<i32>, bytes: &[u8]) -> Result<ArrayRef, GraphError> {
+    let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
+    BinaryArray::try_new(offsets, Buffer::from_slice_ref(bytes), None)
+        .map(|array| Arc::new(array) as ArrayRef)
+        .map_err(|e| GraphError::Arrow {
+            table: "state".into(),
+            message: e.to_string(),
+        })
+}
+
+/// A text column from offsets and bytes; an error if the bytes are not UTF-8.
+pub(super) fn string_column(offsets: Vec<i32>, bytes: &[u8]) -> Result<ArrayRef, GraphError> {
+    let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
+    StringArray::try_new(offsets, Buffer::from_slice_ref(bytes), None)
+        .map(|array| Arc::new(array) as ArrayRef)
+        .map_err(|e| GraphError::Arrow {
+            table: "state".into(),
+            message: e.to_string(),
+        })
 }

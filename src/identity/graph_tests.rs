@@ -684,10 +684,10 @@ fn to_views(parts: Vec<(String, Vec<RecordBatch>)>) -> Vec<(String, Vec<RecordBa
                         .fields()
                         .iter()
                         .map(|f| {
-                            let t = if f.data_type() == &DataType::Utf8 {
-                                DataType::Utf8View
-                            } else {
-                                f.data_type().clone()
+                            let t = match f.data_type() {
+                                DataType::Utf8 => DataType::Utf8View,
+                                DataType::Binary => DataType::BinaryView,
+                                other => other.clone(),
                             };
                             datafusion::arrow::datatypes::Field::new(f.name(), t, f.is_nullable())
                         })
@@ -941,6 +941,8 @@ fn dump_counts(graph: &IdentityGraph) -> [usize; 4] {
     ]
 }
 
+use crate::storage::index::{KeyIndex, key_at};
+
 fn dump_tables(tables: crate::identity::tables::TableBatches) -> [Vec<Vec<String>>; 4] {
     tables.map(table)
 }
@@ -952,6 +954,8 @@ fn tables_kept_across_refreshes_equal_tables_built_whole() {
     let data = people(3000, true, 17);
     let mut graph = IdentityGraph::new(rules());
     let mut tables = crate::identity::tables::GraphTables::with_chunk_rows(97);
+    let mut indexes: [Option<KeyIndex>; 2] = [None, None];
+    let mut previous_rows = [0usize; 4];
     let mut restitched = 0;
     for (i, at) in [40, 80, 120, 160, 201].into_iter().enumerate() {
         let mut batch: Vec<Row> = data
@@ -968,11 +972,39 @@ fn tables_kept_across_refreshes_equal_tables_built_whole() {
         }
         apply(&mut graph, &shuffled(batch, i as u64));
         restitched += graph.restitched.len();
-        assert_eq!(
-            dump_tables(tables.update(&mut graph).unwrap()),
-            dump(&graph),
-            "after batch {i}"
-        );
+        let (batches, changes) = tables.update(&mut graph).unwrap();
+        for t in 0..4 {
+            assert!(
+                changes[t].kept_rows <= previous_rows[t],
+                "table {t} after batch {i}: kept {} of {} rows",
+                changes[t].kept_rows,
+                previous_rows[t]
+            );
+            previous_rows[t] = batches[t].iter().map(RecordBatch::num_rows).sum();
+        }
+        // The changes let an index follow the tables: carried over, it finds what an index
+        // built afresh finds, for every key.
+        for (t, column) in [(0, 0), (1, 1)] {
+            let fresh = KeyIndex::build(&batches[t], column).unwrap();
+            if let Some(previous) = &indexes[t] {
+                let carried: &KeyIndex = previous;
+                let carried = carried.carried(&batches[t], &changes[t]).unwrap();
+                for batch in &batches[t] {
+                    for row in 0..batch.num_rows() {
+                        let key = key_at(batch.column(column).as_ref(), row).unwrap();
+                        assert_eq!(
+                            carried.lookup(&batches[t], key),
+                            fresh.lookup(&batches[t], key),
+                            "table {t} after batch {i}, key {key:?}"
+                        );
+                    }
+                }
+                indexes[t] = Some(carried);
+            } else {
+                indexes[t] = Some(fresh);
+            }
+        }
+        assert_eq!(dump_tables(batches), dump(&graph), "after batch {i}");
     }
     assert!(restitched > 0, "the data restitches known records");
     assert!(

@@ -121,8 +121,34 @@ impl Interner {
     #[inline]
     pub(super) fn key(&self, id: u32) -> &[u8] {
         let i = id as usize;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.bytes[start..self.ends[i] as usize]
+        &self.bytes[self.start(i)..self.ends[i] as usize]
+    }
+
+    fn start(&self, id: usize) -> usize {
+        if id == 0 { 0 } else { self.ends[id - 1] as usize }
+    }
+
+    /// The end of a run of keys from `first` holding at most `max_keys` keys and, past its
+    /// first key, at most `max_bytes` bytes: how persisted key columns are cut into batches.
+    pub(super) fn run_end(&self, first: usize, max_keys: usize, max_bytes: usize) -> usize {
+        let end = (first + max_keys).min(self.len());
+        let limit = self.start(first) + max_bytes;
+        // Runs end early only for keys far longer than identifiers are; search then.
+        if end == first || self.ends[end - 1] as usize <= limit {
+            return end;
+        }
+        let within = self.ends[first..end].partition_point(|&e| e as usize <= limit);
+        first + within.max(1)
+    }
+
+    /// Keys `first..end` as Arrow's variable-width layout: offsets from 0 and their bytes, a
+    /// slice of the arena, so that persisting millions of keys costs two copies.
+    pub(super) fn key_run(&self, first: usize, end: usize) -> (Vec<i32>, &[u8]) {
+        let base = self.start(first);
+        let mut offsets = Vec::with_capacity(end - first + 1);
+        offsets.push(0);
+        offsets.extend(self.ends[first..end].iter().map(|&e| (e as usize - base) as i32));
+        (offsets, &self.bytes[base..self.start(end)])
     }
 
     #[inline]

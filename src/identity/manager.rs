@@ -2,7 +2,8 @@
 //! storage root, refreshed incrementally, and published as SQL tables.
 //!
 //! State layout under the storage root, per graph:
-//! `identity/<name>/v<version>/<part>.parquet` holds the graph's state at one version, and
+//! `identity/<name>/v<version>/<part>.arrow` holds the graph's state at one version (Arrow IPC
+//! files: only c360 reads them, and they encode at memory speed), and
 //! `identity/<name>/CURRENT` (JSON: definition, version, watermark) names the committed one.
 //! A full build writes a new version folder, then replaces CURRENT in one put, then deletes the
 //! old folder, so a crash at any point leaves the previous graph readable and intact.
@@ -148,19 +149,30 @@ impl IdentityGraphs {
         }
 
         // After a restart, continue from the committed state when the definition is the same.
+        // State that cannot be loaded (written by an older c360, or damaged) is derived data:
+        // the graph is built again from its source, which gives the same profile ids.
         if let Some(manifest) = self.read_manifest(&name).await?
             && same_definition(&manifest.definition, &definition)
         {
-            let graph = self
-                .load_state(&name, manifest.version, &manifest.log, rules)
-                .await?;
-            let committed = Committed {
-                version: manifest.version,
-                watermark: manifest.watermark,
-                log: manifest.log,
-            };
-            self.install(ctx, definition, graph, committed).await?;
-            return self.refresh(ctx, &name).await;
+            match self
+                .load_state(&name, manifest.version, &manifest.log, rules.clone())
+                .await
+            {
+                Ok(graph) => {
+                    let committed = Committed {
+                        version: manifest.version,
+                        watermark: manifest.watermark,
+                        log: manifest.log,
+                    };
+                    self.install(ctx, definition, graph, committed).await?;
+                    return self.refresh(ctx, &name).await;
+                }
+                Err(e) => tracing::warn!(
+                    graph = %name,
+                    error = %e,
+                    "identity graph state cannot be loaded; building the graph again from its source"
+                ),
+            }
         }
 
         let started = Instant::now();
@@ -356,7 +368,7 @@ impl IdentityGraphs {
         let name = definition.name.clone();
         let names = table_names(&name);
         let mut outputs = GraphTables::default();
-        let [identities, records, merges, refused] =
+        let ([identities, records, merges, refused], _) =
             outputs.update(&mut graph).map_err(graph_error)?;
         let tables = [
             // Indexed for an app's lookups: the profile of an identifier ("who is this
@@ -422,7 +434,7 @@ impl IdentityGraphs {
         for part in super::state::STATE_PARTS {
             let batches = self
                 .storage
-                .get_parquet(&format!("{folder}/{part}.parquet"))
+                .get_arrow(&format!("{folder}/{part}.arrow"))
                 .await?;
             parts.push((part.to_string(), batches));
         }
@@ -486,13 +498,35 @@ impl IdentityGraphs {
         version: u64,
         watermark: Option<i64>,
     ) -> Result<()> {
-        let folder = version_folder(name, version);
         let parts = graph.to_state().map_err(graph_error)?;
+        self.write_state(name, version, parts).await?;
+        self.point_current(name, definition, version, watermark)
+            .await
+    }
+
+    /// The first step of a commit: the state's parts, in a version folder nothing points to.
+    async fn write_state(
+        &self,
+        name: &str,
+        version: u64,
+        parts: Vec<(String, Vec<RecordBatch>)>,
+    ) -> Result<()> {
+        let folder = version_folder(name, version);
         let objects = parts
             .into_iter()
-            .map(|(part, batches)| (format!("{folder}/{part}.parquet"), batches))
+            .map(|(part, batches)| (format!("{folder}/{part}.arrow"), batches))
             .collect();
-        self.storage.put_parquet_all(objects).await?;
+        self.storage.put_arrow_all(objects).await
+    }
+
+    /// The commit point: CURRENT names the written version; older versions are deleted.
+    async fn point_current(
+        &self,
+        name: &str,
+        definition: &IdentityGraphDefinition,
+        version: u64,
+        watermark: Option<i64>,
+    ) -> Result<()> {
         let manifest = Manifest {
             definition: definition.clone(),
             version,
@@ -544,10 +578,10 @@ fn publish(
     tables: &[Arc<PublishedTable>; 4],
     phases: &mut Phases,
 ) -> Result<()> {
-    let batches = outputs.update(graph).map_err(graph_error)?;
+    let (batches, changes) = outputs.update(graph).map_err(graph_error)?;
     phases.mark("tables");
-    for (table, batches) in tables.iter().zip(batches) {
-        table.publish(batches)?;
+    for ((table, batches), changes) in tables.iter().zip(batches).zip(&changes) {
+        table.publish_changed(batches, changes)?;
     }
     Ok(())
 }

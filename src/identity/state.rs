@@ -6,11 +6,16 @@
 //! Everything derivable (hash tables, profile hashes and counts) is rebuilt on load, and every
 //! reference is range-checked: corrupt state is an error naming the part, never a panic.
 
-use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, BooleanBufferBuilder, Int64Array, RecordBatch, UInt8Array,
+    UInt32Array,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use std::sync::Arc;
 
-use super::batch::{ColumnReader, STATE_ROWS, TableWriter};
+use super::batch::{
+    ColumnReader, MAX_TEXT_BYTES, STATE_ROWS, TableWriter, batch_of, binary_column, string_column,
+};
 use super::graph::{
     GraphError, IdentityGraph, Merge, NONE, REFUSED_BIT, Reason, Refusal, Refused, Rules,
     stable_hash,
@@ -25,7 +30,7 @@ const PREFETCH: usize = 32;
 const FLAGS_SHIFT: u32 = 6;
 
 /// Bumped whenever the layout of a part changes; older state then needs a rebuild.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// The parts [`IdentityGraph::to_state`] writes, in the order [`IdentityGraph::from_state`]
 /// reads them.
@@ -53,7 +58,7 @@ fn schema(fields: &[(&str, DataType, bool)]) -> SchemaRef {
 }
 
 fn part_schema(part: &str) -> SchemaRef {
-    use DataType::{Boolean, Int64, UInt8, UInt32, Utf8};
+    use DataType::{Binary, Boolean, Int64, UInt8, UInt32, Utf8};
     match part {
         "meta" => schema(&[("version", UInt32, false), ("rules", Utf8, false)]),
         "profiles" => schema(&[
@@ -62,8 +67,7 @@ fn part_schema(part: &str) -> SchemaRef {
             ("parent", UInt32, false),
         ]),
         "values" => schema(&[
-            ("id_type", Utf8, false),
-            ("id_value", Utf8, false),
+            ("key", Binary, false),
             ("flags", UInt8, false),
             ("profile", UInt32, true),
             ("first_seen", Int64, false),
@@ -138,19 +142,7 @@ impl IdentityGraph {
         }
         parts.push(("profiles".into(), out.finish()?));
 
-        let linked_rank = ranks(&self.linked, self.v_meta.len());
-        let mut out = writer("values")?;
-        for v in 0..self.v_meta.len() {
-            out.str(0, self.rules.type_name(self.type_of(v as u32)));
-            out.str(1, &self.value_text(v as u32));
-            out.u8(2, self.v_meta[v] >> FLAGS_SHIFT);
-            out.u32(3, some(self.v_profile[v]));
-            out.i64(4, self.v_seen[v].0);
-            out.i64(5, self.v_seen[v].1);
-            out.u32(6, some(linked_rank[v]));
-            out.end_row()?;
-        }
-        parts.push(("values".into(), out.finish()?));
+        parts.push(("values".into(), self.values_part()?));
 
         let mut out = writer("cooccur")?;
         for (v, &(start, len)) in self.v_co.iter().enumerate() {
@@ -161,27 +153,8 @@ impl IdentityGraph {
             }
         }
         parts.push(("cooccur".into(), out.finish()?));
-
-        let record_rank = ranks(&self.record_order, self.r.len());
-        let mut out = writer("records")?;
-        for r in 0..self.r.len() as u32 {
-            out.str(0, &self.record_text(r));
-            out.u32(1, some(self.record_profile(r)));
-            out.u32(2, some(record_rank[r as usize]));
-            out.end_row()?;
-        }
-        parts.push(("records".into(), out.finish()?));
-
-        let mut out = writer("record_ids")?;
-        for r in 0..self.r.len() {
-            for id in self.record_ids(r as u32).iter() {
-                out.u32(0, Some(r as u32));
-                out.u32(1, Some(id & !REFUSED_BIT));
-                out.bool(2, id & REFUSED_BIT != 0);
-                out.end_row()?;
-            }
-        }
-        parts.push(("record_ids".into(), out.finish()?));
+        parts.push(("records".into(), self.records_part()?));
+        parts.push(("record_ids".into(), self.record_ids_part()?));
 
         let mut out = writer("merges")?;
         for merge in &self.merges {
@@ -310,33 +283,35 @@ impl IdentityGraph {
 
         let mut linked_rank: Vec<(u32, u32)> = Vec::new();
         for reader in part("values")? {
-            let id_type = reader.str("id_type", false)?;
-            let id_value = reader.str("id_value", false)?;
+            let key = reader.binary("key")?;
             let flags = reader.u8("flags")?;
             let profile = reader.u32("profile", true)?;
             let (first, last) = (reader.i64("first_seen")?, reader.i64("last_seen")?);
             let rank = reader.u32("linked_rank", true)?;
+            let types = graph.rules.priority.len();
             for i in 0..reader.batch.num_rows() {
                 if i % PREFETCH == 0 {
-                    let types: Vec<[u8; 1]> = (i..(i + PREFETCH).min(reader.batch.num_rows()))
-                        .map(|j| [graph.rules.type_index(id_type.value(j)).unwrap_or(0)])
-                        .collect();
-                    let keys = types
-                        .iter()
-                        .enumerate()
-                        .map(|(k, t)| (&t[..], id_value.value(i + k).as_bytes()));
+                    let end = (i + PREFETCH).min(reader.batch.num_rows());
+                    let keys = (i..end).map(|j| key.value(j).split_at(key.value(j).len().min(1)));
                     std::hint::black_box(graph.values.touch_slots(keys));
                 }
-                let t = graph.rules.type_index(id_type.value(i)).ok_or_else(|| {
-                    reader.error(format!("type {:?} is not in priority", id_type.value(i)))
-                })?;
+                let (t, text) = match key.value(i).split_first() {
+                    Some((&t, text)) if (t as usize) < types => (t, text),
+                    _ => {
+                        return Err(reader.error(format!(
+                            "value key {:?} does not start with a type index",
+                            key.value(i)
+                        )));
+                    }
+                };
                 let id = graph.values.len() as u32;
-                match graph.values.intern(&[t], id_value.value(i).as_bytes()) {
+                match graph.values.intern(&[t], text) {
                     Some((got, true)) if got == id => {}
                     _ => {
-                        return Err(
-                            reader.error(format!("value {:?} is duplicated", id_value.value(i)))
-                        );
+                        return Err(reader.error(format!(
+                            "value {:?} is duplicated",
+                            String::from_utf8_lossy(text)
+                        )));
                     }
                 }
                 if flags.value(i) > (u8::MAX >> FLAGS_SHIFT) {
@@ -354,7 +329,7 @@ impl IdentityGraph {
                     if p == NONE {
                         return Err(reader.error(format!(
                             "value {:?} is linked without a profile",
-                            id_value.value(i)
+                            String::from_utf8_lossy(text)
                         )));
                     }
                     linked_rank.push((rank.value(i), id));
@@ -605,6 +580,100 @@ impl IdentityGraph {
             }
         }
         Ok(graph)
+    }
+}
+
+// The three large parts are built a column at a time from the graph's vectors and arenas,
+// not row by row: they hold a row per value, record and identifier, tens of millions at scale.
+impl IdentityGraph {
+    /// Row `v`: value `v`'s key (type index byte, then the text), flags, profile slot, first
+    /// and last seen, and rank in `linked`.
+    fn values_part(&self) -> Result<Vec<RecordBatch>, GraphError> {
+        let linked_rank = ranks(&self.linked, self.v_meta.len());
+        let mut batches = Vec::new();
+        let mut first = 0;
+        while first < self.values.len() || batches.is_empty() {
+            let end = self.values.run_end(first, STATE_ROWS, MAX_TEXT_BYTES);
+            let (offsets, bytes) = self.values.key_run(first, end);
+            let rows = first..end;
+            let columns: Vec<ArrayRef> = vec![
+                binary_column(offsets, bytes)?,
+                Arc::new(UInt8Array::from_iter_values(
+                    self.v_meta[rows.clone()].iter().map(|m| m >> FLAGS_SHIFT),
+                )),
+                Arc::new(UInt32Array::from_iter(
+                    self.v_profile[rows.clone()].iter().map(|&p| some(p)),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    self.v_seen[rows.clone()].iter().map(|s| s.0),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    self.v_seen[rows.clone()].iter().map(|s| s.1),
+                )),
+                Arc::new(UInt32Array::from_iter(
+                    linked_rank[rows].iter().map(|&r| some(r)),
+                )),
+            ];
+            batches.push(batch_of("values", part_schema("values"), columns)?);
+            first = end;
+        }
+        Ok(batches)
+    }
+
+    /// Row `r`: record `r`'s key, profile slot and rank in `record_order`.
+    fn records_part(&self) -> Result<Vec<RecordBatch>, GraphError> {
+        let record_rank = ranks(&self.record_order, self.r.len());
+        let mut batches = Vec::new();
+        let mut first = 0;
+        while first < self.records.len() || batches.is_empty() {
+            let end = self.records.run_end(first, STATE_ROWS, MAX_TEXT_BYTES);
+            let (offsets, bytes) = self.records.key_run(first, end);
+            let columns: Vec<ArrayRef> = vec![
+                string_column(offsets, bytes)?,
+                Arc::new(UInt32Array::from_iter(
+                    (first..end).map(|r| some(self.record_profile(r as u32))),
+                )),
+                Arc::new(UInt32Array::from_iter(
+                    record_rank[first..end].iter().map(|&r| some(r)),
+                )),
+            ];
+            batches.push(batch_of("records", part_schema("records"), columns)?);
+            first = end;
+        }
+        Ok(batches)
+    }
+
+    /// A row per identifier on a record, each record's rows together.
+    fn record_ids_part(&self) -> Result<Vec<RecordBatch>, GraphError> {
+        let mut records: Vec<u32> = Vec::new();
+        let mut values: Vec<u32> = Vec::new();
+        let mut refused = BooleanBufferBuilder::new(0);
+        let mut batches = Vec::new();
+        let cut = |records: &mut Vec<u32>,
+                   values: &mut Vec<u32>,
+                   refused: &mut BooleanBufferBuilder|
+         -> Result<RecordBatch, GraphError> {
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(UInt32Array::from(std::mem::take(records))),
+                Arc::new(UInt32Array::from(std::mem::take(values))),
+                Arc::new(BooleanArray::new(refused.finish(), None)),
+            ];
+            batch_of("record_ids", part_schema("record_ids"), columns)
+        };
+        for r in 0..self.r.len() {
+            for id in self.record_ids(r as u32).iter() {
+                records.push(r as u32);
+                values.push(id & !REFUSED_BIT);
+                refused.append(id & REFUSED_BIT != 0);
+            }
+            if records.len() >= STATE_ROWS {
+                batches.push(cut(&mut records, &mut values, &mut refused)?);
+            }
+        }
+        if !records.is_empty() || batches.is_empty() {
+            batches.push(cut(&mut records, &mut values, &mut refused)?);
+        }
+        Ok(batches)
     }
 }
 

@@ -22,6 +22,9 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::buffer::Buffer;
 
+use crate::storage::index::Changes;
+
+use super::batch::batch_of;
 use super::graph::{GraphError, IdentityGraph, NONE};
 use super::output::{identities_schema, records_schema};
 
@@ -84,22 +87,24 @@ impl GraphTables {
         }
     }
 
-    /// Brings the tables up to date with `graph` (all of it, the first time) and returns them.
+    /// Brings the tables up to date with `graph` (all of it, the first time) and returns them,
+    /// with how each relates to its previous batches (for the published indexes).
     /// `graph` must be the graph these tables were last brought up to date with, or the first.
-    pub fn update(&mut self, graph: &mut IdentityGraph) -> Result<TableBatches, GraphError> {
+    pub fn update(
+        &mut self,
+        graph: &mut IdentityGraph,
+    ) -> Result<(TableBatches, [Changes; 4]), GraphError> {
+        let restitched = graph.take_restitched();
+        let graph = &*graph;
         let mut moved = vec![false; graph.p_parent.len()];
         for merge in &graph.merges[self.merges_rows.min(graph.merges.len())..] {
             moved[merge.from as usize] = true;
         }
-        // A flag per record rather than a hash set: every row of every chunk is checked.
-        let mut restitched = vec![false; graph.records.len()];
-        let mut any_restitched = false;
-        for record in graph.take_restitched() {
-            restitched[record as usize] = true;
-            any_restitched = true;
+        let mut again = Bits::new(graph.records.len());
+        for &record in &restitched {
+            again.set(record);
         }
 
-        let graph = &*graph;
         let record_rows = |first: usize, end: usize| -> Vec<u32> {
             graph.record_order[first..end]
                 .iter()
@@ -107,7 +112,10 @@ impl GraphTables {
                 .filter(|&record| graph.record_profile(record) != NONE)
                 .collect()
         };
-        let record_root = |record: u32| graph.root(graph.record_profile(record));
+        let record_root = |record: u32| {
+            let profile = graph.record_profile(record);
+            (profile != NONE).then(|| graph.root(profile))
+        };
         let record_columns = |members: &[u32]| -> Result<Vec<ArrayRef>, GraphError> {
             let mut keys = StringBuilder::with_capacity(members.len(), members.len() * 40);
             for &record in members {
@@ -115,21 +123,51 @@ impl GraphTables {
             }
             Ok(vec![Arc::new(keys.finish()) as ArrayRef])
         };
-        self.records.update(
+        let mut records = self.records.update(
             graph,
+            RECORDS_PROFILE_ID,
             self.chunk_rows,
             graph.record_order.len(),
             &moved,
-            &|chunk: &Chunk| {
-                any_restitched && chunk.members.iter().any(|&r| restitched[r as usize])
-            },
+            Some(&mut again),
             &record_rows,
             &record_root,
             &record_columns,
         )?;
+        // A re-stitched record not found among the rows had no profile and may have one now:
+        // the chunks of its position are rebuilt to take it in.
+        let gained: Vec<u32> = restitched
+            .iter()
+            .copied()
+            .filter(|&record| again.get(record) && graph.record_profile(record) != NONE)
+            .collect();
+        if !gained.is_empty() {
+            let mut wanted = Bits::new(graph.records.len());
+            for &record in &gained {
+                wanted.set(record);
+            }
+            let mut stale: Vec<usize> = graph.record_order[..self.records.covered]
+                .iter()
+                .enumerate()
+                .filter(|(_, record)| wanted.get(**record))
+                .map(|(position, _)| position / self.chunk_rows)
+                .collect();
+            stale.dedup();
+            let kept = self.records.rebuild(
+                graph,
+                &stale,
+                &record_rows,
+                &record_root,
+                &record_columns,
+            )?;
+            records.kept_rows = records.kept_rows.min(kept);
+            for (_, rows) in &mut records.changed {
+                rows.retain(|&row| (row as usize) < kept);
+            }
+        }
 
         let value_rows = |first: usize, end: usize| graph.linked[first..end].to_vec();
-        let value_root = |value: u32| graph.root(graph.v_profile[value as usize]);
+        let value_root = |value: u32| Some(graph.root(graph.v_profile[value as usize]));
         let value_columns = |members: &[u32]| -> Result<Vec<ArrayRef>, GraphError> {
             let mut types = StringBuilder::with_capacity(members.len(), members.len() * 8);
             let mut values = StringBuilder::with_capacity(members.len(), members.len() * 24);
@@ -139,17 +177,29 @@ impl GraphTables {
             }
             Ok(vec![Arc::new(types.finish()), Arc::new(values.finish())])
         };
-        self.identities.update(
+        let identities = self.identities.update(
             graph,
+            IDENTITIES_PROFILE_ID,
             self.chunk_rows,
             graph.linked.len(),
             &moved,
-            &|_: &Chunk| false,
+            None,
             &value_rows,
             &value_root,
             &value_columns,
         )?;
 
+        // Merges and refusals are only ever appended.
+        let appended = |rows: usize| Changes {
+            kept_rows: rows,
+            changed: Vec::new(),
+        };
+        let changes = [
+            identities,
+            records,
+            appended(self.merges_rows),
+            appended(self.refused_rows),
+        ];
         if graph.merges.len() > self.merges_rows {
             self.merges.extend(graph.merges_from(self.merges_rows)?);
             self.merges_rows = graph.merges.len();
@@ -158,12 +208,13 @@ impl GraphTables {
             self.refused.extend(graph.refused_from(self.refused_rows)?);
             self.refused_rows = graph.refusals.len();
         }
-        Ok([
+        let batches = [
             self.identities_batches(graph)?,
             self.records_batches()?,
             non_empty(&self.merges, || graph.merges_from(0))?,
             non_empty(&self.refused, || graph.refused_from(0))?,
-        ])
+        ];
+        Ok((batches, changes))
     }
 
     fn records_batches(&self) -> Result<Vec<RecordBatch>, GraphError> {
@@ -175,7 +226,7 @@ impl GraphTables {
             .iter()
             .map(|chunk| {
                 let columns = vec![Arc::clone(&chunk.fixed[0]), Arc::clone(&chunk.profile_ids)];
-                batch("records", records_schema(), columns)
+                batch_of("records", records_schema(), columns)
             })
             .collect()
     }
@@ -207,56 +258,94 @@ impl GraphTables {
                     Arc::new(first.finish()) as ArrayRef,
                     Arc::new(last.finish()) as ArrayRef,
                 ];
-                batch("identities", identities_schema(), columns)
+                batch_of("identities", identities_schema(), columns)
             })
             .collect()
     }
 }
 
+/// One bit per record, for flags checked on every row of a table: an eighth of a `Vec<bool>`,
+/// so that it stays in cache.
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(len: usize) -> Bits {
+        Bits(vec![0; len.div_ceil(64)])
+    }
+
+    fn set(&mut self, i: u32) {
+        self.0[i as usize / 64] |= 1 << (i % 64);
+    }
+
+    fn get(&self, i: u32) -> bool {
+        self.0
+            .get(i as usize / 64)
+            .is_some_and(|word| word & (1 << (i % 64)) != 0)
+    }
+
+    /// Clears the bit; whether it was set.
+    fn take(&mut self, i: u32) -> bool {
+        let was = self.get(i);
+        if was {
+            self.0[i as usize / 64] &= !(1 << (i % 64));
+        }
+        was
+    }
+}
+
+/// The profile-id column of each table, as its batches lay them out.
+const RECORDS_PROFILE_ID: usize = 1;
+const IDENTITIES_PROFILE_ID: usize = 0;
+
 impl Chunked {
-    /// Moves roots along the new merges, rebuilds chunks `stale` says changed, and appends
-    /// the positions up to `len`.
+    /// Moves roots along the new merges, and re-reads the root of rows flagged in `again`
+    /// (clearing their flags), patching the profile ids that changed; then appends the
+    /// positions up to `len`. A flagged row that lost its profile has its chunk rebuilt.
+    /// Returns the changes, the profile ids being column `profile_column` of the batches.
     #[allow(clippy::too_many_arguments)]
     fn update(
         &mut self,
         graph: &IdentityGraph,
+        profile_column: usize,
         chunk_rows: usize,
         len: usize,
         moved: &[bool],
-        stale: &dyn Fn(&Chunk) -> bool,
-        rows: &dyn Fn(usize, usize) -> Vec<u32>,
-        root_of: &dyn Fn(u32) -> u32,
-        columns: &dyn Fn(&[u32]) -> Result<Vec<ArrayRef>, GraphError>,
-    ) -> Result<(), GraphError> {
-        let build = |first: usize, end: usize| -> Result<Chunk, GraphError> {
-            let members = rows(first, end);
-            let roots: Vec<u32> = members.iter().map(|&m| root_of(m)).collect();
-            Ok(Chunk {
-                first,
-                end,
-                fixed: columns(&members)?,
-                profile_ids: profile_ids(graph, &roots),
-                members,
-                roots,
-            })
-        };
-        for chunk in &mut self.chunks {
-            if stale(chunk) {
-                *chunk = build(chunk.first, chunk.end)?;
-                continue;
-            }
+        mut again: Option<&mut Bits>,
+        rows: &Rows<'_>,
+        root_of: &RootOf<'_>,
+        columns: &Columns<'_>,
+    ) -> Result<Changes, GraphError> {
+        let mut changed_rows: Vec<u32> = Vec::new();
+        let mut stale: Vec<usize> = Vec::new();
+        let mut row_base = 0usize;
+        for (index, chunk) in self.chunks.iter_mut().enumerate() {
             let mut changed = Vec::new();
-            for (row, root) in chunk.roots.iter_mut().enumerate() {
-                if moved.get(*root as usize).copied().unwrap_or(false) {
+            let mut lost = false;
+            for (row, (root, &member)) in chunk.roots.iter_mut().zip(&chunk.members).enumerate() {
+                if again.as_mut().is_some_and(|bits| bits.take(member)) {
+                    match root_of(member) {
+                        Some(now) if now != *root => {
+                            *root = now;
+                            changed.push(row);
+                        }
+                        Some(_) => {}
+                        None => lost = true,
+                    }
+                } else if moved.get(*root as usize).copied().unwrap_or(false) {
                     *root = graph.root(*root);
                     changed.push(row);
                 }
             }
-            if !changed.is_empty() {
+            if lost {
+                stale.push(index);
+            } else if !changed.is_empty() {
                 chunk.profile_ids =
                     patch_profile_ids(graph, &chunk.profile_ids, &chunk.roots, &changed);
+                changed_rows.extend(changed.iter().map(|&row| (row_base + row) as u32));
             }
+            row_base += chunk.members.len();
         }
+        let mut kept_rows = self.rebuild(graph, &stale, rows, root_of, columns)?;
         // A short last chunk is rebuilt with the new positions, so chunks stay full.
         if let Some(last) = self.chunks.last()
             && last.end - last.first < chunk_rows
@@ -265,13 +354,114 @@ impl Chunked {
             self.covered = last.first;
             self.chunks.pop();
         }
-        while self.covered < len {
-            let end = (self.covered + chunk_rows).min(len);
-            self.chunks.push(build(self.covered, end)?);
-            self.covered = end;
-        }
-        Ok(())
+        // Rows appended from here on are new: the kept ones end where the chunks now end.
+        kept_rows = kept_rows.min(self.chunks.iter().map(|chunk| chunk.members.len()).sum());
+        let ranges: Vec<(usize, usize)> = (self.covered..len)
+            .step_by(chunk_rows)
+            .map(|first| (first, (first + chunk_rows).min(len)))
+            .collect();
+        self.chunks
+            .extend(build_chunks(graph, &ranges, rows, root_of, columns)?);
+        self.covered = self.covered.max(len);
+        changed_rows.retain(|&row| (row as usize) < kept_rows);
+        Ok(Changes {
+            kept_rows,
+            changed: vec![(profile_column, changed_rows)],
+        })
     }
+
+    /// Builds the chunks at `indexes` (ascending) again from the graph. Returns the number of
+    /// rows before the first of them: the rows whose numbering is kept.
+    fn rebuild(
+        &mut self,
+        graph: &IdentityGraph,
+        indexes: &[usize],
+        rows: &Rows<'_>,
+        root_of: &RootOf<'_>,
+        columns: &Columns<'_>,
+    ) -> Result<usize, GraphError> {
+        let kept = match indexes.first() {
+            Some(&first) => self.chunks[..first.min(self.chunks.len())]
+                .iter()
+                .map(|chunk| chunk.members.len())
+                .sum(),
+            None => usize::MAX,
+        };
+        for &index in indexes {
+            if let Some(chunk) = self.chunks.get_mut(index) {
+                *chunk = build_chunk(graph, chunk.first, chunk.end, rows, root_of, columns)?;
+            }
+        }
+        Ok(kept)
+    }
+}
+
+/// A table's rows for positions `first..end` of its order.
+type Rows<'a> = dyn Fn(usize, usize) -> Vec<u32> + Sync + 'a;
+/// A row's profile root, `None` if it has no profile.
+type RootOf<'a> = dyn Fn(u32) -> Option<u32> + Sync + 'a;
+/// The unchanging columns of rows.
+type Columns<'a> = dyn Fn(&[u32]) -> Result<Vec<ArrayRef>, GraphError> + Sync + 'a;
+
+/// The chunks of `ranges`, in order, built on as many threads as there are cores: a full
+/// build's tables are hundreds of chunks, each formatting and copying its rows' text.
+fn build_chunks(
+    graph: &IdentityGraph,
+    ranges: &[(usize, usize)],
+    rows: &Rows<'_>,
+    root_of: &RootOf<'_>,
+    columns: &Columns<'_>,
+) -> Result<Vec<Chunk>, GraphError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let build = |ranges: &[(usize, usize)]| {
+        ranges
+            .iter()
+            .map(|&(first, end)| build_chunk(graph, first, end, rows, root_of, columns))
+            .collect::<Result<Vec<Chunk>, GraphError>>()
+    };
+    if threads < 2 || ranges.len() < 4 {
+        return build(ranges);
+    }
+    let per_thread = ranges.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = ranges
+            .chunks(per_thread)
+            .map(|part| scope.spawn(move || build(part)))
+            .collect();
+        let mut chunks = Vec::with_capacity(ranges.len());
+        for part in parts {
+            let built = part.join().map_err(|_| GraphError::Arrow {
+                table: "identity tables".into(),
+                message: "building a chunk panicked".into(),
+            })??;
+            chunks.extend(built);
+        }
+        Ok(chunks)
+    })
+}
+
+/// The chunk of positions `first..end`.
+fn build_chunk(
+    graph: &IdentityGraph,
+    first: usize,
+    end: usize,
+    rows: &Rows<'_>,
+    root_of: &RootOf<'_>,
+    columns: &Columns<'_>,
+) -> Result<Chunk, GraphError> {
+    let members = rows(first, end);
+    let roots: Vec<u32> = members
+        .iter()
+        .map(|&m| root_of(m).unwrap_or(NONE))
+        .collect();
+    Ok(Chunk {
+        first,
+        end,
+        fixed: columns(&members)?,
+        profile_ids: profile_ids(graph, &roots),
+        members,
+        roots,
+    })
 }
 
 /// `column` with the rows `changed` given the profile ids of their new `roots`. Every profile
@@ -301,11 +491,13 @@ fn patch_profile_ids(
         let id = format.format(graph.p_hash[roots[row] as usize]);
         text[row * ID_LEN..(row + 1) * ID_LEN].copy_from_slice(id.as_bytes());
     }
-    // Only whole ASCII ids were written over whole ids: the text is still valid UTF-8.
-    match StringArray::try_new(ids.offsets().clone(), Buffer::from_vec(text), None) {
-        Ok(patched) => Arc::new(patched),
-        Err(_) => profile_ids(graph, roots),
-    }
+    // Safety: the offsets are the checked array's, over text of the same length, and only
+    // whole ASCII ids were written over whole ids, so every value is still valid UTF-8.
+    // `try_new` would check all of it again: a refresh patches nearly every chunk, and the
+    // check cost as much as the copy.
+    Arc::new(unsafe {
+        StringArray::new_unchecked(ids.offsets().clone(), Buffer::from_vec(text), None)
+    })
 }
 
 /// The `profile_id` column for rows with these profile roots.
@@ -316,17 +508,6 @@ fn profile_ids(graph: &IdentityGraph, roots: &[u32]) -> ArrayRef {
         ids.append_value(text.format(graph.p_hash[root as usize]));
     }
     Arc::new(ids.finish())
-}
-
-fn batch(
-    table: &str,
-    schema: datafusion::arrow::datatypes::SchemaRef,
-    columns: Vec<ArrayRef>,
-) -> Result<RecordBatch, GraphError> {
-    RecordBatch::try_new(schema, columns).map_err(|e| GraphError::Arrow {
-        table: table.to_string(),
-        message: e.to_string(),
-    })
 }
 
 /// The kept batches, or the table's (empty) batch when nothing was kept yet, so that readers

@@ -141,65 +141,206 @@ impl Hasher for Prehashed {
 
 const END: u32 = u32::MAX;
 
+/// How a publication's rows relate to the previous publication's, so that its indexes can be
+/// carried over and extended instead of built again over every row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Rows numbered below this (across batches, in order) are the previous publication's
+    /// rows, at the same numbers; rows from here on are new or moved.
+    pub kept_rows: usize,
+    /// Per column, the kept rows whose value in that column may differ from the previous
+    /// publication's. A column not listed is unchanged in kept rows, or of a type no index
+    /// holds (timestamps, floats).
+    pub changed: Vec<(usize, Vec<u32>)>,
+}
+
+impl Changes {
+    fn changed_in(&self, column: usize) -> &[u32] {
+        self.changed
+            .iter()
+            .find(|(c, _)| *c == column)
+            .map_or(&[][..], |(_, rows)| rows)
+    }
+}
+
+/// Entries chained by key hash: `heads` maps a hash to its last entry, `next` links each
+/// entry to the previous one of equal hash.
+#[derive(Debug)]
+struct Chains {
+    heads: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
+    next: Vec<u32>,
+    /// The row number of each entry; empty when entry `i` is row `i` (an index of all rows).
+    rows: Vec<u32>,
+}
+
+impl Chains {
+    /// Chains `rows` (all rows when `None`) of `column`, numbered from `starts`.
+    fn build(
+        batches: &[RecordBatch],
+        column: usize,
+        starts: &[usize],
+        rows: Option<Vec<u32>>,
+    ) -> Result<Chains> {
+        let arrays = batches
+            .iter()
+            .map(|batch| {
+                let array = batch.columns().get(column).ok_or_else(|| {
+                    DataFusionError::Internal(format!("no column {column} to index"))
+                })?;
+                match KeyKind::of(array.data_type()) {
+                    Some(_) => Ok(array.as_ref()),
+                    None => Err(DataFusionError::Plan(format!(
+                        "cannot index a column of type {}",
+                        array.data_type()
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<&dyn Array>>>()?;
+        let entries = rows.as_ref().map_or_else(|| total(batches), Vec::len);
+        let mut chains = Chains {
+            heads: HashMap::with_capacity_and_hasher(entries, BuildHasherDefault::default()),
+            next: vec![END; entries],
+            rows: Vec::new(),
+        };
+        let mut add = |entry: usize, array: &dyn Array, row: usize| {
+            // NULLs equal nothing: they are left out of the index.
+            if let Some(key) = key_at(array, row) {
+                let previous = chains.heads.insert(key.hash64(), entry as u32);
+                chains.next[entry] = previous.unwrap_or(END);
+            }
+        };
+        match rows {
+            None => {
+                let mut entry = 0;
+                for array in &arrays {
+                    for row in 0..array.len() {
+                        add(entry, *array, row);
+                        entry += 1;
+                    }
+                }
+            }
+            Some(rows) => {
+                for (entry, &number) in rows.iter().enumerate() {
+                    let (batch, row) = row_id(starts, number as usize);
+                    if let Some(array) = arrays.get(batch).filter(|a| row < a.len()) {
+                        add(entry, *array, row);
+                    }
+                }
+                chains.rows = rows;
+            }
+        }
+        Ok(chains)
+    }
+
+    /// The row numbers chained under `hash` (candidates: their keys may differ).
+    fn candidates(&self, hash: u64, out: &mut Vec<u32>) {
+        let mut at = self.heads.get(&hash).copied().unwrap_or(END);
+        while at != END {
+            out.push(if self.rows.is_empty() {
+                at
+            } else {
+                self.rows[at as usize]
+            });
+            at = self.next[at as usize];
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.next.len()
+    }
+}
+
+fn total(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+fn row_id(starts: &[usize], number: usize) -> RowId {
+    let batch = starts.partition_point(|start| *start <= number).saturating_sub(1);
+    (batch, number - starts.get(batch).copied().unwrap_or(0))
+}
+
 /// A hash index on one column of a set of batches.
+///
+/// Built over every row once, then carried from publication to publication: the rows a
+/// publication adds or changes go into a small `delta`, and the full `base` is shared, not
+/// rebuilt, until the delta grows past an eighth of it. Entries of `base` whose row has since
+/// changed are stale; lookups compare every candidate's current value, so a stale entry is
+/// never returned.
 #[derive(Debug)]
 pub struct KeyIndex {
     column: usize,
-    /// Key hash → the last row with that hash (rows numbered across batches).
-    heads: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
-    /// Row → the previous row with the same hash, or `END`.
-    next: Vec<u32>,
+    base: Arc<Chains>,
+    delta: Chains,
     /// Where each batch's rows start in the numbering.
     starts: Vec<usize>,
 }
 
-impl std::fmt::Debug for Prehashed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Prehashed")
-    }
+fn starts_of(batches: &[RecordBatch]) -> Vec<usize> {
+    let mut number = 0;
+    batches
+        .iter()
+        .map(|batch| {
+            let start = number;
+            number += batch.num_rows();
+            start
+        })
+        .collect()
 }
 
 impl KeyIndex {
     /// Indexes `column` of `batches`; an error if its type is not a key type or the batches
     /// hold more rows than a `u32` numbers.
     pub fn build(batches: &[RecordBatch], column: usize) -> Result<KeyIndex> {
-        let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let total = total(batches);
         if total >= END as usize {
             return Err(DataFusionError::Plan(format!(
                 "cannot index {total} rows: at most {} per table",
                 END - 1
             )));
         }
-        let mut heads: HashMap<u64, u32, BuildHasherDefault<Prehashed>> =
-            HashMap::with_capacity_and_hasher(total, BuildHasherDefault::default());
-        let mut next = vec![END; total];
-        let mut starts = Vec::with_capacity(batches.len());
-        let mut number = 0u32;
-        for batch in batches {
-            starts.push(number as usize);
-            let array = batch
-                .columns()
-                .get(column)
-                .ok_or_else(|| DataFusionError::Internal(format!("no column {column} to index")))?;
-            if KeyKind::of(array.data_type()).is_none() {
-                return Err(DataFusionError::Plan(format!(
-                    "cannot index a column of type {}",
-                    array.data_type()
-                )));
-            }
-            for row in 0..array.len() {
-                // NULLs equal nothing: they are left out of the index.
-                if let Some(key) = key_at(array.as_ref(), row) {
-                    let previous = heads.insert(key.hash64(), number);
-                    next[number as usize] = previous.unwrap_or(END);
-                }
-                number += 1;
-            }
-        }
+        let starts = starts_of(batches);
         Ok(KeyIndex {
             column,
-            heads,
-            next,
+            base: Arc::new(Chains::build(batches, column, &starts, None)?),
+            delta: Chains::build(batches, column, &starts, Some(Vec::new()))?,
+            starts,
+        })
+    }
+
+    /// This index, carried over to `batches`, a publication that followed the indexed one
+    /// with `changes`: the base is shared and the delta covers every row changed or added
+    /// since the base was built. Built again from scratch once that delta is large.
+    pub fn carried(&self, batches: &[RecordBatch], changes: &Changes) -> Result<KeyIndex> {
+        let total = total(batches);
+        if total >= END as usize {
+            return KeyIndex::build(batches, self.column);
+        }
+        let kept = changes.kept_rows.min(total);
+        let mut rows: Vec<u32> = self
+            .delta
+            .rows
+            .iter()
+            .copied()
+            .filter(|&row| (row as usize) < kept)
+            .collect();
+        rows.extend(
+            changes
+                .changed_in(self.column)
+                .iter()
+                .copied()
+                .filter(|&row| (row as usize) < kept),
+        );
+        if (rows.len() + total - kept) * 8 > self.base.len().max(1 << 16) {
+            return KeyIndex::build(batches, self.column);
+        }
+        rows.extend(kept as u32..total as u32);
+        rows.sort_unstable();
+        rows.dedup();
+        let starts = starts_of(batches);
+        Ok(KeyIndex {
+            column: self.column,
+            base: Arc::clone(&self.base),
+            delta: Chains::build(batches, self.column, &starts, Some(rows))?,
             starts,
         })
     }
@@ -208,28 +349,26 @@ impl KeyIndex {
         self.column
     }
 
-    /// The rows of `batches` (those the index was built on) whose key equals `key`, in table
-    /// order.
+    /// The rows of `batches` (those the index was built or carried on) whose key equals
+    /// `key`, in table order.
     pub fn lookup(&self, batches: &[RecordBatch], key: Key<'_>) -> Vec<RowId> {
-        let mut rows = Vec::new();
-        let mut at = self.heads.get(&key.hash64()).copied().unwrap_or(END);
-        while at != END {
-            let row = self.row_id(at as usize);
-            if let Some(batch) = batches.get(row.0)
-                && key_at(batch.column(self.column).as_ref(), row.1) == Some(key)
-            {
-                rows.push(row);
-            }
-            at = self.next[at as usize];
-        }
-        // The chain runs from the last row to the first.
-        rows.reverse();
-        rows
-    }
-
-    fn row_id(&self, number: usize) -> RowId {
-        let batch = self.starts.partition_point(|start| *start <= number) - 1;
-        (batch, number - self.starts[batch])
+        let hash = key.hash64();
+        let mut numbers = Vec::new();
+        self.base.candidates(hash, &mut numbers);
+        self.delta.candidates(hash, &mut numbers);
+        // A row changed since the base may sit in both, under the same key.
+        numbers.sort_unstable();
+        numbers.dedup();
+        numbers
+            .into_iter()
+            .map(|number| row_id(&self.starts, number as usize))
+            .filter(|&(batch, row)| {
+                batches.get(batch).is_some_and(|batch| {
+                    row < batch.num_rows()
+                        && key_at(batch.column(self.column).as_ref(), row) == Some(key)
+                })
+            })
+            .collect()
     }
 }
 
@@ -322,6 +461,57 @@ mod tests {
         assert_eq!(index.lookup(&batches, Key::Str("a")), vec![(0, 0), (1, 1)]);
         assert_eq!(index.lookup(&batches, Key::Str("c")), vec![(1, 0)]);
         assert!(index.lookup(&batches, Key::Str("z")).is_empty());
+    }
+
+    fn strings(schema: &SchemaRef, ids: Vec<Option<&str>>) -> RecordBatch {
+        let n = ids.len() as i64;
+        RecordBatch::try_new(
+            Arc::clone(schema),
+            vec![
+                Arc::new(StringArray::from(ids)),
+                Arc::new(Int64Array::from_iter_values(0..n)),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_carried_index_follows_changed_added_and_moved_rows() {
+        let (schema, batches) = batches();
+        let index = KeyIndex::build(&batches, 0).unwrap();
+        // Row 1 changes b → a, row 0 a → c; one row is added after the kept five.
+        let next = vec![
+            strings(&schema, vec![Some("c"), Some("a"), None]),
+            strings(&schema, vec![Some("c"), Some("a"), Some("b")]),
+        ];
+        let changes = Changes {
+            kept_rows: 5,
+            changed: vec![(0, vec![0, 1])],
+        };
+        let carried = index.carried(&next, &changes).unwrap();
+        assert_eq!(carried.lookup(&next, Key::Str("a")), vec![(0, 1), (1, 1)]);
+        assert_eq!(carried.lookup(&next, Key::Str("c")), vec![(0, 0), (1, 0)]);
+        assert_eq!(carried.lookup(&next, Key::Str("b")), vec![(1, 2)]);
+        // Without the changes listed, the changed rows would be missed: the list is what
+        // the carried index relies on.
+        let blind = index
+            .carried(&next, &Changes { kept_rows: 5, changed: vec![] })
+            .unwrap();
+        assert_eq!(blind.lookup(&next, Key::Str("c")), vec![(1, 0)]);
+
+        // Carried again with rows from 2 on replaced: the first delta's rows still count.
+        let again = vec![
+            strings(&schema, vec![Some("c"), Some("a")]),
+            strings(&schema, vec![Some("b"), Some("b")]),
+        ];
+        let moved = Changes {
+            kept_rows: 2,
+            changed: vec![],
+        };
+        let twice = carried.carried(&again, &moved).unwrap();
+        assert_eq!(twice.lookup(&again, Key::Str("c")), vec![(0, 0)]);
+        assert_eq!(twice.lookup(&again, Key::Str("a")), vec![(0, 1)]);
+        assert_eq!(twice.lookup(&again, Key::Str("b")), vec![(1, 0), (1, 1)]);
     }
 
     #[test]

@@ -24,6 +24,8 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::prelude::SessionContext;
@@ -264,17 +266,19 @@ impl Storage {
         self.put(relative, bytes).await
     }
 
-    /// Writes several Parquet objects, encoding them in parallel on blocking threads (encoding
-    /// is CPU work: millions of rows take seconds each) and storing each once encoded. Each object
-    /// appears whole or not at all, as with [`Storage::put_parquet`]; together they are not
-    /// atomic, so callers commit them with a pointer written afterwards.
-    pub async fn put_parquet_all(&self, objects: Vec<(String, Vec<RecordBatch>)>) -> Result<()> {
+    /// Writes several Arrow IPC files, encoding them in parallel on blocking threads and
+    /// storing each once encoded. For state that only c360 reads back: the IPC layout is
+    /// Arrow's own, so a gigabyte encodes at memory speed where Parquet's encodings and
+    /// compression take tens of seconds. Each object appears whole or not at all, as with
+    /// [`Storage::put`]; together they are not atomic, so callers commit them with a pointer
+    /// written afterwards.
+    pub async fn put_arrow_all(&self, objects: Vec<(String, Vec<RecordBatch>)>) -> Result<()> {
         let encoders: Vec<_> = objects
             .into_iter()
             .filter_map(|(relative, batches)| {
                 let schema = batches.first()?.schema();
                 Some(tokio::task::spawn_blocking(move || {
-                    let bytes = encode_parquet(schema, &batches);
+                    let bytes = encode_arrow(schema, &batches);
                     (relative, bytes)
                 }))
             })
@@ -282,11 +286,21 @@ impl Storage {
         for encoder in encoders {
             let (relative, bytes) = encoder
                 .await
-                .map_err(|e| self.failed("", format!("a Parquet encoder stopped: {e}")))?;
+                .map_err(|e| self.failed("", format!("an Arrow encoder stopped: {e}")))?;
             let bytes = bytes.map_err(|message| self.failed(&relative, message))?;
             self.put(&relative, bytes).await?;
         }
         Ok(())
+    }
+
+    /// Reads an Arrow IPC file written by [`Storage::put_arrow_all`].
+    pub async fn get_arrow(&self, relative: &str) -> Result<Vec<RecordBatch>> {
+        let bytes = self.get(relative).await?;
+        let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)
+            .map_err(|e| self.failed(relative, e.to_string()))?;
+        reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.failed(relative, e.to_string()))
     }
 
     fn failed(&self, relative: &str, message: String) -> C360Error {
@@ -614,6 +628,18 @@ mod tests {
 }
 
 /// One Parquet file's bytes.
+fn encode_arrow(schema: SchemaRef, batches: &[RecordBatch]) -> std::result::Result<Vec<u8>, String> {
+    let size: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+    let mut buffer = Vec::with_capacity(size + (1 << 16));
+    let mut writer = FileWriter::try_new(&mut buffer, &schema).map_err(|e| e.to_string())?;
+    for batch in batches {
+        writer.write(batch).map_err(|e| e.to_string())?;
+    }
+    writer.finish().map_err(|e| e.to_string())?;
+    drop(writer);
+    Ok(buffer)
+}
+
 fn encode_parquet(
     schema: SchemaRef,
     batches: &[RecordBatch],

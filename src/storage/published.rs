@@ -30,7 +30,7 @@ use datafusion::physical_plan::{
 };
 use datafusion::scalar::ScalarValue;
 
-use super::index::{Key, KeyIndex, KeyKind, RowId, take_rows};
+use super::index::{Changes, Key, KeyIndex, KeyKind, RowId, take_rows};
 use super::index_join::PublishedScanExec;
 
 /// Publication counter shared by every table, starting from the clock so that a generation
@@ -100,7 +100,68 @@ fn build_indexes(batches: &[RecordBatch], columns: &[usize]) -> Result<Vec<Arc<K
     })
 }
 
+/// The indexes of `previous` carried over to `batches` (see [`KeyIndex::carried`]), each on
+/// a thread of its own as [`build_indexes`] does.
+fn carry_indexes(
+    previous: &[Arc<KeyIndex>],
+    batches: &[RecordBatch],
+    changes: &Changes,
+) -> Result<Vec<Arc<KeyIndex>>> {
+    std::thread::scope(|scope| {
+        let carries: Vec<_> = previous
+            .iter()
+            .map(|index| scope.spawn(move || index.carried(batches, changes).map(Arc::new)))
+            .collect();
+        carries
+            .into_iter()
+            .map(|carry| {
+                carry.join().unwrap_or_else(|_| {
+                    Err(DataFusionError::Internal(
+                        "carrying an index over panicked".into(),
+                    ))
+                })
+            })
+            .collect()
+    })
+}
+
 impl Snapshot {
+    /// The next publication after `previous`, related to it by `changes`: indexes, and the
+    /// join indexes `previous` had built, are carried over rather than built again.
+    fn carried(
+        schema: &SchemaRef,
+        batches: Vec<RecordBatch>,
+        previous: &Snapshot,
+        changes: &Changes,
+    ) -> Result<Snapshot> {
+        let built: Vec<Arc<KeyIndex>> = previous
+            .lazy
+            .iter()
+            .filter_map(|(_, lazy)| lazy.get().and_then(|built| built.as_ref().ok()).cloned())
+            .collect();
+        let indexes = carry_indexes(&previous.indexes, &batches, changes)?;
+        let joins = carry_indexes(&built, &batches, changes)?;
+        let lazy = previous
+            .lazy
+            .iter()
+            .map(|(column, _)| {
+                let lazy = OnceLock::new();
+                if let Some(index) = joins.iter().find(|index| index.column() == *column) {
+                    let _ = lazy.set(Ok(Arc::clone(index)));
+                }
+                (*column, lazy)
+            })
+            .collect();
+        Ok(Snapshot {
+            table: Arc::new(MemTable::try_new(schema.clone(), vec![batches.clone()])?),
+            rows: batches.iter().map(RecordBatch::num_rows).sum(),
+            batches,
+            indexes,
+            lazy,
+            generation: next_generation(),
+        })
+    }
+
     fn new(
         schema: &SchemaRef,
         batches: Vec<RecordBatch>,
@@ -231,6 +292,26 @@ impl PublishedTable {
             batches,
             &self.indexed,
             &self.joinable,
+        )?);
+        let mut current = self
+            .current
+            .write()
+            .map_err(|_| DataFusionError::Internal("published table lock poisoned".into()))?;
+        *current = snapshot;
+        Ok(())
+    }
+
+    /// [`PublishedTable::publish`] for contents that follow the current ones with `changes`
+    /// (rows kept at their numbers, some of them changed, others added): the indexes are
+    /// carried over and extended, in time proportional to the change, not the table. The
+    /// caller publishes one change at a time: `changes` is relative to the current contents.
+    pub fn publish_changed(&self, batches: Vec<RecordBatch>, changes: &Changes) -> Result<()> {
+        let previous = self.snapshot()?;
+        let snapshot = Arc::new(Snapshot::carried(
+            &self.schema,
+            batches,
+            &previous,
+            changes,
         )?);
         let mut current = self
             .current
