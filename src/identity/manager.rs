@@ -9,7 +9,7 @@
 //! old folder, so a crash at any point leaves the previous graph readable and intact.
 //!
 //! A refresh does not rewrite the state: it writes the rows it applied as
-//! `v<version>/log-<n>.parquet`, then replaces CURRENT with one that lists that file after the
+//! `v<version>/log-<n>.arrow`, then replaces CURRENT with one that lists that file after the
 //! others. A restart loads the snapshot and applies the logged rows again in order, which gives
 //! the same graph, because applying is deterministic. Once the log holds `LOG_ROWS` rows, the
 //! next refresh writes a whole new version instead.
@@ -443,7 +443,7 @@ impl IdentityGraphs {
             let path = format!("{folder}/{}", entry.file);
             let batches = self
                 .storage
-                .get_parquet(&path)
+                .get_arrow(&path)
                 .await?
                 .iter()
                 .map(as_source_batch)
@@ -465,15 +465,13 @@ impl IdentityGraphs {
         watermark: Option<i64>,
     ) -> Result<()> {
         let entry = LogEntry {
-            file: format!("log-{:06}.parquet", managed.log.len() + 1),
+            file: format!("log-{:06}.arrow", managed.log.len() + 1),
             rows: row_count,
         };
         let folder = version_folder(name, managed.version);
-        if let Some(schema) = rows.first().map(RecordBatch::schema) {
-            self.storage
-                .put_parquet(&format!("{folder}/{}", entry.file), schema, &rows)
-                .await?;
-        }
+        self.storage
+            .put_arrow_all(vec![(format!("{folder}/{}", entry.file), rows)])
+            .await?;
         let mut log = managed.log.clone();
         log.push(entry);
         let manifest = Manifest {
@@ -947,6 +945,43 @@ mod tests {
             .unwrap()
             .to_string();
         text.lines().map(str::to_string).collect()
+    }
+
+    #[tokio::test]
+    async fn state_that_cannot_be_loaded_is_built_again_from_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().to_str().unwrap().to_string();
+        let storage = Storage::open(&location, &Default::default()).await.unwrap();
+        let ctx = SessionContext::new();
+        let rows = vec![
+            ("w1", "anonymous_id", "d1", 10),
+            ("w1", "user_id", "u1", 10),
+            ("c1", "email", "a@x.com", 20),
+            ("c1", "user_id", "u1", 20),
+        ];
+        set_source(&ctx, &rows);
+        let graphs = IdentityGraphs::new(storage.clone());
+        graphs.create(&ctx, definition(), false).await.unwrap();
+        let mut before = Vec::new();
+        for name in table_names("g") {
+            before.push(table(&ctx, &name).await);
+        }
+        // As if written by another version: a part that does not decode.
+        let manifest = graphs.read_manifest("g").await.unwrap().unwrap();
+        let part = format!("{}/values.arrow", version_folder("g", manifest.version));
+        storage.put(&part, b"not arrow".to_vec()).await.unwrap();
+
+        drop(graphs);
+        let restarted = SessionContext::new();
+        set_source(&restarted, &rows);
+        let again = IdentityGraphs::new(storage);
+        let report = again.create(&restarted, definition(), true).await.unwrap();
+        assert!(report.full_build, "built again, not loaded");
+        for (name, expected) in table_names("g").iter().zip(&before) {
+            assert_eq!(&table(&restarted, name).await, expected, "{name}");
+        }
+        let rebuilt = again.read_manifest("g").await.unwrap().unwrap();
+        assert!(rebuilt.version > manifest.version, "and committed anew");
     }
 
     #[tokio::test]
