@@ -9,7 +9,7 @@
 //! old folder, so a crash at any point leaves the previous graph readable and intact.
 //!
 //! A refresh does not rewrite the state: it writes the rows it applied as
-//! `v<version>/log-<n>.arrow`, then replaces CURRENT with one that lists that file after the
+//! `v<version>/log-<n>.parquet`, then replaces CURRENT with one that lists that file after the
 //! others. A restart loads the snapshot and applies the logged rows again in order, which gives
 //! the same graph, because applying is deterministic. Once the log holds `LOG_ROWS` rows, the
 //! next refresh writes a whole new version instead.
@@ -443,7 +443,7 @@ impl IdentityGraphs {
             let path = format!("{folder}/{}", entry.file);
             let batches = self
                 .storage
-                .get_arrow(&path)
+                .get_parquet(&path)
                 .await?
                 .iter()
                 .map(as_source_batch)
@@ -465,13 +465,15 @@ impl IdentityGraphs {
         watermark: Option<i64>,
     ) -> Result<()> {
         let entry = LogEntry {
-            file: format!("log-{:06}.arrow", managed.log.len() + 1),
+            file: format!("log-{:06}.parquet", managed.log.len() + 1),
             rows: row_count,
         };
         let folder = version_folder(name, managed.version);
-        self.storage
-            .put_arrow_all(vec![(format!("{folder}/{}", entry.file), rows)])
-            .await?;
+        if let Some(schema) = rows.first().map(RecordBatch::schema) {
+            self.storage
+                .put_parquet(&format!("{folder}/{}", entry.file), schema, &rows)
+                .await?;
+        }
         let mut log = managed.log.clone();
         log.push(entry);
         let manifest = Manifest {
