@@ -949,18 +949,21 @@ mod tests {
         text.lines().map(str::to_string).collect()
     }
 
+    /// A person's web session and CRM contact, linked by their user id.
+    const FIRST_ROWS: [(&str, &str, &str, i64); 4] = [
+        ("w1", "anonymous_id", "d1", 10),
+        ("w1", "user_id", "u1", 10),
+        ("c1", "email", "a@x.com", 20),
+        ("c1", "user_id", "u1", 20),
+    ];
+
     #[tokio::test]
     async fn state_that_cannot_be_loaded_is_built_again_from_the_source() {
         let dir = tempfile::tempdir().unwrap();
         let location = dir.path().to_str().unwrap().to_string();
         let storage = Storage::open(&location, &Default::default()).await.unwrap();
         let ctx = SessionContext::new();
-        let rows = vec![
-            ("w1", "anonymous_id", "d1", 10),
-            ("w1", "user_id", "u1", 10),
-            ("c1", "email", "a@x.com", 20),
-            ("c1", "user_id", "u1", 20),
-        ];
+        let rows = FIRST_ROWS.to_vec();
         set_source(&ctx, &rows);
         let graphs = IdentityGraphs::new(storage.clone());
         graphs.create(&ctx, definition(), false).await.unwrap();
@@ -992,12 +995,7 @@ mod tests {
         let location = dir.path().to_str().unwrap().to_string();
         let storage = Storage::open(&location, &Default::default()).await.unwrap();
         let ctx = SessionContext::new();
-        let mut rows = vec![
-            ("w1", "anonymous_id", "d1", 10),
-            ("w1", "user_id", "u1", 10),
-            ("c1", "email", "a@x.com", 20),
-            ("c1", "user_id", "u1", 20),
-        ];
+        let mut rows = FIRST_ROWS.to_vec();
         set_source(&ctx, &rows);
         let graphs = IdentityGraphs::new(storage.clone());
         graphs.create(&ctx, definition(), false).await.unwrap();

@@ -287,17 +287,20 @@ impl PublishedTable {
     /// previous ones. The indexes are built before the lock is taken: readers never wait
     /// for a build.
     pub fn publish(&self, batches: Vec<RecordBatch>) -> Result<()> {
-        let snapshot = Arc::new(Snapshot::new(
+        self.swap_in(Snapshot::new(
             &self.schema,
             batches,
             &self.indexed,
             &self.joinable,
-        )?);
+        )?)
+    }
+
+    fn swap_in(&self, snapshot: Snapshot) -> Result<()> {
         let mut current = self
             .current
             .write()
             .map_err(|_| DataFusionError::Internal("published table lock poisoned".into()))?;
-        *current = snapshot;
+        *current = Arc::new(snapshot);
         Ok(())
     }
 
@@ -307,18 +310,12 @@ impl PublishedTable {
     /// caller publishes one change at a time: `changes` is relative to the current contents.
     pub fn publish_changed(&self, batches: Vec<RecordBatch>, changes: &Changes) -> Result<()> {
         let previous = self.snapshot()?;
-        let snapshot = Arc::new(Snapshot::carried(
+        self.swap_in(Snapshot::carried(
             &self.schema,
             batches,
             &previous,
             changes,
-        )?);
-        let mut current = self
-            .current
-            .write()
-            .map_err(|_| DataFusionError::Internal("published table lock poisoned".into()))?;
-        *current = snapshot;
-        Ok(())
+        )?)
     }
 
     /// Changes whenever the contents are published, and only then.
