@@ -7,14 +7,14 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, BooleanBuilder, Int64Array, Int64Builder, RecordBatch,
-    StringArray, StringBuilder, TimestampMicrosecondBuilder, UInt8Array, UInt8Builder, UInt32Array,
-    UInt32Builder,
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, GenericByteArray, Int64Array,
+    Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondBuilder, UInt8Array,
+    UInt32Array, UInt32Builder,
 };
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
-    DataType, Int64Type, SchemaRef, TimeUnit, UInt8Type, UInt32Type,
+    ByteArrayType, DataType, Int64Type, SchemaRef, TimeUnit, UInt8Type, UInt32Type,
 };
 
 use super::graph::GraphError;
@@ -29,11 +29,9 @@ pub(super) const MAX_TEXT_BYTES: usize = 256 << 20;
 
 enum Col {
     Str(StringBuilder),
-    U8(UInt8Builder),
     U32(UInt32Builder),
     I64(Int64Builder),
     Ts(TimestampMicrosecondBuilder),
-    Bool(BooleanBuilder),
 }
 
 /// Builds one table row by row, cutting it into batches of at most `max_rows` rows.
@@ -95,7 +93,6 @@ impl TableWriter {
         }
     }
 
-
     pub(super) fn u32(&mut self, col: usize, value: Option<u32>) {
         if let Some(Col::U32(b)) = self.cols.get_mut(col) {
             b.append_option(value);
@@ -109,7 +106,6 @@ impl TableWriter {
             _ => {}
         }
     }
-
 
     /// Ends the current row, cutting a batch when it is full.
     pub(super) fn end_row(&mut self) -> Result<(), GraphError> {
@@ -126,11 +122,9 @@ impl TableWriter {
             .iter_mut()
             .map(|col| match col {
                 Col::Str(b) => Arc::new(b.finish()) as ArrayRef,
-                Col::U8(b) => Arc::new(b.finish()),
                 Col::U32(b) => Arc::new(b.finish()),
                 Col::I64(b) => Arc::new(b.finish()),
                 Col::Ts(b) => Arc::new(b.finish()),
-                Col::Bool(b) => Arc::new(b.finish()),
             })
             .collect();
         let batch =
@@ -156,13 +150,11 @@ impl TableWriter {
 fn new_col(data_type: &DataType) -> Option<Col> {
     Some(match data_type {
         DataType::Utf8 => Col::Str(StringBuilder::new()),
-        DataType::UInt8 => Col::U8(UInt8Builder::new()),
         DataType::UInt32 => Col::U32(UInt32Builder::new()),
         DataType::Int64 => Col::I64(Int64Builder::new()),
         DataType::Timestamp(TimeUnit::Microsecond, tz) => {
             Col::Ts(TimestampMicrosecondBuilder::new().with_timezone_opt(tz.clone()))
         }
-        DataType::Boolean => Col::Bool(BooleanBuilder::new()),
         _ => return None,
     })
 }
@@ -257,21 +249,14 @@ pub(super) fn batch_of(
     })
 }
 
-/// A binary column from offsets and bytes (see `Interner::key_run`).
-pub(super) fn binary_column(offsets: Vec<i32>, bytes: &[u8]) -> Result<ArrayRef, GraphError> {
+/// A binary or text column (`T`) from offsets and bytes (see `Interner::key_run`); an error
+/// if text bytes are not UTF-8.
+pub(super) fn byte_column<T: ByteArrayType<Offset = i32>>(
+    offsets: Vec<i32>,
+    bytes: &[u8],
+) -> Result<ArrayRef, GraphError> {
     let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
-    BinaryArray::try_new(offsets, Buffer::from_slice_ref(bytes), None)
-        .map(|array| Arc::new(array) as ArrayRef)
-        .map_err(|e| GraphError::Arrow {
-            table: "state".into(),
-            message: e.to_string(),
-        })
-}
-
-/// A text column from offsets and bytes; an error if the bytes are not UTF-8.
-pub(super) fn string_column(offsets: Vec<i32>, bytes: &[u8]) -> Result<ArrayRef, GraphError> {
-    let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
-    StringArray::try_new(offsets, Buffer::from_slice_ref(bytes), None)
+    GenericByteArray::<T>::try_new(offsets, Buffer::from_slice_ref(bytes), None)
         .map(|array| Arc::new(array) as ArrayRef)
         .map_err(|e| GraphError::Arrow {
             table: "state".into(),

@@ -125,7 +125,11 @@ impl Interner {
     }
 
     fn start(&self, id: usize) -> usize {
-        if id == 0 { 0 } else { self.ends[id - 1] as usize }
+        if id == 0 {
+            0
+        } else {
+            self.ends[id - 1] as usize
+        }
     }
 
     /// The end of a run of keys from `first` holding at most `max_keys` keys and, past its
@@ -147,7 +151,11 @@ impl Interner {
         let base = self.start(first);
         let mut offsets = Vec::with_capacity(end - first + 1);
         offsets.push(0);
-        offsets.extend(self.ends[first..end].iter().map(|&e| (e as usize - base) as i32));
+        offsets.extend(
+            self.ends[first..end]
+                .iter()
+                .map(|&e| (e as usize - base) as i32),
+        );
         (offsets, &self.bytes[base..self.start(end)])
     }
 

@@ -10,12 +10,10 @@ use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, BooleanBufferBuilder, Int64Array, RecordBatch, UInt8Array,
     UInt32Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{BinaryType, DataType, Field, Schema, SchemaRef, Utf8Type};
 use std::sync::Arc;
 
-use super::batch::{
-    ColumnReader, MAX_TEXT_BYTES, STATE_ROWS, TableWriter, batch_of, binary_column, string_column,
-};
+use super::batch::{ColumnReader, MAX_TEXT_BYTES, STATE_ROWS, TableWriter, batch_of, byte_column};
 use super::graph::{
     GraphError, IdentityGraph, Merge, NONE, REFUSED_BIT, Reason, Refusal, Refused, Rules,
     stable_hash,
@@ -597,7 +595,7 @@ impl IdentityGraph {
             let (offsets, bytes) = self.values.key_run(first, end);
             let rows = first..end;
             let columns: Vec<ArrayRef> = vec![
-                binary_column(offsets, bytes)?,
+                byte_column::<BinaryType>(offsets, bytes)?,
                 Arc::new(UInt8Array::from_iter_values(
                     self.v_meta[rows.clone()].iter().map(|m| m >> FLAGS_SHIFT),
                 )),
@@ -629,7 +627,7 @@ impl IdentityGraph {
             let end = self.records.run_end(first, STATE_ROWS, MAX_TEXT_BYTES);
             let (offsets, bytes) = self.records.key_run(first, end);
             let columns: Vec<ArrayRef> = vec![
-                string_column(offsets, bytes)?,
+                byte_column::<Utf8Type>(offsets, bytes)?,
                 Arc::new(UInt32Array::from_iter(
                     (first..end).map(|r| some(self.record_profile(r as u32))),
                 )),

@@ -153,13 +153,9 @@ impl GraphTables {
                 .map(|(position, _)| position / self.chunk_rows)
                 .collect();
             stale.dedup();
-            let kept = self.records.rebuild(
-                graph,
-                &stale,
-                &record_rows,
-                &record_root,
-                &record_columns,
-            )?;
+            let kept =
+                self.records
+                    .rebuild(graph, &stale, &record_rows, &record_root, &record_columns)?;
             records.kept_rows = records.kept_rows.min(kept);
             for (_, rows) in &mut records.changed {
                 rows.retain(|&row| (row as usize) < kept);

@@ -255,7 +255,9 @@ fn total(batches: &[RecordBatch]) -> usize {
 }
 
 fn row_id(starts: &[usize], number: usize) -> RowId {
-    let batch = starts.partition_point(|start| *start <= number).saturating_sub(1);
+    let batch = starts
+        .partition_point(|start| *start <= number)
+        .saturating_sub(1);
     (batch, number - starts.get(batch).copied().unwrap_or(0))
 }
 
@@ -495,7 +497,13 @@ mod tests {
         // Without the changes listed, the changed rows would be missed: the list is what
         // the carried index relies on.
         let blind = index
-            .carried(&next, &Changes { kept_rows: 5, changed: vec![] })
+            .carried(
+                &next,
+                &Changes {
+                    kept_rows: 5,
+                    changed: vec![],
+                },
+            )
             .unwrap();
         assert_eq!(blind.lookup(&next, Key::Str("c")), vec![(1, 0)]);
 

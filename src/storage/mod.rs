@@ -628,7 +628,10 @@ mod tests {
 }
 
 /// One Parquet file's bytes.
-fn encode_arrow(schema: SchemaRef, batches: &[RecordBatch]) -> std::result::Result<Vec<u8>, String> {
+fn encode_arrow(
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+) -> std::result::Result<Vec<u8>, String> {
     let size: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
     let mut buffer = Vec::with_capacity(size + (1 << 16));
     let mut writer = FileWriter::try_new(&mut buffer, &schema).map_err(|e| e.to_string())?;
