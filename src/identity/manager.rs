@@ -30,10 +30,11 @@ use super::graph::{
     ApplySummary, DEFAULT_HUB_THRESHOLD, IdentityGraph, IdentityRow, Rules, identities_schema,
     merges_schema, records_schema, refused_schema,
 };
-use super::tables::GraphTables;
+use super::tables::{GraphTables, TableBatches};
 use crate::ddl::IdentityGraphDefinition;
 use crate::error::{C360Error, Result};
 use crate::storage::Storage;
+use crate::storage::index::Changes;
 use crate::storage::published::PublishedTable;
 
 /// The columns a graph's source must have.
@@ -79,7 +80,7 @@ impl Phases {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Manifest {
     definition: IdentityGraphDefinition,
     version: u64,
@@ -237,10 +238,30 @@ impl IdentityGraphs {
         let changed = summary.records > 0 || summary.refused > 0;
         if changed {
             let watermark = new_watermark.max(watermark);
+            let managed = &mut *managed;
             match applied {
                 Some(rows) => {
-                    self.append_log(name, &definition, &mut managed, rows, rows_read, watermark)
-                        .await?
+                    // The log is written on another core while this one brings the tables
+                    // up to date; they are published once the log is durable.
+                    let (manifest, log_write) =
+                        self.append_log(name, &definition, managed, rows, rows_read, watermark);
+                    let (batches, changes) = managed
+                        .outputs
+                        .update(&mut managed.graph)
+                        .map_err(graph_error)?;
+                    phases.mark("tables");
+                    let logged = log_write.await.map_err(|e| C360Error::Task {
+                        what: format!("logging a refresh of identity graph {name}"),
+                        message: e.to_string(),
+                    });
+                    phases.mark("state");
+                    // Published even when the log failed: `outputs` now describes these
+                    // tables, and the graph holds the rows either way; the watermark stays
+                    // put, so the next refresh reads and logs them again.
+                    publish(&managed.tables, batches, &changes)?;
+                    phases.mark("publish and index");
+                    logged??;
+                    managed.log = manifest.log;
                 }
                 None => {
                     let version = managed.version + 1;
@@ -248,18 +269,16 @@ impl IdentityGraphs {
                         .await?;
                     managed.version = version;
                     managed.log.clear();
+                    phases.mark("state");
+                    update_and_publish(
+                        &mut managed.outputs,
+                        &mut managed.graph,
+                        &managed.tables,
+                        &mut phases,
+                    )?;
                 }
             }
-            phases.mark("state");
-            let managed = &mut *managed;
-            publish(
-                &mut managed.outputs,
-                &mut managed.graph,
-                &managed.tables,
-                &mut phases,
-            )?;
             managed.watermark = watermark;
-            phases.mark("publish and index");
         }
         Ok(RefreshReport {
             graph: name.to_string(),
@@ -293,8 +312,7 @@ impl IdentityGraphs {
             .await?;
         phases.mark("state");
         let mut outputs = GraphTables::default();
-        publish(&mut outputs, &mut graph, &managed.tables, &mut phases)?;
-        phases.mark("publish and index");
+        update_and_publish(&mut outputs, &mut graph, &managed.tables, &mut phases)?;
         managed.outputs = outputs;
         managed.graph = graph;
         managed.version = version;
@@ -454,26 +472,23 @@ impl IdentityGraphs {
         Ok(graph)
     }
 
-    /// Records a refresh by its applied rows: one new log file, then CURRENT naming it.
-    async fn append_log(
+    /// Records a refresh by its applied rows: one new log file, then CURRENT naming it, written
+    /// by the task returned. Returns the manifest that task commits.
+    fn append_log(
         &self,
         name: &str,
         definition: &IdentityGraphDefinition,
-        managed: &mut Managed,
+        managed: &Managed,
         rows: Vec<RecordBatch>,
         row_count: u64,
         watermark: Option<i64>,
-    ) -> Result<()> {
+    ) -> (Manifest, tokio::task::JoinHandle<Result<()>>) {
         let entry = LogEntry {
             file: format!("log-{:06}.parquet", managed.log.len() + 1),
             rows: row_count,
         };
-        let folder = version_folder(name, managed.version);
-        if let Some(schema) = rows.first().map(RecordBatch::schema) {
-            self.storage
-                .put_parquet(&format!("{folder}/{}", entry.file), schema, &rows)
-                .await?;
-        }
+        let file = format!("{}/{}", version_folder(name, managed.version), entry.file);
+        let current = format!("{STATE_ROOT}/{name}/CURRENT");
         let mut log = managed.log.clone();
         log.push(entry);
         let manifest = Manifest {
@@ -482,11 +497,15 @@ impl IdentityGraphs {
             watermark,
             log,
         };
-        self.storage
-            .put_json(&format!("{STATE_ROOT}/{name}/CURRENT"), &manifest)
-            .await?;
-        managed.log = manifest.log;
-        Ok(())
+        let storage = self.storage.clone();
+        let written = manifest.clone();
+        let task = tokio::spawn(async move {
+            if let Some(schema) = rows.first().map(RecordBatch::schema) {
+                storage.put_parquet(&file, schema, &rows).await?;
+            }
+            storage.put_json(&current, &written).await
+        });
+        (manifest, task)
     }
 
     /// Writes the state as a new version, then points CURRENT at it, then drops older ones.
@@ -498,25 +517,9 @@ impl IdentityGraphs {
         version: u64,
         watermark: Option<i64>,
     ) -> Result<()> {
-        let parts = graph.to_state().map_err(graph_error)?;
-        self.write_state(name, version, parts).await?;
+        write_state(&self.storage, &version_folder(name, version), graph).await?;
         self.point_current(name, definition, version, watermark)
             .await
-    }
-
-    /// The first step of a commit: the state's parts, in a version folder nothing points to.
-    async fn write_state(
-        &self,
-        name: &str,
-        version: u64,
-        parts: Vec<(String, Vec<RecordBatch>)>,
-    ) -> Result<()> {
-        let folder = version_folder(name, version);
-        let objects = parts
-            .into_iter()
-            .map(|(part, batches)| (format!("{folder}/{part}.arrow"), batches))
-            .collect();
-        self.storage.put_arrow_all(objects).await
     }
 
     /// The commit point: CURRENT names the written version; older versions are deleted.
@@ -559,6 +562,23 @@ struct Committed {
     log: Vec<LogEntry>,
 }
 
+/// The first step of a commit: the graph's state, part by part, in `folder`, which nothing
+/// points to yet. Each part is written as it is built, so the state never sits in memory
+/// twice beside the graph.
+pub async fn write_state(storage: &Storage, folder: &str, graph: &IdentityGraph) -> Result<()> {
+    for part in graph.state_parts() {
+        let batches = part.batches.map(|batch| batch.map_err(graph_error));
+        storage
+            .put_arrow_stream(
+                &format!("{folder}/{}.arrow", part.name),
+                part.schema,
+                batches,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 fn version_folder_name(version: u64) -> String {
     format!("v{version:010}")
 }
@@ -572,7 +592,8 @@ pub fn table_names(name: &str) -> [String; 4] {
     ["identities", "records", "merges", "refused"].map(|suffix| format!("{name}_{suffix}"))
 }
 
-fn publish(
+/// Brings `outputs` up to date with `graph` and publishes them.
+fn update_and_publish(
     outputs: &mut GraphTables,
     graph: &mut IdentityGraph,
     tables: &[Arc<PublishedTable>; 4],
@@ -580,7 +601,18 @@ fn publish(
 ) -> Result<()> {
     let (batches, changes) = outputs.update(graph).map_err(graph_error)?;
     phases.mark("tables");
-    for ((table, batches), changes) in tables.iter().zip(batches).zip(&changes) {
+    publish(tables, batches, &changes)?;
+    phases.mark("publish and index");
+    Ok(())
+}
+
+/// Swaps each table's new batches in, carrying its indexes over `changes`.
+fn publish(
+    tables: &[Arc<PublishedTable>; 4],
+    batches: TableBatches,
+    changes: &[Changes; 4],
+) -> Result<()> {
+    for ((table, batches), changes) in tables.iter().zip(batches).zip(changes) {
         table.publish_changed(batches, changes)?;
     }
     Ok(())

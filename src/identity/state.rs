@@ -30,7 +30,7 @@ const FLAGS_SHIFT: u32 = 6;
 /// Bumped whenever the layout of a part changes; older state then needs a rebuild.
 pub const STATE_VERSION: u32 = 2;
 
-/// The parts [`IdentityGraph::to_state`] writes, in the order [`IdentityGraph::from_state`]
+/// The parts [`IdentityGraph::state_parts`] makes, in the order [`IdentityGraph::from_state`]
 /// reads them.
 pub const STATE_PARTS: [&str; 9] = [
     "meta",
@@ -119,76 +119,96 @@ fn ranks(order: &[u32], len: usize) -> Vec<u32> {
 }
 
 impl IdentityGraph {
-    /// Everything needed to continue incrementally, as named tables (see [`STATE_PARTS`]).
-    /// Each part has at least one batch, so its schema is known even when it is empty. Commit
-    /// all parts together (one atomic step): they reference each other by position.
-    pub fn to_state(&self) -> Result<Vec<(String, Vec<RecordBatch>)>, GraphError> {
-        let mut parts: Parts = Vec::new();
-
-        let mut out = writer("meta")?;
-        out.u32(0, Some(STATE_VERSION));
-        out.str(1, &self.rules.describe());
-        out.end_row()?;
-        parts.push(("meta".into(), out.finish()?));
-
-        let mut out = writer("profiles")?;
-        for slot in 0..self.p_parent.len() {
-            out.u32(0, Some(self.p_founder[slot]));
-            out.i64(1, self.p_born[slot]);
-            out.u32(2, Some(self.root(slot as u32)));
-            out.end_row()?;
-        }
-        parts.push(("profiles".into(), out.finish()?));
-
-        parts.push(("values".into(), self.values_part()?));
-
-        let mut out = writer("cooccur")?;
-        for (v, &(start, len)) in self.v_co.iter().enumerate() {
-            for &other in &self.co_pool[start as usize..(start + len) as usize] {
-                out.u32(0, Some(v as u32));
-                out.u32(1, Some(other));
+    /// Everything needed to continue incrementally, as named tables (see [`STATE_PARTS`]),
+    /// each produced a batch at a time when iterated: the large parts hold a row per value,
+    /// record and identifier, gigabytes at scale, and are meant to be written as they are
+    /// built rather than held whole. Each part yields at least one batch. Commit all parts
+    /// together (one atomic step): they reference each other by position.
+    pub fn state_parts(&self) -> Vec<StatePart<'_>> {
+        vec![
+            built("meta", || {
+                let mut out = writer("meta")?;
+                out.u32(0, Some(STATE_VERSION));
+                out.str(1, &self.rules.describe());
                 out.end_row()?;
-            }
-        }
-        parts.push(("cooccur".into(), out.finish()?));
-        parts.push(("records".into(), self.records_part()?));
-        parts.push(("record_ids".into(), self.record_ids_part()?));
+                out.finish()
+            }),
+            built("profiles", || {
+                let mut out = writer("profiles")?;
+                for slot in 0..self.p_parent.len() {
+                    out.u32(0, Some(self.p_founder[slot]));
+                    out.i64(1, self.p_born[slot]);
+                    out.u32(2, Some(self.root(slot as u32)));
+                    out.end_row()?;
+                }
+                out.finish()
+            }),
+            streamed("values", self.values_part()),
+            built("cooccur", || {
+                let mut out = writer("cooccur")?;
+                for (v, &(start, len)) in self.v_co.iter().enumerate() {
+                    for &other in &self.co_pool[start as usize..(start + len) as usize] {
+                        out.u32(0, Some(v as u32));
+                        out.u32(1, Some(other));
+                        out.end_row()?;
+                    }
+                }
+                out.finish()
+            }),
+            streamed("records", self.records_part()),
+            streamed("record_ids", self.record_ids_part()),
+            built("merges", || {
+                let mut out = writer("merges")?;
+                for merge in &self.merges {
+                    out.u32(0, Some(merge.from));
+                    out.u32(1, Some(merge.into));
+                    out.i64(2, merge.at);
+                    out.u32(3, Some(merge.via));
+                    out.end_row()?;
+                }
+                out.finish()
+            }),
+            built("unknown", || {
+                let mut out = writer("unknown")?;
+                for u in 0..self.unknown.len() {
+                    let (id_type, id_value) = self.unknown_parts(u as u32);
+                    out.str(0, &id_type);
+                    out.str(1, &id_value);
+                    out.end_row()?;
+                }
+                out.finish()
+            }),
+            built("refused", || {
+                let mut out = writer("refused")?;
+                for refusal in &self.refusals {
+                    let (value, unknown) = match refusal.what {
+                        Refused::Value(v) => (Some(v), None),
+                        Refused::Unknown(u) => (None, Some(u)),
+                    };
+                    out.u32(0, Some(refusal.record));
+                    out.u32(1, value);
+                    out.u32(2, unknown);
+                    out.str(3, refusal.reason.as_str());
+                    out.i64(4, refusal.seen_at);
+                    out.opt_str(5, refusal.detail.as_deref());
+                    out.end_row()?;
+                }
+                out.finish()
+            }),
+        ]
+    }
 
-        let mut out = writer("merges")?;
-        for merge in &self.merges {
-            out.u32(0, Some(merge.from));
-            out.u32(1, Some(merge.into));
-            out.i64(2, merge.at);
-            out.u32(3, Some(merge.via));
-            out.end_row()?;
-        }
-        parts.push(("merges".into(), out.finish()?));
-
-        let mut out = writer("unknown")?;
-        for u in 0..self.unknown.len() {
-            let (id_type, id_value) = self.unknown_parts(u as u32);
-            out.str(0, &id_type);
-            out.str(1, &id_value);
-            out.end_row()?;
-        }
-        parts.push(("unknown".into(), out.finish()?));
-
-        let mut out = writer("refused")?;
-        for refusal in &self.refusals {
-            let (value, unknown) = match refusal.what {
-                Refused::Value(v) => (Some(v), None),
-                Refused::Unknown(u) => (None, Some(u)),
-            };
-            out.u32(0, Some(refusal.record));
-            out.u32(1, value);
-            out.u32(2, unknown);
-            out.str(3, refusal.reason.as_str());
-            out.i64(4, refusal.seen_at);
-            out.opt_str(5, refusal.detail.as_deref());
-            out.end_row()?;
-        }
-        parts.push(("refused".into(), out.finish()?));
-        Ok(parts)
+    /// [`IdentityGraph::state_parts`], each part built whole: for tests and small graphs.
+    pub fn to_state(&self) -> Result<Vec<(String, Vec<RecordBatch>)>, GraphError> {
+        self.state_parts()
+            .into_iter()
+            .map(|part| {
+                Ok((
+                    part.name.to_string(),
+                    part.batches.collect::<Result<_, _>>()?,
+                ))
+            })
+            .collect()
     }
 
     /// Rebuilds a graph from [`IdentityGraph::to_state`]'s parts. The rules must be the ones
@@ -586,92 +606,125 @@ impl IdentityGraph {
 impl IdentityGraph {
     /// Row `v`: value `v`'s key (type index byte, then the text), flags, profile slot, first
     /// and last seen, and rank in `linked`.
-    fn values_part(&self) -> Result<Vec<RecordBatch>, GraphError> {
-        let linked_rank = ranks(&self.linked, self.v_meta.len());
-        let mut batches = Vec::new();
-        let mut first = 0;
-        while first < self.values.len() || batches.is_empty() {
+    fn values_part(&self) -> impl Iterator<Item = Result<RecordBatch, GraphError>> + Send + '_ {
+        let mut linked_rank = None;
+        let mut next = Some(0);
+        std::iter::from_fn(move || {
+            let first = next?;
+            let linked_rank: &Vec<u32> =
+                linked_rank.get_or_insert_with(|| ranks(&self.linked, self.v_meta.len()));
             let end = self.values.run_end(first, STATE_ROWS, MAX_TEXT_BYTES);
+            next = (end < self.values.len()).then_some(end);
             let (offsets, bytes) = self.values.key_run(first, end);
             let rows = first..end;
-            let columns: Vec<ArrayRef> = vec![
-                byte_column::<BinaryType>(offsets, bytes)?,
-                Arc::new(UInt8Array::from_iter_values(
-                    self.v_meta[rows.clone()].iter().map(|m| m >> FLAGS_SHIFT),
-                )),
-                Arc::new(UInt32Array::from_iter(
-                    self.v_profile[rows.clone()].iter().map(|&p| some(p)),
-                )),
-                Arc::new(Int64Array::from_iter_values(
-                    self.v_seen[rows.clone()].iter().map(|s| s.0),
-                )),
-                Arc::new(Int64Array::from_iter_values(
-                    self.v_seen[rows.clone()].iter().map(|s| s.1),
-                )),
-                Arc::new(UInt32Array::from_iter(
-                    linked_rank[rows].iter().map(|&r| some(r)),
-                )),
-            ];
-            batches.push(batch_of("values", part_schema("values"), columns)?);
-            first = end;
-        }
-        Ok(batches)
+            let columns = || -> Result<Vec<ArrayRef>, GraphError> {
+                Ok(vec![
+                    byte_column::<BinaryType>(offsets, bytes)?,
+                    Arc::new(UInt8Array::from_iter_values(
+                        self.v_meta[rows.clone()].iter().map(|m| m >> FLAGS_SHIFT),
+                    )),
+                    Arc::new(UInt32Array::from_iter(
+                        self.v_profile[rows.clone()].iter().map(|&p| some(p)),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(
+                        self.v_seen[rows.clone()].iter().map(|s| s.0),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(
+                        self.v_seen[rows.clone()].iter().map(|s| s.1),
+                    )),
+                    Arc::new(UInt32Array::from_iter(
+                        linked_rank[rows.clone()].iter().map(|&r| some(r)),
+                    )),
+                ])
+            };
+            Some(columns().and_then(|columns| batch_of("values", part_schema("values"), columns)))
+        })
     }
 
     /// Row `r`: record `r`'s key, profile slot and rank in `record_order`.
-    fn records_part(&self) -> Result<Vec<RecordBatch>, GraphError> {
-        let record_rank = ranks(&self.record_order, self.r.len());
-        let mut batches = Vec::new();
-        let mut first = 0;
-        while first < self.records.len() || batches.is_empty() {
+    fn records_part(&self) -> impl Iterator<Item = Result<RecordBatch, GraphError>> + Send + '_ {
+        let mut record_rank = None;
+        let mut next = Some(0);
+        std::iter::from_fn(move || {
+            let first = next?;
+            let record_rank: &Vec<u32> =
+                record_rank.get_or_insert_with(|| ranks(&self.record_order, self.r.len()));
             let end = self.records.run_end(first, STATE_ROWS, MAX_TEXT_BYTES);
+            next = (end < self.records.len()).then_some(end);
             let (offsets, bytes) = self.records.key_run(first, end);
-            let columns: Vec<ArrayRef> = vec![
-                byte_column::<Utf8Type>(offsets, bytes)?,
-                Arc::new(UInt32Array::from_iter(
-                    (first..end).map(|r| some(self.record_profile(r as u32))),
-                )),
-                Arc::new(UInt32Array::from_iter(
-                    record_rank[first..end].iter().map(|&r| some(r)),
-                )),
-            ];
-            batches.push(batch_of("records", part_schema("records"), columns)?);
-            first = end;
-        }
-        Ok(batches)
+            let columns = || -> Result<Vec<ArrayRef>, GraphError> {
+                Ok(vec![
+                    byte_column::<Utf8Type>(offsets, bytes)?,
+                    Arc::new(UInt32Array::from_iter(
+                        (first..end).map(|r| some(self.record_profile(r as u32))),
+                    )),
+                    Arc::new(UInt32Array::from_iter(
+                        record_rank[first..end].iter().map(|&r| some(r)),
+                    )),
+                ])
+            };
+            Some(columns().and_then(|columns| batch_of("records", part_schema("records"), columns)))
+        })
     }
 
     /// A row per identifier on a record, each record's rows together.
-    fn record_ids_part(&self) -> Result<Vec<RecordBatch>, GraphError> {
-        let mut records: Vec<u32> = Vec::new();
-        let mut values: Vec<u32> = Vec::new();
-        let mut refused = BooleanBufferBuilder::new(0);
-        let mut batches = Vec::new();
-        let cut = |records: &mut Vec<u32>,
-                   values: &mut Vec<u32>,
-                   refused: &mut BooleanBufferBuilder|
-         -> Result<RecordBatch, GraphError> {
+    fn record_ids_part(&self) -> impl Iterator<Item = Result<RecordBatch, GraphError>> + Send + '_ {
+        let mut next = Some(0);
+        std::iter::from_fn(move || {
+            let mut r = next?;
+            let mut records: Vec<u32> = Vec::with_capacity(STATE_ROWS);
+            let mut values: Vec<u32> = Vec::with_capacity(STATE_ROWS);
+            let mut refused = BooleanBufferBuilder::new(STATE_ROWS);
+            while r < self.r.len() && records.len() < STATE_ROWS {
+                for id in self.record_ids(r as u32).iter() {
+                    records.push(r as u32);
+                    values.push(id & !REFUSED_BIT);
+                    refused.append(id & REFUSED_BIT != 0);
+                }
+                r += 1;
+            }
+            next = (r < self.r.len()).then_some(r);
             let columns: Vec<ArrayRef> = vec![
-                Arc::new(UInt32Array::from(std::mem::take(records))),
-                Arc::new(UInt32Array::from(std::mem::take(values))),
+                Arc::new(UInt32Array::from(records)),
+                Arc::new(UInt32Array::from(values)),
                 Arc::new(BooleanArray::new(refused.finish(), None)),
             ];
-            batch_of("record_ids", part_schema("record_ids"), columns)
-        };
-        for r in 0..self.r.len() {
-            for id in self.record_ids(r as u32).iter() {
-                records.push(r as u32);
-                values.push(id & !REFUSED_BIT);
-                refused.append(id & REFUSED_BIT != 0);
-            }
-            if records.len() >= STATE_ROWS {
-                batches.push(cut(&mut records, &mut values, &mut refused)?);
-            }
-        }
-        if !records.is_empty() || batches.is_empty() {
-            batches.push(cut(&mut records, &mut values, &mut refused)?);
-        }
-        Ok(batches)
+            Some(batch_of("record_ids", part_schema("record_ids"), columns))
+        })
+    }
+}
+
+/// One part of the state: its name and schema, and its batches, built as they are taken.
+pub struct StatePart<'g> {
+    pub name: &'static str,
+    pub schema: SchemaRef,
+    pub batches: Box<dyn Iterator<Item = Result<RecordBatch, GraphError>> + Send + 'g>,
+}
+
+/// A small part, built whole when its first batch is taken.
+fn built<'g>(
+    name: &'static str,
+    build: impl FnOnce() -> Result<Vec<RecordBatch>, GraphError> + Send + 'g,
+) -> StatePart<'g> {
+    let batches = std::iter::once_with(build).flat_map(|built| match built {
+        Ok(batches) => batches.into_iter().map(Ok).collect::<Vec<_>>(),
+        Err(e) => vec![Err(e)],
+    });
+    StatePart {
+        name,
+        schema: part_schema(name),
+        batches: Box::new(batches),
+    }
+}
+
+fn streamed<'g>(
+    name: &'static str,
+    batches: impl Iterator<Item = Result<RecordBatch, GraphError>> + Send + 'g,
+) -> StatePart<'g> {
+    StatePart {
+        name,
+        schema: part_schema(name),
+        batches: Box::new(batches),
     }
 }
 

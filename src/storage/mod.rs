@@ -32,7 +32,7 @@ use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use url::Url;
 
 use crate::error::{C360Error, Result};
@@ -54,6 +54,11 @@ pub struct Storage {
 /// The URL under which the root's store is registered for scans of landed tables: one fixed
 /// name whatever the root, so that plans need not know whether it is local or remote.
 pub const SCAN_URL: &str = "c360://storage/";
+
+/// Streamed uploads go in chunks of this size (S3's minimum part is 5 MiB), at most
+/// `UPLOADS_IN_FLIGHT` at once: memory stays bounded whatever the object's size.
+const UPLOAD_CHUNK_BYTES: usize = 16 << 20;
+const UPLOADS_IN_FLIGHT: usize = 4;
 
 impl Storage {
     /// Opens `location`: a URL with a scheme (`s3://`, `gs://`, `az://`, `file://`,
@@ -266,34 +271,66 @@ impl Storage {
         self.put(relative, bytes).await
     }
 
-    /// Writes several Arrow IPC files, encoding them in parallel on blocking threads and
-    /// storing each once encoded. For state that only c360 reads back: the IPC layout is
-    /// Arrow's own, so a gigabyte encodes at memory speed where Parquet's encodings and
-    /// compression take tens of seconds. Each object appears whole or not at all, as with
-    /// [`Storage::put`]; together they are not atomic, so callers commit them with a pointer
-    /// written afterwards.
-    pub async fn put_arrow_all(&self, objects: Vec<(String, Vec<RecordBatch>)>) -> Result<()> {
-        let encoders: Vec<_> = objects
-            .into_iter()
-            .filter_map(|(relative, batches)| {
-                let schema = batches.first()?.schema();
-                Some(tokio::task::spawn_blocking(move || {
-                    let bytes = encode_arrow(schema, &batches);
-                    (relative, bytes)
-                }))
-            })
-            .collect();
-        for encoder in encoders {
-            let (relative, bytes) = encoder
+    /// Writes an Arrow IPC file from batches built as they are taken, uploading it in chunks
+    /// as it is encoded: only one batch and a few chunks are in memory at once, where the
+    /// whole file would be gigabytes (identity state). For data only c360 reads back: the IPC
+    /// layout is Arrow's own, so it encodes at memory speed where Parquet's encodings take
+    /// tens of seconds. The object appears whole or not at all, as with [`Storage::put`]; a
+    /// failed batch or upload leaves nothing behind.
+    pub async fn put_arrow_stream(
+        &self,
+        relative: &str,
+        schema: SchemaRef,
+        batches: impl Iterator<Item = Result<RecordBatch>>,
+    ) -> Result<()> {
+        let upload = self
+            .store
+            .put_multipart(&self.path(relative))
+            .await
+            .map_err(|e| self.failed(relative, e.to_string()))?;
+        let mut upload = WriteMultipart::new_with_chunk_size(upload, UPLOAD_CHUNK_BYTES);
+        match self
+            .stream_arrow(relative, &schema, batches, &mut upload)
+            .await
+        {
+            Ok(()) => upload
+                .finish()
                 .await
-                .map_err(|e| self.failed("", format!("an Arrow encoder stopped: {e}")))?;
-            let bytes = bytes.map_err(|message| self.failed(&relative, message))?;
-            self.put(&relative, bytes).await?;
+                .map(|_| ())
+                .map_err(|e| self.failed(relative, e.to_string())),
+            Err(e) => {
+                // The failure to report is the first one; a failed abort leaves at most a
+                // staging object that nothing names.
+                let _ = upload.abort().await;
+                Err(e)
+            }
         }
+    }
+
+    async fn stream_arrow(
+        &self,
+        relative: &str,
+        schema: &SchemaRef,
+        batches: impl Iterator<Item = Result<RecordBatch>>,
+        upload: &mut WriteMultipart,
+    ) -> Result<()> {
+        let ipc_failed =
+            |e: datafusion::arrow::error::ArrowError| self.failed(relative, e.to_string());
+        let mut writer = FileWriter::try_new(Vec::new(), schema).map_err(ipc_failed)?;
+        for batch in batches {
+            writer.write(&batch?).map_err(ipc_failed)?;
+            upload
+                .wait_for_capacity(UPLOADS_IN_FLIGHT)
+                .await
+                .map_err(|e| self.failed(relative, e.to_string()))?;
+            upload.write(&std::mem::take(writer.get_mut()));
+        }
+        writer.finish().map_err(ipc_failed)?;
+        upload.write(writer.get_mut());
         Ok(())
     }
 
-    /// Reads an Arrow IPC file written by [`Storage::put_arrow_all`].
+    /// Reads an Arrow IPC file written by [`Storage::put_arrow_stream`].
     pub async fn get_arrow(&self, relative: &str) -> Result<Vec<RecordBatch>> {
         let bytes = self.get(relative).await?;
         let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)
@@ -628,21 +665,6 @@ mod tests {
 }
 
 /// One Parquet file's bytes.
-fn encode_arrow(
-    schema: SchemaRef,
-    batches: &[RecordBatch],
-) -> std::result::Result<Vec<u8>, String> {
-    let size: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-    let mut buffer = Vec::with_capacity(size + (1 << 16));
-    let mut writer = FileWriter::try_new(&mut buffer, &schema).map_err(|e| e.to_string())?;
-    for batch in batches {
-        writer.write(batch).map_err(|e| e.to_string())?;
-    }
-    writer.finish().map_err(|e| e.to_string())?;
-    drop(writer);
-    Ok(buffer)
-}
-
 fn encode_parquet(
     schema: SchemaRef,
     batches: &[RecordBatch],
