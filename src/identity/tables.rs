@@ -18,9 +18,9 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
 };
-use datafusion::arrow::buffer::Buffer;
+use datafusion::arrow::buffer::{Buffer, MutableBuffer, ScalarBuffer};
 
 use crate::storage::index::Changes;
 
@@ -51,6 +51,18 @@ struct Chunk {
     /// Columns that never change for a row (record key; identifier type and value).
     fixed: Vec<ArrayRef>,
     profile_ids: ArrayRef,
+    /// The buffers of the columns a refresh rewrites (profile-id text; first and last seen),
+    /// as published the time before: written over by the next refresh once no reader holds
+    /// them (see `recycled`).
+    spare: Spare,
+}
+
+#[derive(Default)]
+struct Spare {
+    profile_text: Option<Buffer>,
+    seen: Option<(Buffer, Buffer)>,
+    /// First and last seen as last published.
+    published_seen: Option<(Buffer, Buffer)>,
 }
 
 /// The four tables of one graph, as Arrow batches ready to publish.
@@ -229,34 +241,62 @@ impl GraphTables {
 
     /// First and last seen change whenever a value is seen again, so they are rebuilt each
     /// time: two integers per row, read in the order of `linked`.
-    fn identities_batches(&self, graph: &IdentityGraph) -> Result<Vec<RecordBatch>, GraphError> {
+    fn identities_batches(
+        &mut self,
+        graph: &IdentityGraph,
+    ) -> Result<Vec<RecordBatch>, GraphError> {
         if self.identities.chunks.is_empty() {
             return Ok(vec![RecordBatch::new_empty(identities_schema())]);
         }
         self.identities
             .chunks
-            .iter()
+            .iter_mut()
             .map(|chunk| {
                 let n = chunk.members.len();
-                let utc = Some(Arc::from("UTC"));
-                let mut first =
-                    TimestampMicrosecondBuilder::with_capacity(n).with_timezone_opt(utc.clone());
-                let mut last = TimestampMicrosecondBuilder::with_capacity(n).with_timezone_opt(utc);
+                let (spare_first, spare_last) = chunk.spare.seen.take().unzip();
+                let mut first = recycled(spare_first, n * 8);
+                let mut last = recycled(spare_last, n * 8);
                 for &value in &chunk.members {
                     let (seen_first, seen_last) = graph.v_seen[value as usize];
-                    first.append_value(seen_first);
-                    last.append_value(seen_last);
+                    first.push(seen_first);
+                    last.push(seen_last);
                 }
+                let (first, last) = (Buffer::from(first), Buffer::from(last));
+                chunk.spare.seen = chunk
+                    .spare
+                    .published_seen
+                    .replace((first.clone(), last.clone()));
+                let timestamps = |buffer: Buffer| -> ArrayRef {
+                    Arc::new(
+                        TimestampMicrosecondArray::new(ScalarBuffer::new(buffer, 0, n), None)
+                            .with_timezone("UTC"),
+                    )
+                };
                 let columns = vec![
                     Arc::clone(&chunk.profile_ids),
                     Arc::clone(&chunk.fixed[0]),
                     Arc::clone(&chunk.fixed[1]),
-                    Arc::new(first.finish()) as ArrayRef,
-                    Arc::new(last.finish()) as ArrayRef,
+                    timestamps(first),
+                    timestamps(last),
                 ];
                 batch_of("identities", identities_schema(), columns)
             })
             .collect()
+    }
+}
+
+/// A buffer for `bytes` of a new version of a column, in the allocation of `spare` (the
+/// version before last) when no reader holds that any more. A refresh rewrites hundreds of
+/// megabytes of columns; memory the process already has is filled at memory speed, where
+/// fresh pages must first be faulted in and zeroed by the kernel, which perf showed taking
+/// most of a refresh.
+fn recycled(spare: Option<Buffer>, bytes: usize) -> MutableBuffer {
+    match spare.map(Buffer::into_mutable) {
+        Some(Ok(mut buffer)) if buffer.capacity() >= bytes => {
+            buffer.clear();
+            buffer
+        }
+        _ => MutableBuffer::with_capacity(bytes),
     }
 }
 
@@ -335,8 +375,13 @@ impl Chunked {
             if lost {
                 stale.push(index);
             } else if !changed.is_empty() {
-                chunk.profile_ids =
-                    patch_profile_ids(graph, &chunk.profile_ids, &chunk.roots, &changed);
+                let spare = chunk.spare.profile_text.take();
+                let patched =
+                    patch_profile_ids(graph, &chunk.profile_ids, &chunk.roots, &changed, spare);
+                let replaced = std::mem::replace(&mut chunk.profile_ids, patched);
+                chunk.spare.profile_text = replaced
+                    .as_string_opt::<i32>()
+                    .map(|ids| ids.values().clone());
                 changed_rows.extend(changed.iter().map(|&row| (row_base + row) as u32));
             }
             row_base += chunk.members.len();
@@ -455,6 +500,7 @@ fn build_chunk(
         end,
         fixed: columns(&members)?,
         profile_ids: profile_ids(graph, &roots),
+        spare: Spare::default(),
         members,
         roots,
     })
@@ -469,6 +515,7 @@ fn patch_profile_ids(
     column: &ArrayRef,
     roots: &[u32],
     changed: &[usize],
+    spare: Option<Buffer>,
 ) -> ArrayRef {
     let Some(ids) = column.as_string_opt::<i32>() else {
         return profile_ids(graph, roots);
@@ -481,19 +528,18 @@ fn patch_profile_ids(
     if !fixed_width || ids.null_count() > 0 || ids.len() != roots.len() {
         return profile_ids(graph, roots);
     }
-    let mut text = ids.values().to_vec();
+    let mut text = recycled(spare, ids.values().len());
+    text.extend_from_slice(ids.values());
     let mut format = super::output::IdFormatter::new();
     for &row in changed {
         let id = format.format(graph.p_hash[roots[row] as usize]);
-        text[row * ID_LEN..(row + 1) * ID_LEN].copy_from_slice(id.as_bytes());
+        text.as_slice_mut()[row * ID_LEN..(row + 1) * ID_LEN].copy_from_slice(id.as_bytes());
     }
     // Safety: the offsets are the checked array's, over text of the same length, and only
     // whole ASCII ids were written over whole ids, so every value is still valid UTF-8.
     // `try_new` would check all of it again: a refresh patches nearly every chunk, and the
     // check cost as much as the copy.
-    Arc::new(unsafe {
-        StringArray::new_unchecked(ids.offsets().clone(), Buffer::from_vec(text), None)
-    })
+    Arc::new(unsafe { StringArray::new_unchecked(ids.offsets().clone(), text.into(), None) })
 }
 
 /// The `profile_id` column for rows with these profile roots.
