@@ -3,8 +3,9 @@
 //! The stitch touches every identifier row once or twice, so its hash tables are on the hot
 //! path: std's SipHash costs several times what a multiply-fold hash does, and a
 //! `HashMap<String, u32>` costs one heap allocation and ~50 bytes per key. The [`Interner`]
-//! here keeps every key in one byte arena and maps it to a dense `u32` id through an
-//! open-addressing table of ids and hash tags, 15 to 27 bytes per key plus the key itself.
+//! here keeps every key in a byte arena of fixed-size blocks and maps it to a dense `u32` id
+//! through an open-addressing table of ids and hash tags, 15 to 27 bytes per key plus the key
+//! itself.
 //!
 //! Nothing here is persisted or shown to users: ids are reassigned identically on reload
 //! (keys are re-interned in id order), and the hash is seeded per process so that crafted
@@ -81,6 +82,14 @@ impl Hasher for FastHasher {
 pub(super) type FastMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FastHasher>>;
 pub(super) type FastSet<K> = std::collections::HashSet<K, BuildHasherDefault<FastHasher>>;
 
+/// Arena block size. Blocks are allocated whole and never moved: one arena growing by
+/// doubling copied every key again at each step into pages the kernel first had to zero,
+/// which perf showed as a third of a full build's stitch (and the copy held both arenas at
+/// once). Keys never straddle blocks; a key longer than a block is refused (the interner
+/// reports itself full), and identifiers are never that long.
+const BLOCK_SHIFT: u32 = 26;
+const BLOCK: usize = 1 << BLOCK_SHIFT;
+
 /// Largest id an interner hands out. Ids stay below 2^30 because the graph keeps flags in
 /// the top two bits of ids it stores per record.
 pub(super) const MAX_ID: u32 = (1 << 30) - 2;
@@ -89,9 +98,12 @@ pub(super) const MAX_ID: u32 = (1 << 30) - 2;
 /// dense ids `0, 1, 2, …` in insertion order.
 pub(super) struct Interner {
     seed: u64,
-    bytes: Vec<u8>,
-    /// `ends[i]` is where key `i` ends in `bytes`; it starts where key `i - 1` ends. 32 bits
-    /// keep this array small; past 4 GiB of keys the interner reports itself full.
+    /// The arena: position `p` is byte `p % BLOCK` of block `p / BLOCK`. Only the last block
+    /// grows, up to `BLOCK` bytes.
+    blocks: Vec<Vec<u8>>,
+    /// `ends[i]` is the position where key `i` ends; it starts where key `i - 1` ends, or at
+    /// the start of its block when it did not fit in the previous one (see `start`). 32 bits
+    /// keep this array small; past 4 GiB of positions the interner reports itself full.
     ends: Vec<u32>,
     /// Open addressing with linear probing, at most 70% full. An entry is `0` (empty) or
     /// `tag << 32 | (id + 1)`, where the tag is 32 bits of the key's hash: probing compares
@@ -106,7 +118,7 @@ impl Interner {
     pub(super) fn new() -> Self {
         Interner {
             seed: RandomState::new().hash_one(0x5EED_u64),
-            bytes: Vec::new(),
+            blocks: Vec::new(),
             ends: Vec::new(),
             table: vec![0; 1024],
             shift: 64 - 10,
@@ -121,33 +133,60 @@ impl Interner {
     #[inline]
     pub(super) fn key(&self, id: u32) -> &[u8] {
         let i = id as usize;
-        &self.bytes[self.start(i)..self.ends[i] as usize]
+        self.slice(self.start(i), self.ends[i] as usize)
     }
 
+    /// Positions `start..end`, which lie in one block.
+    #[inline]
+    fn slice(&self, start: usize, end: usize) -> &[u8] {
+        if start == end {
+            return &[];
+        }
+        let block = (end - 1) >> BLOCK_SHIFT;
+        let base = block << BLOCK_SHIFT;
+        &self.blocks[block][start - base..end - base]
+    }
+
+    /// Where key `id` starts: where the previous key ended, unless that is in an earlier
+    /// block than the key's last byte (the key did not fit there), then at its block's start.
     fn start(&self, id: usize) -> usize {
-        if id == 0 {
+        let previous = if id == 0 {
             0
         } else {
             self.ends[id - 1] as usize
+        };
+        let end = self.ends[id] as usize;
+        if end == previous {
+            return end;
         }
+        previous.max(((end - 1) >> BLOCK_SHIFT) << BLOCK_SHIFT)
     }
 
     /// The end of a run of keys from `first` holding at most `max_keys` keys and, past its
-    /// first key, at most `max_bytes` bytes: how persisted key columns are cut into batches.
+    /// first key, at most `max_bytes` bytes, all in one block: how persisted key columns are
+    /// cut into batches.
     pub(super) fn run_end(&self, first: usize, max_keys: usize, max_bytes: usize) -> usize {
         let end = (first + max_keys).min(self.len());
-        let limit = self.start(first) + max_bytes;
-        // Runs end early only for keys far longer than identifiers are; search then.
-        if end == first || self.ends[end - 1] as usize <= limit {
+        if end == first {
+            return end;
+        }
+        let start = self.start(first);
+        let block_end = ((start >> BLOCK_SHIFT) + 1) << BLOCK_SHIFT;
+        let limit = start.saturating_add(max_bytes).min(block_end);
+        if self.ends[end - 1] as usize <= limit {
             return end;
         }
         let within = self.ends[first..end].partition_point(|&e| e as usize <= limit);
         first + within.max(1)
     }
 
-    /// Keys `first..end` as Arrow's variable-width layout: offsets from 0 and their bytes, a
-    /// slice of the arena, so that persisting millions of keys costs two copies.
+    /// Keys `first..end` (a run from [`Interner::run_end`]) as Arrow's variable-width layout:
+    /// offsets from 0 and their bytes, a slice of the arena, so that persisting millions of
+    /// keys costs two copies.
     pub(super) fn key_run(&self, first: usize, end: usize) -> (Vec<i32>, &[u8]) {
+        if end == first {
+            return (vec![0], &[]);
+        }
         let base = self.start(first);
         let mut offsets = Vec::with_capacity(end - first + 1);
         offsets.push(0);
@@ -156,7 +195,7 @@ impl Interner {
                 .iter()
                 .map(|&e| (e as usize - base) as i32),
         );
-        (offsets, &self.bytes[base..self.start(end)])
+        (offsets, self.slice(base, self.ends[end - 1] as usize))
     }
 
     #[inline]
@@ -253,8 +292,10 @@ impl Interner {
     /// Stage 3: loads the last byte of that entry's key.
     #[inline]
     pub(super) fn touch_bytes(&self, end: u32) -> u8 {
-        self.bytes
-            .get((end as usize).wrapping_sub(1))
+        let last = (end as usize).wrapping_sub(1);
+        self.blocks
+            .get(last >> BLOCK_SHIFT)
+            .and_then(|block| block.get(last & (BLOCK - 1)))
             .copied()
             .unwrap_or(0)
     }
@@ -273,9 +314,7 @@ impl Interner {
         let id = u32::try_from(self.ends.len())
             .ok()
             .filter(|id| *id <= MAX_ID)?;
-        let end = u32::try_from(self.bytes.len() + prefix.len() + body.len()).ok()?;
-        self.bytes.extend_from_slice(prefix);
-        self.bytes.extend_from_slice(body);
+        let end = u32::try_from(self.append(prefix, body)?).ok()?;
         self.ends.push(end);
         self.table[slot] = (u64::from(tag) << 32) | u64::from(id + 1);
         if self.ends.len() * 10 > self.table.len() * 7 {
@@ -284,15 +323,52 @@ impl Interner {
         Some((id, true))
     }
 
+    /// Writes a key at the end of the arena, in a new block if it does not fit in the last;
+    /// returns the position where it ends. `None` for a key longer than a block.
+    fn append(&mut self, prefix: &[u8], body: &[u8]) -> Option<usize> {
+        let len = prefix.len() + body.len();
+        if len > BLOCK {
+            return None;
+        }
+        let fits = self
+            .blocks
+            .last()
+            .is_some_and(|block| block.len() + len <= BLOCK);
+        if !fits {
+            // The first block grows from small (graphs of a few keys stay small); the next
+            // ones are whole blocks from the start, so nothing large is ever copied.
+            let capacity = if self.blocks.is_empty() {
+                1 << 16
+            } else {
+                BLOCK
+            };
+            self.blocks.push(Vec::with_capacity(capacity.max(len)));
+        }
+        let index = self.blocks.len() - 1;
+        let block = &mut self.blocks[index];
+        if block.capacity() < block.len() + len {
+            let wanted = (block.capacity() * 2).max(block.len() + len).min(BLOCK);
+            block.reserve_exact(wanted - block.len());
+        }
+        block.extend_from_slice(prefix);
+        block.extend_from_slice(body);
+        Some((index << BLOCK_SHIFT) + block.len())
+    }
+
     /// Gives back arena space beyond a little headroom (see `IdentityGraph::trim`).
     pub(super) fn trim(&mut self) {
-        trim(&mut self.bytes);
+        if let Some(block) = self.blocks.last_mut() {
+            trim(block);
+        }
         trim(&mut self.ends);
     }
 
     /// Bytes of heap held.
     pub(super) fn heap_bytes(&self) -> usize {
-        self.bytes.capacity() + self.ends.capacity() * 4 + self.table.capacity() * 8
+        self.blocks.iter().map(Vec::capacity).sum::<usize>()
+            + self.blocks.capacity() * std::mem::size_of::<Vec<u8>>()
+            + self.ends.capacity() * 4
+            + self.table.capacity() * 8
     }
 
     /// Makes room for `additional` more keys without growing the table on the way.
@@ -331,6 +407,34 @@ pub(super) fn trim<T>(v: &mut Vec<T>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_never_straddle_blocks_and_runs_stop_at_their_end() {
+        let mut interner = Interner::new();
+        // 3 MiB keys: 21 fill a block with 1 MiB left, so the 22nd starts the next one.
+        let key = |i: u8| vec![i; 3 << 20];
+        for i in 0..30u8 {
+            assert_eq!(interner.intern(&[i], &key(i)), Some((u32::from(i), true)));
+        }
+        assert_eq!(interner.blocks.len(), 2);
+        for i in 0..30u8 {
+            let found = interner.key(u32::from(i));
+            assert_eq!((found[0], found.len()), (i, (3 << 20) + 1));
+            assert!(found[1..].iter().all(|&b| b == i));
+        }
+        // A run from key 0 ends where the first block does, whatever the limits.
+        let end = interner.run_end(0, 100, usize::MAX);
+        assert_eq!(end, 21);
+        let (offsets, bytes) = interner.key_run(0, end);
+        assert_eq!(bytes.len(), 21 * ((3 << 20) + 1));
+        assert_eq!(offsets.len(), 22);
+        assert_eq!(interner.run_end(end, 100, usize::MAX), 30);
+        assert_eq!(interner.key_run(21, 30).0[9] as usize, 9 * ((3 << 20) + 1));
+        // Found again, with their ids.
+        assert_eq!(interner.get(&[25], &key(25)), Some(25));
+        // Longer than a block: refused, not split.
+        assert_eq!(interner.intern(&[], &vec![0; BLOCK + 1]), None);
+    }
 
     #[test]
     fn interns_densely_and_finds_again() {
