@@ -245,16 +245,16 @@ impl IdentityGraphs {
                     // up to date; they are published once the log is durable.
                     let (manifest, log_write) =
                         self.append_log(name, &definition, managed, rows, rows_read, watermark);
-                    let (batches, changes) = managed
-                        .outputs
-                        .update(&mut managed.graph)
-                        .map_err(graph_error)?;
+                    let updated = managed.outputs.update(&mut managed.graph);
                     phases.mark("tables");
+                    // Awaited whatever happened to the tables, so that no log write is left
+                    // running to race the next refresh's.
                     let logged = log_write.await.map_err(|e| C360Error::Task {
                         what: format!("logging a refresh of identity graph {name}"),
                         message: e.to_string(),
                     });
                     phases.mark("state");
+                    let (batches, changes) = updated.map_err(graph_error)?;
                     // Published even when the log failed: `outputs` now describes these
                     // tables, and the graph holds the rows either way; the watermark stays
                     // put, so the next refresh reads and logs them again.
