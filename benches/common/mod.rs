@@ -141,3 +141,72 @@ pub fn demo_settings(sources: &Path, storage: &Path) -> Settings {
 pub fn mark(pass: bool) -> &'static str {
     if pass { "PASS" } else { "MISS" }
 }
+
+// ---------------------------------------------------------------- the demo graph
+
+/// The demo workspace's `CREATE IDENTITY GRAPH customers …`, as written in `sql/`.
+pub fn customers_definition() -> Result<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        for statement in c360::workspace::split_statements(&text) {
+            if let Ok(Some(c360::ddl::Statement::CreateIdentityGraph(def))) =
+                c360::ddl::parse(&statement.sql)
+                && def.name == "customers"
+            {
+                return Ok(statement.sql);
+            }
+        }
+    }
+    Err("no CREATE IDENTITY GRAPH customers in sql/".into())
+}
+
+/// The same definition on another name and source, without a schedule.
+pub fn definition_on(name: &str, source: &str) -> Result<c360::ddl::IdentityGraphDefinition> {
+    let sql = customers_definition()?;
+    let Some(c360::ddl::Statement::CreateIdentityGraph(mut def)) = c360::ddl::parse(&sql)? else {
+        return Err("not a CREATE IDENTITY GRAPH".into());
+    };
+    def.name = name.to_string();
+    def.source = source.to_string();
+    def.every = None;
+    def.or_replace = true;
+    Ok(def)
+}
+
+/// The demo's identifier rows as the graph reads them (text columns, `seen_at` in µs), sorted
+/// by `seen_at` and record key, as Parquet in `<data>-identifiers/`: row groups of 65536 rows
+/// that a watermark can prune, as landed data would be. Written once, which takes one engine
+/// start on the demo workspace; returns the folder.
+pub async fn ensure_identifiers(data: &Path) -> Result<PathBuf> {
+    let dir = PathBuf::from(format!("{}-identifiers", data.display()));
+    let done = dir.join(".sorted");
+    if done.exists() {
+        return Ok(dir);
+    }
+    println!("identifiers: writing {} (one engine start) …", dir.display());
+    let started = Instant::now();
+    let storage = tempfile::tempdir()?;
+    let engine = c360::Engine::open(demo_settings(data, storage.path())).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let frame = c360::identity::manager::source_frame(engine.context(), "identifiers").await?;
+    engine
+        .context()
+        .register_table("bench_identifiers", frame.into_view())?;
+    engine
+        .execute(&format!(
+            "COPY (SELECT * FROM bench_identifiers ORDER BY seen_at, record_key) TO '{}/' \
+             STORED AS PARQUET OPTIONS ('format.max_row_group_size' '65536')",
+            dir.display()
+        ))
+        .await?;
+    std::fs::write(&done, "")?;
+    println!("identifiers: written in {:.1} s", secs(started.elapsed()));
+    Ok(dir)
+}

@@ -277,12 +277,25 @@ impl Applying<'_> {
     /// Stitches everything fed, in processing order.
     pub fn finish(self) -> Result<ApplySummary, GraphError> {
         let graph = self.graph;
+        let started = std::time::Instant::now();
         let (mut batch, mut summary) = graph.finish_load(self.loader)?;
+        let laid_out = started.elapsed();
         graph.observe(&mut batch, &mut summary);
+        let observed = started.elapsed();
         graph.stitch(&batch, &mut summary);
+        let stitched = started.elapsed();
         drop(batch);
         graph.flatten();
         graph.trim();
+        // Where a large apply's time goes past loading, for benches and slow refreshes.
+        tracing::debug!(
+            rows = summary.rows,
+            layout_ms = laid_out.as_millis() as u64,
+            observe_ms = (observed - laid_out).as_millis() as u64,
+            stitch_ms = (stitched - observed).as_millis() as u64,
+            flatten_ms = (started.elapsed() - stitched).as_millis() as u64,
+            "identity batch stitched"
+        );
         Ok(summary)
     }
 }
