@@ -379,6 +379,11 @@ impl IdentityGraph {
             .count()
     }
 
+    /// Number of source records that carried identifiers.
+    pub fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
     /// Approximate bytes of heap the graph holds (for logs and system tables).
     pub fn heap_bytes(&self) -> usize {
         fn vec<T>(v: &Vec<T>) -> usize {

@@ -11,8 +11,11 @@
 //! A refresh does not rewrite the state: it writes the rows it applied as
 //! `v<version>/log-<n>.parquet`, then replaces CURRENT with one that lists that file after the
 //! others. A restart loads the snapshot and applies the logged rows again in order, which gives
-//! the same graph, because applying is deterministic. Once the log holds `LOG_ROWS` rows, the
-//! next refresh writes a whole new version instead.
+//! the same graph, because applying is deterministic. Once the log holds a tenth of the
+//! graph's records in rows (at least `LOG_ROWS`), the next refresh writes a whole new version
+//! instead: so replaying the log costs start-up at most about a tenth of loading the snapshot,
+//! and the snapshot's cost (seconds at millions of records) is paid once per ten refreshes
+//! of 1%, not once per few.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -27,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::graph::{
-    ApplySummary, DEFAULT_HUB_THRESHOLD, IdentityGraph, IdentityRow, Rules, identities_schema,
+    ApplySummary, Applying, DEFAULT_HUB_THRESHOLD, IdentityGraph, IdentityRow, Rules, identities_schema,
     merges_schema, records_schema, refused_schema,
 };
 use super::tables::{GraphTables, TableBatches};
@@ -41,8 +44,8 @@ use crate::storage::published::PublishedTable;
 pub const SOURCE_COLUMNS: [&str; 4] = ["record_key", "id_type", "id_value", "seen_at"];
 const OPTIONS: [&str; 4] = ["priority", "limits", "blocked", "hub_threshold"];
 const STATE_ROOT: &str = "identity";
-/// Rows a graph's log holds at most before a refresh writes a whole snapshot instead: replaying
-/// them at start-up takes about a second.
+/// Rows a graph's log may hold before a refresh writes a whole snapshot instead, however small
+/// the graph: replaying them at start-up takes about a second.
 const LOG_ROWS: u64 = 1_000_000;
 
 /// What a build or refresh did, for logs and the client.
@@ -179,8 +182,8 @@ impl IdentityGraphs {
         let started = Instant::now();
         let mut phases = Phases::start();
         let mut graph = IdentityGraph::new(rules);
-        let (rows_read, watermark, summary, _) =
-            read_and_apply(ctx, &definition, &mut graph, None, 0).await?;
+        let (rows_read, watermark, summary) =
+            read_and_apply(ctx, &definition, &mut graph).await?;
         phases.mark("read and stitch");
         let version = self.next_version(&name).await?;
         self.commit(&name, &definition, &graph, version, watermark)
@@ -226,60 +229,81 @@ impl IdentityGraphs {
         let definition = managed.definition.clone();
         let watermark = managed.watermark;
         let logged: u64 = managed.log.iter().map(|entry| entry.rows).sum();
-        let (rows_read, new_watermark, summary, applied) = read_and_apply(
+        let managed = &mut *managed;
+        let (version, log_files) = (managed.version, managed.log.len());
+        let log_room = log_limit(&managed.graph).saturating_sub(logged);
+        let mut applying = managed.graph.begin_apply();
+        let read = read_into(
             ctx,
             &definition,
-            &mut managed.graph,
+            &mut applying,
             watermark,
-            LOG_ROWS.saturating_sub(logged),
+            log_room,
         )
         .await?;
+        // The rows are logged on another core while this one stitches them and brings the
+        // tables up to date. The file is named by CURRENT only once the refresh commits: a
+        // refresh that fails or changes nothing leaves a file that no manifest names, which
+        // the next refresh writes over.
+        let log_file = read
+            .kept
+            .filter(|rows| !rows.is_empty())
+            .map(|rows| self.write_log_file(name, version, log_files, rows, read.rows));
+        let stitched = applying.finish().map_err(graph_error);
+        let summary = match stitched {
+            Ok(summary) => summary,
+            Err(e) => {
+                // Awaited so that no log write is left running to race the next refresh's.
+                if let Some((_, task)) = log_file {
+                    let _ = task.await;
+                }
+                return Err(e);
+            }
+        };
         phases.mark("read and stitch");
         let changed = summary.records > 0 || summary.refused > 0;
-        if changed {
-            let watermark = new_watermark.max(watermark);
-            let managed = &mut *managed;
-            match applied {
-                Some(rows) => {
-                    // The log is written on another core while this one brings the tables
-                    // up to date; they are published once the log is durable.
-                    let (manifest, log_write) =
-                        self.append_log(name, &definition, managed, rows, rows_read, watermark);
-                    let updated = managed.outputs.update(&mut managed.graph);
-                    phases.mark("tables");
-                    // Awaited whatever happened to the tables, so that no log write is left
-                    // running to race the next refresh's.
-                    let logged = log_write.await.map_err(|e| C360Error::Task {
-                        what: format!("logging a refresh of identity graph {name}"),
-                        message: e.to_string(),
-                    });
-                    phases.mark("state");
-                    let (batches, changes) = updated.map_err(graph_error)?;
-                    // Published even when the log failed: `outputs` now describes these
-                    // tables, and the graph holds the rows either way; the watermark stays
-                    // put, so the next refresh reads and logs them again.
-                    publish(&managed.tables, batches, &changes)?;
-                    phases.mark("publish and index");
-                    logged??;
-                    managed.log = manifest.log;
-                }
-                None => {
-                    let version = managed.version + 1;
-                    self.commit(name, &definition, &managed.graph, version, watermark)
-                        .await?;
-                    managed.version = version;
-                    managed.log.clear();
-                    phases.mark("state");
-                    update_and_publish(
-                        &mut managed.outputs,
-                        &mut managed.graph,
-                        &managed.tables,
-                        &mut phases,
-                    )?;
-                }
+        let watermark = read.max_seen.max(watermark);
+        match log_file {
+            Some((entry, log_write)) if changed => {
+                let updated = managed.outputs.update(&mut managed.graph);
+                phases.mark("tables");
+                // Awaited whatever happened to the tables, so that no log write is left
+                // running to race the next refresh's.
+                let logged = self
+                    .commit_log(name, &definition, managed, entry, log_write, watermark)
+                    .await;
+                phases.mark("state");
+                let (batches, changes) = updated.map_err(graph_error)?;
+                // Published even when the log failed: `outputs` now describes these tables,
+                // and the graph holds the rows either way; the watermark stays put, so the
+                // next refresh reads and logs them again.
+                publish(&managed.tables, batches, &changes)?;
+                phases.mark("publish and index");
+                managed.log = logged?.log;
+                managed.watermark = watermark;
             }
-            managed.watermark = watermark;
+            Some((_, log_write)) => {
+                // Nothing changed: the file is not named by any manifest.
+                let _ = log_write.await;
+            }
+            None if changed => {
+                let version = managed.version + 1;
+                self.commit(name, &definition, &managed.graph, version, watermark)
+                    .await?;
+                managed.version = version;
+                managed.log.clear();
+                phases.mark("state");
+                update_and_publish(
+                    &mut managed.outputs,
+                    &mut managed.graph,
+                    &managed.tables,
+                    &mut phases,
+                )?;
+                managed.watermark = watermark;
+            }
+            None => {}
         }
+        let rows_read = read.rows;
         Ok(RefreshReport {
             graph: name.to_string(),
             full_build: false,
@@ -304,8 +328,8 @@ impl IdentityGraphs {
         let mut phases = Phases::start();
         let definition = managed.definition.clone();
         let mut graph = IdentityGraph::new(rules_from_options(&definition)?);
-        let (rows_read, watermark, summary, _) =
-            read_and_apply(ctx, &definition, &mut graph, None, 0).await?;
+        let (rows_read, watermark, summary) =
+            read_and_apply(ctx, &definition, &mut graph).await?;
         phases.mark("read and stitch");
         let version = managed.version + 1;
         self.commit(name, &definition, &graph, version, watermark)
@@ -472,23 +496,46 @@ impl IdentityGraphs {
         Ok(graph)
     }
 
-    /// Records a refresh by its applied rows: one new log file, then CURRENT naming it, written
-    /// by the task returned. Returns the manifest that task commits.
-    fn append_log(
+    /// Writes a refresh's applied rows as the next log file (after `log_files`) of `version`,
+    /// on a task of its own. Nothing names the file until [`IdentityGraphs::commit_log`].
+    fn write_log_file(
+        &self,
+        name: &str,
+        version: u64,
+        log_files: usize,
+        rows: Vec<RecordBatch>,
+        row_count: u64,
+    ) -> (LogEntry, tokio::task::JoinHandle<Result<()>>) {
+        let entry = LogEntry {
+            file: format!("log-{:06}.parquet", log_files + 1),
+            rows: row_count,
+        };
+        let file = format!("{}/{}", version_folder(name, version), entry.file);
+        let storage = self.storage.clone();
+        let task = tokio::spawn(async move {
+            match rows.first().map(RecordBatch::schema) {
+                Some(schema) => storage.put_parquet(&file, schema, &rows).await,
+                None => Ok(()),
+            }
+        });
+        (entry, task)
+    }
+
+    /// Commits a refresh by its log: once the file is written, CURRENT names it. Returns the
+    /// manifest committed.
+    async fn commit_log(
         &self,
         name: &str,
         definition: &IdentityGraphDefinition,
         managed: &Managed,
-        rows: Vec<RecordBatch>,
-        row_count: u64,
+        entry: LogEntry,
+        log_write: tokio::task::JoinHandle<Result<()>>,
         watermark: Option<i64>,
-    ) -> (Manifest, tokio::task::JoinHandle<Result<()>>) {
-        let entry = LogEntry {
-            file: format!("log-{:06}.parquet", managed.log.len() + 1),
-            rows: row_count,
-        };
-        let file = format!("{}/{}", version_folder(name, managed.version), entry.file);
-        let current = format!("{STATE_ROOT}/{name}/CURRENT");
+    ) -> Result<Manifest> {
+        log_write.await.map_err(|e| C360Error::Task {
+            what: format!("logging a refresh of identity graph {name}"),
+            message: e.to_string(),
+        })??;
         let mut log = managed.log.clone();
         log.push(entry);
         let manifest = Manifest {
@@ -497,15 +544,10 @@ impl IdentityGraphs {
             watermark,
             log,
         };
-        let storage = self.storage.clone();
-        let written = manifest.clone();
-        let task = tokio::spawn(async move {
-            if let Some(schema) = rows.first().map(RecordBatch::schema) {
-                storage.put_parquet(&file, schema, &rows).await?;
-            }
-            storage.put_json(&current, &written).await
-        });
-        (manifest, task)
+        self.storage
+            .put_json(&format!("{STATE_ROOT}/{name}/CURRENT"), &manifest)
+            .await?;
+        Ok(manifest)
     }
 
     /// Writes the state as a new version, then points CURRENT at it, then drops older ones.
@@ -577,6 +619,11 @@ pub async fn write_state(storage: &Storage, folder: &str, graph: &IdentityGraph)
             .await?;
     }
     Ok(())
+}
+
+/// Rows the log of `graph` may hold (see the module documentation).
+fn log_limit(graph: &IdentityGraph) -> u64 {
+    LOG_ROWS.max(graph.record_count() as u64 / 10)
 }
 
 fn version_folder_name(version: u64) -> String {
@@ -730,16 +777,37 @@ async fn check_source(ctx: &SessionContext, definition: &IdentityGraphDefinition
     Ok(())
 }
 
-/// Reads the source (rows at or after `watermark`, or all) and applies them to `graph`.
-/// Returns the rows read, the largest `seen_at` read, what the graph did, and the rows
-/// themselves if there were at most `keep` of them (for the log).
+/// Reads the whole source and applies it to `graph`. Returns the rows read, the largest
+/// `seen_at` read and what the graph did.
 async fn read_and_apply(
     ctx: &SessionContext,
     definition: &IdentityGraphDefinition,
     graph: &mut IdentityGraph,
+) -> Result<(u64, Option<i64>, ApplySummary)> {
+    let mut applying = graph.begin_apply();
+    let read = read_into(ctx, definition, &mut applying, None, 0).await?;
+    let summary = applying.finish().map_err(graph_error)?;
+    Ok((read.rows, read.max_seen, summary))
+}
+
+/// What [`read_into`] read.
+struct SourceRead {
+    rows: u64,
+    /// The largest `seen_at` read.
+    max_seen: Option<i64>,
+    /// The rows themselves, if there were at most the number asked for (for the log).
+    kept: Option<Vec<RecordBatch>>,
+}
+
+/// Reads the source (rows at or after `watermark`, or all) into a batch being applied; the
+/// caller stitches them with [`Applying::finish`].
+async fn read_into(
+    ctx: &SessionContext,
+    definition: &IdentityGraphDefinition,
+    applying: &mut Applying<'_>,
     watermark: Option<i64>,
     keep: u64,
-) -> Result<(u64, Option<i64>, ApplySummary, Option<Vec<RecordBatch>>)> {
+) -> Result<SourceRead> {
     let mut frame = source_frame(ctx, &definition.source).await?;
     if let Some(watermark) = watermark {
         frame = frame.filter(col("seen_at").gt_eq(lit(ScalarValue::TimestampMicrosecond(
@@ -750,7 +818,6 @@ async fn read_and_apply(
     // Each batch is interned as it arrives and then dropped, so the source is never held
     // whole, and DataFusion reads the next batches on the runtime's other threads meanwhile.
     let mut stream = frame.execute_stream().await?;
-    let mut applying = graph.begin_apply();
     let mut rows_read = 0u64;
     let mut max_seen: Option<i64> = None;
     let mut kept = Some(Vec::new());
@@ -768,8 +835,11 @@ async fn read_and_apply(
             _ => kept = None,
         }
     }
-    let summary = applying.finish().map_err(graph_error)?;
-    Ok((rows_read, max_seen, summary, kept))
+    Ok(SourceRead {
+        rows: rows_read,
+        max_seen,
+        kept,
+    })
 }
 
 /// A graph's source as the stitch reads it: the three key columns as text (strings as they
