@@ -196,13 +196,7 @@ async fn write_ids_all(engine: &Engine, batches: Vec<RecordBatch>, dir: &Path) -
         Arc::new(MemTable::try_new(schema, vec![batches])?),
     )?;
     std::fs::create_dir_all(dir)?;
-    engine
-        .execute(&format!(
-            "COPY (SELECT * FROM bench_ids_mem ORDER BY seen_at, record_key) TO '{}/' \
-             STORED AS PARQUET OPTIONS ('format.max_row_group_size' '65536')",
-            dir.display()
-        ))
-        .await?;
+    write_sorted(engine, "bench_ids_mem", dir).await?;
     ctx.deregister_table("bench_ids_mem")?;
     engine
         .execute(&format!(

@@ -199,14 +199,21 @@ pub async fn ensure_identifiers(data: &Path) -> Result<PathBuf> {
     engine
         .context()
         .register_table("bench_identifiers", frame.into_view())?;
+    write_sorted(&engine, "bench_identifiers", &dir).await?;
+    std::fs::write(&done, "")?;
+    println!("identifiers: written in {:.1} s", secs(started.elapsed()));
+    Ok(dir)
+}
+
+/// Writes identifier rows from `table` as Parquet under `dir`, sorted by `seen_at` and record
+/// key, in row groups of 65536 rows that a watermark can prune, as landed data would be.
+pub async fn write_sorted(engine: &c360::Engine, table: &str, dir: &Path) -> Result<()> {
     engine
         .execute(&format!(
-            "COPY (SELECT * FROM bench_identifiers ORDER BY seen_at, record_key) TO '{}/' \
+            "COPY (SELECT * FROM {table} ORDER BY seen_at, record_key) TO '{}/' \
              STORED AS PARQUET OPTIONS ('format.max_row_group_size' '65536')",
             dir.display()
         ))
         .await?;
-    std::fs::write(&done, "")?;
-    println!("identifiers: written in {:.1} s", secs(started.elapsed()));
-    Ok(dir)
+    Ok(())
 }
