@@ -189,7 +189,10 @@ pub async fn ensure_identifiers(data: &Path) -> Result<PathBuf> {
     if done.exists() {
         return Ok(dir);
     }
-    println!("identifiers: writing {} (one engine start) …", dir.display());
+    println!(
+        "identifiers: writing {} (one engine start) …",
+        dir.display()
+    );
     let started = Instant::now();
     let storage = tempfile::tempdir()?;
     let engine = c360::Engine::open(demo_settings(data, storage.path())).await?;

@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::graph::{
-    ApplySummary, Applying, DEFAULT_HUB_THRESHOLD, IdentityGraph, IdentityRow, Rules, identities_schema,
-    merges_schema, records_schema, refused_schema,
+    ApplySummary, Applying, DEFAULT_HUB_THRESHOLD, IdentityGraph, IdentityRow, Rules,
+    identities_schema, merges_schema, records_schema, refused_schema,
 };
 use super::tables::{GraphTables, TableBatches};
 use crate::ddl::IdentityGraphDefinition;
@@ -182,8 +182,7 @@ impl IdentityGraphs {
         let started = Instant::now();
         let mut phases = Phases::start();
         let mut graph = IdentityGraph::new(rules);
-        let (rows_read, watermark, summary) =
-            read_and_apply(ctx, &definition, &mut graph).await?;
+        let (rows_read, watermark, summary) = read_and_apply(ctx, &definition, &mut graph).await?;
         phases.mark("read and stitch");
         let version = self.next_version(&name).await?;
         self.commit(&name, &definition, &graph, version, watermark)
@@ -233,14 +232,7 @@ impl IdentityGraphs {
         let (version, log_files) = (managed.version, managed.log.len());
         let log_room = log_limit(&managed.graph).saturating_sub(logged);
         let mut applying = managed.graph.begin_apply();
-        let read = read_into(
-            ctx,
-            &definition,
-            &mut applying,
-            watermark,
-            log_room,
-        )
-        .await?;
+        let read = read_into(ctx, &definition, &mut applying, watermark, log_room).await?;
         // The rows are logged on another core while this one stitches them and brings the
         // tables up to date. The file is named by CURRENT only once the refresh commits: a
         // refresh that fails or changes nothing leaves a file that no manifest names, which
@@ -328,8 +320,7 @@ impl IdentityGraphs {
         let mut phases = Phases::start();
         let definition = managed.definition.clone();
         let mut graph = IdentityGraph::new(rules_from_options(&definition)?);
-        let (rows_read, watermark, summary) =
-            read_and_apply(ctx, &definition, &mut graph).await?;
+        let (rows_read, watermark, summary) = read_and_apply(ctx, &definition, &mut graph).await?;
         phases.mark("read and stitch");
         let version = managed.version + 1;
         self.commit(name, &definition, &graph, version, watermark)
