@@ -1099,6 +1099,17 @@ mod tests {
         ]);
         set_source(&ctx, &rows);
         graphs.refresh(&ctx, "g").await.unwrap();
+        // Nothing new: the rows at the watermark are read again and change nothing. Their log
+        // file is written while they are stitched, but no manifest names it, and the next
+        // refresh writes its own over it.
+        let idle = graphs.refresh(&ctx, "g").await.unwrap();
+        assert!(idle.rows_read > 0 && idle.summary.records == 0);
+        let manifest = graphs.read_manifest("g").await.unwrap().unwrap();
+        assert_eq!(
+            manifest.log.len(),
+            1,
+            "a refresh that changed nothing is not logged"
+        );
         rows.extend([
             ("w2", "user_id", "u1", 40),
             ("w3", "anonymous_id", "d1", 41),
