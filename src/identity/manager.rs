@@ -13,9 +13,9 @@
 //! others. A restart loads the snapshot and applies the logged rows again in order, which gives
 //! the same graph, because applying is deterministic. Once the log holds a tenth of the
 //! graph's records in rows (at least `LOG_ROWS`), the next refresh writes a whole new version
-//! instead: so replaying the log costs start-up at most about a tenth of loading the snapshot,
-//! and the snapshot's cost (seconds at millions of records) is paid once per ten refreshes
-//! of 1%, not once per few.
+//! instead, after publishing its tables: so replaying the log costs start-up at most about a
+//! tenth of loading the snapshot, and the snapshot's cost (seconds at millions of records) is
+//! paid once per ten refreshes of 1%, not once per few, and not by queries.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -119,6 +119,8 @@ struct Managed {
 pub struct IdentityGraphs {
     storage: Storage,
     graphs: Mutex<BTreeMap<String, Arc<Mutex<Managed>>>>,
+    /// The least number of rows a log may hold (`LOG_ROWS`; smaller in tests).
+    log_rows: u64,
 }
 
 impl IdentityGraphs {
@@ -126,6 +128,7 @@ impl IdentityGraphs {
         IdentityGraphs {
             storage,
             graphs: Mutex::new(BTreeMap::new()),
+            log_rows: LOG_ROWS,
         }
     }
 
@@ -230,7 +233,7 @@ impl IdentityGraphs {
         let logged: u64 = managed.log.iter().map(|entry| entry.rows).sum();
         let managed = &mut *managed;
         let (version, log_files) = (managed.version, managed.log.len());
-        let log_room = log_limit(&managed.graph).saturating_sub(logged);
+        let log_room = log_limit(&managed.graph, self.log_rows).saturating_sub(logged);
         let mut applying = managed.graph.begin_apply();
         let read = read_into(ctx, &definition, &mut applying, watermark, log_room).await?;
         // The rows are logged on another core while this one stitches them and brings the
@@ -279,18 +282,22 @@ impl IdentityGraphs {
                 let _ = log_write.await;
             }
             None if changed => {
-                let version = managed.version + 1;
-                self.commit(name, &definition, &managed.graph, version, watermark)
-                    .await?;
-                managed.version = version;
-                managed.log.clear();
-                phases.mark("state");
+                // The log is full: a whole snapshot (seconds at millions of records). The
+                // tables are published first, so that queries see the rows without waiting
+                // for it; if it fails, the watermark stays put and the next refresh reads
+                // the rows again, as when a log fails.
                 update_and_publish(
                     &mut managed.outputs,
                     &mut managed.graph,
                     &managed.tables,
                     &mut phases,
                 )?;
+                let version = managed.version + 1;
+                self.commit(name, &definition, &managed.graph, version, watermark)
+                    .await?;
+                managed.version = version;
+                managed.log.clear();
+                phases.mark("state");
                 managed.watermark = watermark;
             }
             None => {}
@@ -612,9 +619,10 @@ pub async fn write_state(storage: &Storage, folder: &str, graph: &IdentityGraph)
     Ok(())
 }
 
-/// Rows the log of `graph` may hold (see the module documentation).
-fn log_limit(graph: &IdentityGraph) -> u64 {
-    LOG_ROWS.max(graph.record_count() as u64 / 10)
+/// Rows the log of `graph` may hold: a tenth of its records, at least `floor` (see the module
+/// documentation).
+fn log_limit(graph: &IdentityGraph, floor: u64) -> u64 {
+    floor.max(graph.record_count() as u64 / 10)
 }
 
 fn version_folder_name(version: u64) -> String {
@@ -1080,6 +1088,61 @@ mod tests {
         }
         let rebuilt = again.read_manifest("g").await.unwrap().unwrap();
         assert!(rebuilt.version > manifest.version, "and committed anew");
+    }
+
+    #[tokio::test]
+    async fn a_refresh_past_the_log_limit_writes_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().to_str().unwrap().to_string();
+        let storage = Storage::open(&location, &Default::default()).await.unwrap();
+        let ctx = SessionContext::new();
+        let mut rows = FIRST_ROWS.to_vec();
+        set_source(&ctx, &rows);
+        let mut graphs = IdentityGraphs::new(storage.clone());
+        graphs.log_rows = 2;
+        graphs.create(&ctx, definition(), false).await.unwrap();
+        // Three new rows, and the two at the watermark read again, do not fit a log of two.
+        rows.extend([
+            ("w2", "anonymous_id", "d2", 30),
+            ("w2", "email", "a@x.com", 30),
+            ("w3", "user_id", "u3", 31),
+        ]);
+        set_source(&ctx, &rows);
+        let report = graphs.refresh(&ctx, "g").await.unwrap();
+        assert_eq!(report.summary.records, 2);
+        let phases: Vec<&str> = report.phases.iter().map(|(phase, _)| *phase).collect();
+        assert_eq!(
+            phases,
+            ["read and stitch", "tables", "publish and index", "state"],
+            "the tables are published before the snapshot is written"
+        );
+        let manifest = graphs.read_manifest("g").await.unwrap().unwrap();
+        assert_eq!(
+            (manifest.version, manifest.log.len()),
+            (2, 0),
+            "a new snapshot, and no log"
+        );
+        let mut before = Vec::new();
+        for name in table_names("g") {
+            before.push(table(&ctx, &name).await);
+        }
+        assert!(
+            before[1].iter().any(|row| row.contains("w3")),
+            "{:?}",
+            before[1]
+        );
+
+        // A new engine on the same storage root loads that snapshot: the same tables.
+        drop((graphs, storage));
+        let restarted = SessionContext::new();
+        set_source(&restarted, &rows);
+        let again =
+            IdentityGraphs::new(Storage::open(&location, &Default::default()).await.unwrap());
+        let report = again.create(&restarted, definition(), true).await.unwrap();
+        assert_eq!(report.summary.records, 0, "nothing new after the snapshot");
+        for (name, expected) in table_names("g").iter().zip(&before) {
+            assert_eq!(&table(&restarted, name).await, expected, "{name}");
+        }
     }
 
     #[tokio::test]
