@@ -1050,6 +1050,29 @@ mod tests {
         text.lines().map(str::to_string).collect()
     }
 
+    /// The graph `g`'s four tables, in `table_names` order.
+    async fn tables(ctx: &SessionContext) -> Vec<Vec<String>> {
+        let mut tables = Vec::new();
+        for name in table_names("g") {
+            tables.push(table(ctx, &name).await);
+        }
+        tables
+    }
+
+    /// A new engine on the storage root at `location`, over `rows`: what creating `g` there
+    /// did, and its tables.
+    async fn restarted(
+        location: &str,
+        rows: &[(&str, &str, &str, i64)],
+    ) -> (RefreshReport, Vec<Vec<String>>) {
+        let ctx = SessionContext::new();
+        set_source(&ctx, rows);
+        let graphs =
+            IdentityGraphs::new(Storage::open(location, &Default::default()).await.unwrap());
+        let report = graphs.create(&ctx, definition(), true).await.unwrap();
+        (report, tables(&ctx).await)
+    }
+
     /// A person's web session and CRM contact, linked by their user id.
     const FIRST_ROWS: [(&str, &str, &str, i64); 4] = [
         ("w1", "anonymous_id", "d1", 10),
@@ -1068,10 +1091,7 @@ mod tests {
         set_source(&ctx, &rows);
         let graphs = IdentityGraphs::new(storage.clone());
         graphs.create(&ctx, definition(), false).await.unwrap();
-        let mut before = Vec::new();
-        for name in table_names("g") {
-            before.push(table(&ctx, &name).await);
-        }
+        let before = tables(&ctx).await;
         // As if written by another version: a part that does not decode.
         let manifest = graphs.read_manifest("g").await.unwrap().unwrap();
         let part = format!("{}/values.arrow", version_folder("g", manifest.version));
@@ -1083,9 +1103,7 @@ mod tests {
         let again = IdentityGraphs::new(storage);
         let report = again.create(&restarted, definition(), true).await.unwrap();
         assert!(report.full_build, "built again, not loaded");
-        for (name, expected) in table_names("g").iter().zip(&before) {
-            assert_eq!(&table(&restarted, name).await, expected, "{name}");
-        }
+        assert_eq!(tables(&restarted).await, before);
         let rebuilt = again.read_manifest("g").await.unwrap().unwrap();
         assert!(rebuilt.version > manifest.version, "and committed anew");
     }
@@ -1122,10 +1140,7 @@ mod tests {
             (2, 0),
             "a new snapshot, and no log"
         );
-        let mut before = Vec::new();
-        for name in table_names("g") {
-            before.push(table(&ctx, &name).await);
-        }
+        let before = tables(&ctx).await;
         assert!(
             before[1].iter().any(|row| row.contains("w3")),
             "{:?}",
@@ -1134,15 +1149,9 @@ mod tests {
 
         // A new engine on the same storage root loads that snapshot: the same tables.
         drop((graphs, storage));
-        let restarted = SessionContext::new();
-        set_source(&restarted, &rows);
-        let again =
-            IdentityGraphs::new(Storage::open(&location, &Default::default()).await.unwrap());
-        let report = again.create(&restarted, definition(), true).await.unwrap();
+        let (report, after) = restarted(&location, &rows).await;
         assert_eq!(report.summary.records, 0, "nothing new after the snapshot");
-        for (name, expected) in table_names("g").iter().zip(&before) {
-            assert_eq!(&table(&restarted, name).await, expected, "{name}");
-        }
+        assert_eq!(after, before);
     }
 
     #[tokio::test]
@@ -1186,25 +1195,16 @@ mod tests {
             "refreshes append to the log, not a new snapshot"
         );
         assert_eq!(manifest.log.len(), 2);
-        let mut before = Vec::new();
-        for name in table_names("g") {
-            before.push(table(&ctx, &name).await);
-        }
+        let before = tables(&ctx).await;
         assert!(before[2].len() > 4, "a merge was logged: {:?}", before[2]);
 
         // A new engine on the same storage root: snapshot, then the log, gives the same tables.
         drop((graphs, storage));
-        let restarted = SessionContext::new();
-        set_source(&restarted, &rows);
-        let again =
-            IdentityGraphs::new(Storage::open(&location, &Default::default()).await.unwrap());
-        let report = again.create(&restarted, definition(), true).await.unwrap();
+        let (report, after) = restarted(&location, &rows).await;
         assert_eq!(
             report.summary.records, 0,
             "nothing new to apply after the replay"
         );
-        for (name, expected) in table_names("g").iter().zip(&before) {
-            assert_eq!(&table(&restarted, name).await, expected, "{name}");
-        }
+        assert_eq!(after, before);
     }
 }
