@@ -302,11 +302,10 @@ impl IdentityGraphs {
             }
             None => {}
         }
-        let rows_read = read.rows;
         Ok(RefreshReport {
             graph: name.to_string(),
             full_build: false,
-            rows_read,
+            rows_read: read.rows,
             summary,
             profiles: managed.graph.profile_count(),
             duration: started.elapsed(),
@@ -1050,6 +1049,17 @@ mod tests {
         text.lines().map(str::to_string).collect()
     }
 
+    /// A new storage root (its folder lives as long as the `TempDir`), its location, and a
+    /// context whose source holds `FIRST_ROWS`.
+    async fn fresh_root() -> (tempfile::TempDir, String, Storage, SessionContext) {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().to_str().unwrap().to_string();
+        let storage = Storage::open(&location, &Default::default()).await.unwrap();
+        let ctx = SessionContext::new();
+        set_source(&ctx, &FIRST_ROWS);
+        (dir, location, storage, ctx)
+    }
+
     /// The graph `g`'s four tables, in `table_names` order.
     async fn tables(ctx: &SessionContext) -> Vec<Vec<String>> {
         let mut tables = Vec::new();
@@ -1083,12 +1093,8 @@ mod tests {
 
     #[tokio::test]
     async fn state_that_cannot_be_loaded_is_built_again_from_the_source() {
-        let dir = tempfile::tempdir().unwrap();
-        let location = dir.path().to_str().unwrap().to_string();
-        let storage = Storage::open(&location, &Default::default()).await.unwrap();
-        let ctx = SessionContext::new();
+        let (_dir, _, storage, ctx) = fresh_root().await;
         let rows = FIRST_ROWS.to_vec();
-        set_source(&ctx, &rows);
         let graphs = IdentityGraphs::new(storage.clone());
         graphs.create(&ctx, definition(), false).await.unwrap();
         let before = tables(&ctx).await;
@@ -1110,12 +1116,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_refresh_past_the_log_limit_writes_a_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        let location = dir.path().to_str().unwrap().to_string();
-        let storage = Storage::open(&location, &Default::default()).await.unwrap();
-        let ctx = SessionContext::new();
+        let (_dir, location, storage, ctx) = fresh_root().await;
         let mut rows = FIRST_ROWS.to_vec();
-        set_source(&ctx, &rows);
         let mut graphs = IdentityGraphs::new(storage.clone());
         graphs.log_rows = 2;
         graphs.create(&ctx, definition(), false).await.unwrap();
@@ -1156,12 +1158,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_restart_replays_logged_refreshes_onto_the_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        let location = dir.path().to_str().unwrap().to_string();
-        let storage = Storage::open(&location, &Default::default()).await.unwrap();
-        let ctx = SessionContext::new();
+        let (_dir, location, storage, ctx) = fresh_root().await;
         let mut rows = FIRST_ROWS.to_vec();
-        set_source(&ctx, &rows);
         let graphs = IdentityGraphs::new(storage.clone());
         graphs.create(&ctx, definition(), false).await.unwrap();
         // Two refreshes: a new record, then a known record gaining an identifier that merges.
