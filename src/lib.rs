@@ -5,6 +5,7 @@
 //! engine knows nothing of them. See DESIGN.md for the whole flow.
 
 pub mod actions;
+mod allocator;
 pub mod collect;
 pub mod config;
 pub mod ddl;
@@ -32,24 +33,13 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 /// mimalloc, as datafusion-cli uses: under the collector's load glibc's malloc took a fifth
-/// of the CPU, and its per-thread arenas kept freed memory resident. Declared here, so that
-/// the server, the tests and the benches all run on the same allocator.
+/// of the CPU, and its per-thread arenas kept freed memory resident. Blocks of 32 MiB and
+/// more are mapped directly (see `allocator`). Declared here, so that the server, the tests
+/// and the benches all run on the same allocator.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::C360Allocator = allocator::C360Allocator;
 
-/// Lets mimalloc back large allocations with 2 MiB pages (transparent huge pages, where the
-/// kernel allows them on request). An identity build touches gigabytes of fresh memory:
-/// with 4 KiB pages the kernel took a page fault per 4 KiB, a fifth of the build's time,
-/// and random probes into hash tables of hundreds of megabytes missed the TLB as often as
-/// the cache. Measured on the 1M-customer identity bench: the build 42.6 → 38.9 s.
-fn use_large_pages() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    // Safety: sets a process-wide option; mimalloc reads options atomically when it next
-    // asks the OS for memory, so this is sound at any time and from any thread.
-    ONCE.call_once(|| unsafe {
-        libmimalloc_sys::mi_option_set_enabled(libmimalloc_sys::mi_option_large_os_pages, true)
-    });
-}
+use allocator::use_large_pages;
 
 pub use config::Settings;
 pub use error::{C360Error, Result};
