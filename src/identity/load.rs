@@ -15,11 +15,11 @@ const NO_TYPE: u8 = u8::MAX;
 pub(super) struct Loader {
     old_records: u32,
     old_local: FastMap<u32, u32>,
-    old_ids: Vec<u32>,
-    /// Earliest `seen_at` in the batch, for new records (by `record - old_records`) and for
-    /// known ones (by `old_local`).
-    new_seen: Vec<i64>,
-    old_seen: Vec<i64>,
+    /// `(earliest seen_at in the batch, record)`, for new records (by `record - old_records`)
+    /// and for known ones (by `old_local`): sorted in place into the batch's processing order,
+    /// so that the layout needs no copy of them.
+    new_seen: Vec<(i64, u32)>,
+    old_seen: Vec<(i64, u32)>,
     pairs: Vec<(u32, u32)>,
     unknown: Vec<(u32, u32)>,
     /// The last type name seen and its index: rows arrive in long runs of one type (a UNION
@@ -54,7 +54,6 @@ impl IdentityGraph {
         Loader {
             old_records: self.records.len() as u32,
             old_local: FastMap::default(),
-            old_ids: Vec::new(),
             new_seen: Vec::new(),
             old_seen: Vec::new(),
             pairs: Vec::new(),
@@ -93,15 +92,17 @@ impl IdentityGraph {
         let Loader {
             old_records,
             old_local,
-            old_ids,
-            new_seen,
+            new_seen: mut order,
             old_seen,
             pairs,
             unknown,
             summary,
             ..
         } = loader;
-        let grown: usize = old_ids.iter().map(|&r| self.record_ids(r).len()).sum();
+        let grown: usize = old_seen
+            .iter()
+            .map(|&(_, r)| self.record_ids(r).len())
+            .sum();
         if pairs.len() >= u32::MAX as usize
             || self.r_ids.len() + pairs.len() + grown >= u32::MAX as usize
         {
@@ -110,7 +111,7 @@ impl IdentityGraph {
             });
         }
         // Local indices: new records by id, then known ones in order of appearance.
-        let new_records = new_seen.len();
+        let new_records = order.len();
         let local_of = |record: u32| -> usize {
             if record >= old_records {
                 (record - old_records) as usize
@@ -118,14 +119,7 @@ impl IdentityGraph {
                 new_records + old_local.get(&record).copied().unwrap_or(0) as usize
             }
         };
-        let new_ids = (0..new_records as u32).map(|i| old_records + i);
-        let mut order: Vec<(i64, u32)> = new_seen
-            .iter()
-            .chain(&old_seen)
-            .copied()
-            .zip(new_ids.chain(old_ids.iter().copied()))
-            .collect();
-        drop((new_seen, old_seen));
+        order.extend(old_seen);
         self.sort_into_processing_order(&mut order);
         let mut rank = vec![0u32; order.len()];
         for (position, &(_, record)) in order.iter().enumerate() {
@@ -232,7 +226,7 @@ impl IdentityGraph {
                 .ok_or(GraphError::Capacity { what: "records" })?;
             if new {
                 self.r.push(NONE);
-                loader.new_seen.push(row.seen_at);
+                loader.new_seen.push((row.seen_at, record));
             }
             if t == NO_TYPE {
                 let body = [&[0x1F], row.id_value.as_bytes()].concat();
@@ -275,13 +269,12 @@ impl IdentityGraph {
                 &mut loader.new_seen[(record - loader.old_records) as usize]
             } else {
                 let local = *loader.old_local.entry(record).or_insert_with(|| {
-                    loader.old_ids.push(record);
-                    loader.old_seen.push(seen_at);
-                    loader.old_ids.len() as u32 - 1
+                    loader.old_seen.push((seen_at, record));
+                    loader.old_seen.len() as u32 - 1
                 });
                 &mut loader.old_seen[local as usize]
             };
-            *seen = (*seen).min(seen_at);
+            seen.0 = seen.0.min(seen_at);
         }
         Ok(())
     }
