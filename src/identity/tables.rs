@@ -79,6 +79,10 @@ pub struct GraphTables {
 /// `[identities, records, merges, refused]`.
 pub type TableBatches = [Vec<RecordBatch>; 4];
 
+/// [`GraphTables::first`]: the tables, their batches, and how those relate to whatever the
+/// published tables held before (nothing kept).
+pub type FirstTables = (GraphTables, TableBatches, [Changes; 4]);
+
 impl Default for GraphTables {
     fn default() -> Self {
         GraphTables::with_chunk_rows(CHUNK)
@@ -107,13 +111,28 @@ impl GraphTables {
         graph: &mut IdentityGraph,
     ) -> Result<(TableBatches, [Changes; 4]), GraphError> {
         let restitched = graph.take_restitched();
-        let graph = &*graph;
+        self.update_from(graph, &restitched)
+    }
+
+    /// The tables of a graph built from nothing (no record was stitched twice), from a shared
+    /// reference: so that they can be built while the graph's state is written.
+    pub fn first(graph: &IdentityGraph) -> Result<FirstTables, GraphError> {
+        let mut tables = GraphTables::default();
+        let (batches, changes) = tables.update_from(graph, &graph.restitched)?;
+        Ok((tables, batches, changes))
+    }
+
+    fn update_from(
+        &mut self,
+        graph: &IdentityGraph,
+        restitched: &[u32],
+    ) -> Result<(TableBatches, [Changes; 4]), GraphError> {
         let mut moved = vec![false; graph.p_parent.len()];
         for merge in &graph.merges[self.merges_rows.min(graph.merges.len())..] {
             moved[merge.from as usize] = true;
         }
         let mut again = Bits::new(graph.records.len());
-        for &record in &restitched {
+        for &record in restitched {
             again.set(record);
         }
 
