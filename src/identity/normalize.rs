@@ -454,6 +454,10 @@ impl ScalarUDFImpl for NormalizeId {
 /// only bounds memory when a caller passes one huge array.
 const PHONE_MEMO_CAPACITY: usize = 8192;
 
+/// Held by a `normalize_phone` batch from its first call into the `phonenumber` crate to its
+/// end. It guards nothing of c360's: the crate serializes all work behind one mutex anyway.
+static PHONE_LIBRARY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct NormalizePhone {
     signature: Signature,
@@ -559,6 +563,10 @@ impl ScalarUDFImpl for NormalizePhone {
         // memoised repeat ~0.15 µs (~2 µs in debug). The crate runs every regular expression
         // behind one process-wide mutex, so partitions normalizing in parallel do not go faster
         // than one: callers with millions of rows should normalize distinct raw values.
+        // Partitions take turns a batch at a time instead (`PHONE_LIBRARY`): contending for
+        // the crate's mutex on every expression put a quarter of a 2-core build's phone time
+        // in the kernel, switching threads.
+        let mut library: Option<std::sync::MutexGuard<'_, ()>> = None;
         let mut memo: HashMap<(Id, &str), Option<String>> = HashMap::new();
         let mut region_ids: HashMap<&str, Id> = HashMap::new();
         let mut out = StringBuilder::with_capacity(texts.len(), texts.len() * 12);
@@ -589,6 +597,11 @@ impl ScalarUDFImpl for NormalizePhone {
             match memo.get(&(region, raw)) {
                 Some(known) => out.append_option(known.as_deref()),
                 None => {
+                    library.get_or_insert_with(|| {
+                        PHONE_LIBRARY
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    });
                     let normalized = normalize_phone_value(raw, &region);
                     out.append_option(normalized.as_deref());
                     if memo.len() < PHONE_MEMO_CAPACITY {
