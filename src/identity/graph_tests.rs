@@ -442,14 +442,21 @@ fn empty_values_and_keys_are_ignored() {
             ("crm:2", "phone", "+331", 2),
             ("crm:3", "email", "", 3),
             ("", "email", "a@x.com", 4),
+            // Whitespace beyond ASCII is whitespace too; a value that starts beyond ASCII
+            // is a value.
+            ("crm:4", "email", "\u{3000}\t", 5),
+            ("\u{a0}", "email", "b@x.com", 6),
+            ("crm:5", "email", "élise@x.fr", 7),
         ]),
     );
-    assert_eq!(summary.rows, 6);
-    assert_eq!(summary.ignored, 4);
+    assert_eq!(summary.rows, 9);
+    assert_eq!(summary.ignored, 6);
     assert_eq!(profile_of(&graph, "crm:1"), profile_of(&graph, "crm:2"));
     assert_eq!(profile_of(&graph, "crm:3"), None);
+    assert_eq!(profile_of(&graph, "crm:4"), None);
+    assert!(profile_of(&graph, "crm:5").is_some());
     assert!(refused(&graph).is_empty());
-    assert_eq!(table(graph.identities().unwrap()).len(), 1);
+    assert_eq!(table(graph.identities().unwrap()).len(), 2);
 }
 
 #[test]

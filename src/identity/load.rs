@@ -172,7 +172,7 @@ impl IdentityGraph {
         let mut n = 0;
         for (i, row) in chunk.iter().enumerate() {
             loader.summary.rows += 1;
-            if row.id_value.trim().is_empty() || row.record_key.trim().is_empty() {
+            if blank(row.id_value) || blank(row.record_key) {
                 loader.summary.ignored += 1;
                 continue;
             }
@@ -294,5 +294,16 @@ impl IdentityGraph {
             }
             start = end;
         }
+    }
+}
+
+/// Empty or only whitespace (what SQL NULL is passed as, too). Nearly every identifier starts
+/// with a visible ASCII character, which settles it without decoding the rest: `trim` on
+/// every row was 2% of a full build's load.
+fn blank(text: &str) -> bool {
+    match text.as_bytes().first() {
+        None => true,
+        Some(b) if b.is_ascii_graphic() => false,
+        Some(_) => text.trim().is_empty(),
     }
 }
