@@ -65,25 +65,18 @@ fn parse_args() -> Result<Args> {
         sql_budget: Duration::from_secs(600),
         only_incremental: false,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--customers" => args.customers = value("--customers")?.replace('_', "").parse()?,
-            "--data" => args.data = Some(PathBuf::from(value("--data")?)),
+    parse_flags(|name, value| {
+        match name {
+            "--customers" => args.customers = parse_count(&value()?)?,
+            "--data" => args.data = Some(PathBuf::from(value()?)),
             "--skip-sql-baseline" => args.skip_sql = true,
             "--only-incremental" => args.only_incremental = true,
-            "--sql-customers" => {
-                args.sql_customers = Some(value("--sql-customers")?.replace('_', "").parse()?)
-            }
-            "--sql-budget" => {
-                args.sql_budget = Duration::from_secs(value("--sql-budget")?.parse()?)
-            }
-            // cargo passes --bench to harness = false benches; libtest flags are ignored too.
-            other if other.starts_with("--bench") || !other.starts_with("--") => {}
-            other => return Err(format!("unknown argument {other}").into()),
+            "--sql-customers" => args.sql_customers = Some(parse_count(&value()?)?),
+            "--sql-budget" => args.sql_budget = Duration::from_secs(value()?.parse()?),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     if args.customers == 0 {
         return Err("--customers must be at least 1".into());
     }

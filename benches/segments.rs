@@ -110,21 +110,18 @@ fn parse_args() -> Result<Args> {
     let mut skip_cold = false;
     let mut explain = Vec::new();
     let mut sequential = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--customers" => customers = value()?.parse()?,
+    parse_flags(|name, value| {
+        match name {
+            "--customers" => customers = parse_count(&value()?)?,
             "--data" => data = Some(PathBuf::from(value()?)),
             "--state" => state = Some(PathBuf::from(value()?)),
             "--skip-cold" => skip_cold = true,
             "--explain" => explain.push(value()?),
             "--sequential" => sequential = true,
-            // cargo bench passes --bench to every harness=false target.
-            "--bench" => {}
-            other => return Err(format!("unknown argument {other}").into()),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(Args {
         skip_cold,
         explain,

@@ -35,18 +35,15 @@ fn parse_args() -> Result<Args> {
         data: None,
         runs: 3,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--customers" => args.customers = value("--customers")?.replace('_', "").parse()?,
-            "--data" => args.data = Some(PathBuf::from(value("--data")?)),
-            "--runs" => args.runs = value("--runs")?.parse()?,
-            // cargo passes --bench to harness = false benches; libtest flags are ignored too.
-            other if other.starts_with("--bench") || !other.starts_with("--") => {}
-            other => return Err(format!("unknown argument {other}").into()),
+    parse_flags(|name, value| {
+        match name {
+            "--customers" => args.customers = parse_count(&value()?)?,
+            "--data" => args.data = Some(PathBuf::from(value()?)),
+            "--runs" => args.runs = value()?.parse()?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(args)
 }
 

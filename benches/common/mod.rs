@@ -11,6 +11,33 @@ use c360::Settings;
 pub type Error = Box<dyn std::error::Error>;
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Walks the bench's command line: `flag(name, value)` takes each `--name`, calling `value`
+/// for its argument when it has one, and says whether it knew the flag. cargo's `--bench`
+/// and libtest's positional arguments are skipped; an unknown flag is an error.
+pub fn parse_flags(
+    mut flag: impl FnMut(&str, &mut dyn FnMut() -> Result<String>) -> Result<bool>,
+) -> Result<()> {
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        if arg.starts_with("--bench") || !arg.starts_with("--") {
+            continue;
+        }
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{arg} needs a value").into())
+        };
+        if !flag(&arg, &mut value)? {
+            return Err(format!("unknown argument {arg}").into());
+        }
+    }
+    Ok(())
+}
+
+/// A count given as `1000000` or `1_000_000`.
+pub fn parse_count(text: &str) -> Result<u64> {
+    Ok(text.replace('_', "").parse()?)
+}
+
 pub const SEED: u64 = 360;
 pub const MARKER: &str = ".c360-bench";
 
