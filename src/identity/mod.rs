@@ -8,6 +8,7 @@ mod load;
 pub mod manager;
 pub mod normalize;
 mod output;
+mod phone_library;
 mod rules;
 pub mod state;
 pub mod tables;

@@ -40,6 +40,9 @@ use datafusion::logical_expr::{
 };
 use phonenumber::Mode;
 use phonenumber::country::Id;
+use phonenumber::metadata::Database;
+
+use super::phone_library::PhoneDatabase;
 
 /// Registers `normalize_email`, `normalize_phone` and `normalize_id` on `registry`.
 pub fn register(registry: &mut dyn FunctionRegistry) -> Result<()> {
@@ -170,6 +173,11 @@ const MAX_PHONE_INPUT_LEN: usize = 64;
 /// assert_eq!(normalize_phone_value("0000000000", &Id::FR), None);
 /// ```
 pub fn normalize_phone_value(raw: &str, default_region: &Id) -> Option<String> {
+    normalize_phone_with(&phonenumber::metadata::DATABASE, raw, default_region)
+}
+
+/// [`normalize_phone_value`] with the metadata database to use (see `phone_library.rs`).
+fn normalize_phone_with(database: &Database, raw: &str, default_region: &Id) -> Option<String> {
     if raw.len() > MAX_PHONE_INPUT_LEN || !raw.chars().any(|c| c.is_numeric()) {
         return None;
     }
@@ -179,15 +187,19 @@ pub fn normalize_phone_value(raw: &str, default_region: &Id) -> Option<String> {
     // counts as "not a phone number"; the panic hook still logs it. The guard costs nothing
     // when nothing panics.
     let parsed = catch_unwind(AssertUnwindSafe(|| {
-        let number = phonenumber::parse(Some(region), raw).ok()?;
-        phonenumber::is_valid(&number).then_some(number)
+        let number = phonenumber::parse_with(database, Some(region), raw).ok()?;
+        phonenumber::is_valid_with(database, &number).then_some(number)
     }));
     let number = parsed.ok().flatten()?;
     let national = number.national().to_string();
     if is_junk_national_number(&national) {
         return None;
     }
-    Some(number.format().mode(Mode::E164).to_string())
+    Some(
+        phonenumber::format_with(database, &number)
+            .mode(Mode::E164)
+            .to_string(),
+    )
 }
 
 /// A national number that is one digit repeated, possibly after its leading digit (`666666666`,
@@ -454,10 +466,6 @@ impl ScalarUDFImpl for NormalizeId {
 /// only bounds memory when a caller passes one huge array.
 const PHONE_MEMO_CAPACITY: usize = 8192;
 
-/// Held by a `normalize_phone` batch from its first call into the `phonenumber` crate to its
-/// end. It guards nothing of c360's: the crate serializes all work behind one mutex anyway.
-static PHONE_LIBRARY: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct NormalizePhone {
     signature: Signature,
@@ -560,13 +568,10 @@ impl ScalarUDFImpl for NormalizePhone {
         // a batch, and libphonenumber is the expensive part. Measured with phonenumber 0.3.10 on
         // the 2-core development machine (`phone_cost` below, and the same loop in release):
         // a distinct French mobile costs 8-11 µs in release (~150 µs in a debug build), a
-        // memoised repeat ~0.15 µs (~2 µs in debug). The crate runs every regular expression
-        // behind one process-wide mutex, so partitions normalizing in parallel do not go faster
-        // than one: callers with millions of rows should normalize distinct raw values.
-        // Partitions take turns a batch at a time instead (`PHONE_LIBRARY`): contending for
-        // the crate's mutex on every expression put a quarter of a 2-core build's phone time
-        // in the kernel, switching threads.
-        let mut library: Option<std::sync::MutexGuard<'_, ()>> = None;
+        // memoised repeat ~0.15 µs (~2 µs in debug). A batch borrows a database of its own
+        // from its first distinct number to its end, so that partitions parse in parallel
+        // (see `phone_library.rs`).
+        let mut library: Option<PhoneDatabase<'static>> = None;
         let mut memo: HashMap<(Id, &str), Option<String>> = HashMap::new();
         let mut region_ids: HashMap<&str, Id> = HashMap::new();
         let mut out = StringBuilder::with_capacity(texts.len(), texts.len() * 12);
@@ -597,12 +602,8 @@ impl ScalarUDFImpl for NormalizePhone {
             match memo.get(&(region, raw)) {
                 Some(known) => out.append_option(known.as_deref()),
                 None => {
-                    library.get_or_insert_with(|| {
-                        PHONE_LIBRARY
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    });
-                    let normalized = normalize_phone_value(raw, &region);
+                    let database = library.get_or_insert_with(PhoneDatabase::lend).get();
+                    let normalized = normalize_phone_with(database, raw, &region);
                     out.append_option(normalized.as_deref());
                     if memo.len() < PHONE_MEMO_CAPACITY {
                         memo.insert((region, raw), normalized);
