@@ -127,9 +127,11 @@ impl GraphTables {
         graph: &IdentityGraph,
         restitched: &[u32],
     ) -> Result<(TableBatches, [Changes; 4]), GraphError> {
-        let mut moved = vec![false; graph.p_parent.len()];
+        // Read once per row of both tables (tens of millions), at random: as bytes, the flags
+        // of 1.5M profiles missed the cache on most rows, two thirds of a refresh's table time.
+        let mut moved = Bits::new(graph.p_parent.len());
         for merge in &graph.merges[self.merges_rows.min(graph.merges.len())..] {
-            moved[merge.from as usize] = true;
+            moved.set(merge.from);
         }
         let mut again = Bits::new(graph.records.len());
         for &record in restitched {
@@ -319,8 +321,8 @@ fn recycled(spare: Option<Buffer>, bytes: usize) -> MutableBuffer {
     }
 }
 
-/// One bit per record, for flags checked on every row of a table: an eighth of a `Vec<bool>`,
-/// so that it stays in cache.
+/// One bit per record or profile, for flags checked on every row of a table: an eighth of a
+/// `Vec<bool>`, so that it stays in cache.
 struct Bits(Vec<u64>);
 
 impl Bits {
@@ -364,7 +366,7 @@ impl Chunked {
         profile_column: usize,
         chunk_rows: usize,
         len: usize,
-        moved: &[bool],
+        moved: &Bits,
         mut again: Option<&mut Bits>,
         rows: &Rows<'_>,
         root_of: &RootOf<'_>,
@@ -386,7 +388,7 @@ impl Chunked {
                         Some(_) => {}
                         None => lost = true,
                     }
-                } else if moved.get(*root as usize).copied().unwrap_or(false) {
+                } else if moved.get(*root) {
                     *root = graph.root(*root);
                     changed.push(row);
                 }
