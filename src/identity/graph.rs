@@ -253,9 +253,19 @@ pub struct IdentityGraph {
     pub(super) unknown: Interner,
     /// `(record << 32) | unknown id` already refused, so that re-applied rows add nothing.
     pub(super) unknown_seen: FastSet<u64>,
-    /// Known records stitched again since `take_restitched`: their profile may have changed
+    /// Known records stitched again since `take_since_tables`: their profile may have changed
     /// other than by a merge (see `tables.rs`).
     pub(super) restitched: Vec<u32>,
+    /// One bit per value whose first or last `seen_at` changed since the tables last took
+    /// these changes: the only rows of `identities` whose times a refresh must rewrite.
+    pub(super) reseen: Vec<u64>,
+}
+
+/// What changed in a graph since its tables were last brought up to date, besides new rows and
+/// merges (see `tables.rs`).
+pub(super) struct SinceTables {
+    pub(super) restitched: Vec<u32>,
+    pub(super) reseen: Vec<u64>,
 }
 
 /// One batch of rows being applied in parts (see [`IdentityGraph::begin_apply`]). Dropping it
@@ -360,12 +370,16 @@ impl IdentityGraph {
             unknown: Interner::new(),
             unknown_seen: FastSet::default(),
             restitched: Vec::new(),
+            reseen: Vec::new(),
         }
     }
 
-    /// The known records stitched again since the last call.
-    pub(super) fn take_restitched(&mut self) -> Vec<u32> {
-        std::mem::take(&mut self.restitched)
+    /// What changed since the last call, for the tables to catch up on.
+    pub(super) fn take_since_tables(&mut self) -> SinceTables {
+        SinceTables {
+            restitched: std::mem::take(&mut self.restitched),
+            reseen: std::mem::take(&mut self.reseen),
+        }
     }
 
     pub fn rules(&self) -> &Rules {

@@ -964,6 +964,7 @@ fn tables_kept_across_refreshes_equal_tables_built_whole() {
     let mut indexes: [Option<KeyIndex>; 2] = [None, None];
     let mut previous_rows = [0usize; 4];
     let mut restitched = 0;
+    let mut reseen = 0;
     for (i, at) in [40, 80, 120, 160, 201].into_iter().enumerate() {
         let mut batch: Vec<Row> = data
             .iter()
@@ -979,6 +980,14 @@ fn tables_kept_across_refreshes_equal_tables_built_whole() {
         }
         apply(&mut graph, &shuffled(batch, i as u64));
         restitched += graph.restitched.len();
+        // Values seen again in a later batch: their times are rewritten in kept chunks.
+        if i > 0 {
+            reseen += graph
+                .reseen
+                .iter()
+                .map(|word| word.count_ones())
+                .sum::<u32>();
+        }
         let (batches, changes) = tables.update(&mut graph).unwrap();
         for t in 0..4 {
             assert!(
@@ -1014,6 +1023,7 @@ fn tables_kept_across_refreshes_equal_tables_built_whole() {
         assert_eq!(dump_tables(batches), dump(&graph), "after batch {i}");
     }
     assert!(restitched > 0, "the data restitches known records");
+    assert!(reseen > 0, "the data sees known values again");
     assert!(
         graph.records.len() > 97 * 20,
         "many chunks' worth of records"

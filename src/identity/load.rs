@@ -262,7 +262,15 @@ impl IdentityGraph {
             let seen_at = chunk[i].seen_at;
             if value != NONE {
                 let seen = &mut self.v_seen[value as usize];
-                *seen = (seen.0.min(seen_at), seen.1.max(seen_at));
+                let now = (seen.0.min(seen_at), seen.1.max(seen_at));
+                if now != *seen {
+                    *seen = now;
+                    let word = value as usize / 64;
+                    if word >= self.reseen.len() {
+                        self.reseen.resize(word + 1, 0);
+                    }
+                    self.reseen[word] |= 1 << (value % 64);
+                }
                 loader.pairs.push((record, value));
             }
             let seen = if record >= loader.old_records {

@@ -607,7 +607,7 @@ impl IdentityGraphs {
             what: format!("building the tables of identity graph {name}"),
             message: "the graph is still shared".to_string(),
         })?;
-        graph.take_restitched();
+        graph.take_since_tables();
         Ok((graph, first))
     }
 

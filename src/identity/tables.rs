@@ -25,7 +25,7 @@ use datafusion::arrow::buffer::{Buffer, MutableBuffer, ScalarBuffer};
 use crate::storage::index::Changes;
 
 use super::batch::batch_of;
-use super::graph::{GraphError, IdentityGraph, NONE};
+use super::graph::{GraphError, IdentityGraph, NONE, SinceTables};
 use super::output::{identities_schema, records_schema};
 
 /// Positions per chunk: one output batch each.
@@ -110,23 +110,29 @@ impl GraphTables {
         &mut self,
         graph: &mut IdentityGraph,
     ) -> Result<(TableBatches, [Changes; 4]), GraphError> {
-        let restitched = graph.take_restitched();
-        self.update_from(graph, &restitched)
+        let since = graph.take_since_tables();
+        self.update_from(graph, &since)
     }
 
     /// The tables of a graph built from nothing (no record was stitched twice), from a shared
     /// reference: so that they can be built while the graph's state is written.
     pub fn first(graph: &IdentityGraph) -> Result<FirstTables, GraphError> {
         let mut tables = GraphTables::default();
-        let (batches, changes) = tables.update_from(graph, &graph.restitched)?;
+        // Every chunk is new, so every time is read from the graph: nothing to take.
+        let since = SinceTables {
+            restitched: graph.restitched.clone(),
+            reseen: Vec::new(),
+        };
+        let (batches, changes) = tables.update_from(graph, &since)?;
         Ok((tables, batches, changes))
     }
 
     fn update_from(
         &mut self,
         graph: &IdentityGraph,
-        restitched: &[u32],
+        since: &SinceTables,
     ) -> Result<(TableBatches, [Changes; 4]), GraphError> {
+        let restitched = &since.restitched;
         // Read once per row of both tables (tens of millions), at random: as bytes, the flags
         // of 1.5M profiles missed the cache on most rows, two thirds of a refresh's table time.
         let mut moved = Bits::new(graph.p_parent.len());
@@ -238,7 +244,7 @@ impl GraphTables {
             self.refused_rows = graph.refusals.len();
         }
         let batches = [
-            self.identities_batches(graph)?,
+            self.identities_batches(graph, &since.reseen)?,
             self.records_batches()?,
             non_empty(&self.merges, || graph.merges_from(0))?,
             non_empty(&self.refused, || graph.refused_from(0))?,
@@ -260,33 +266,65 @@ impl GraphTables {
             .collect()
     }
 
-    /// First and last seen change whenever a value is seen again, so they are rebuilt each
-    /// time: two integers per row, read in the order of `linked`.
+    /// First and last seen change whenever a value is seen again. A chunk published before
+    /// keeps its columns when none of its values was seen again (`reseen`, one bit per value),
+    /// else gets a copy of them with those rows rewritten; a new chunk reads every row's times
+    /// from the graph. Reading them all, at random in `v_seen`, was most of a refresh's table
+    /// time.
     fn identities_batches(
         &mut self,
         graph: &IdentityGraph,
+        reseen: &[u64],
     ) -> Result<Vec<RecordBatch>, GraphError> {
         if self.identities.chunks.is_empty() {
             return Ok(vec![RecordBatch::new_empty(identities_schema())]);
         }
+        let was_reseen = |value: u32| {
+            reseen
+                .get(value as usize / 64)
+                .is_some_and(|word| word & (1 << (value % 64)) != 0)
+        };
         self.identities
             .chunks
             .iter_mut()
             .map(|chunk| {
                 let n = chunk.members.len();
-                let (spare_first, spare_last) = chunk.spare.seen.take().unzip();
-                let mut first = recycled(spare_first, n * 8);
-                let mut last = recycled(spare_last, n * 8);
-                for &value in &chunk.members {
-                    let (seen_first, seen_last) = graph.v_seen[value as usize];
-                    first.push(seen_first);
-                    last.push(seen_last);
-                }
-                let (first, last) = (Buffer::from(first), Buffer::from(last));
-                chunk.spare.seen = chunk
-                    .spare
-                    .published_seen
-                    .replace((first.clone(), last.clone()));
+                let (first, last) = match &chunk.spare.published_seen {
+                    Some((first, last)) => {
+                        let changed: Vec<usize> = (0..n)
+                            .filter(|&row| was_reseen(chunk.members[row]))
+                            .collect();
+                        if changed.is_empty() {
+                            (first.clone(), last.clone())
+                        } else {
+                            let (spare_first, spare_last) = chunk.spare.seen.take().unzip();
+                            let mut new_first = recycled(spare_first, n * 8);
+                            let mut new_last = recycled(spare_last, n * 8);
+                            new_first.extend_from_slice(first.as_slice());
+                            new_last.extend_from_slice(last.as_slice());
+                            let firsts = new_first.typed_data_mut::<i64>();
+                            for &row in &changed {
+                                firsts[row] = graph.v_seen[chunk.members[row] as usize].0;
+                            }
+                            let lasts = new_last.typed_data_mut::<i64>();
+                            for &row in &changed {
+                                lasts[row] = graph.v_seen[chunk.members[row] as usize].1;
+                            }
+                            rotate(&mut chunk.spare, new_first, new_last)
+                        }
+                    }
+                    None => {
+                        let (spare_first, spare_last) = chunk.spare.seen.take().unzip();
+                        let mut first = recycled(spare_first, n * 8);
+                        let mut last = recycled(spare_last, n * 8);
+                        for &value in &chunk.members {
+                            let (seen_first, seen_last) = graph.v_seen[value as usize];
+                            first.push(seen_first);
+                            last.push(seen_last);
+                        }
+                        rotate(&mut chunk.spare, first, last)
+                    }
+                };
                 let timestamps = |buffer: Buffer| -> ArrayRef {
                     Arc::new(
                         TimestampMicrosecondArray::new(ScalarBuffer::new(buffer, 0, n), None)
@@ -319,6 +357,14 @@ fn recycled(spare: Option<Buffer>, bytes: usize) -> MutableBuffer {
         }
         _ => MutableBuffer::with_capacity(bytes),
     }
+}
+
+/// Publishes new first and last seen columns for a chunk: the ones published until now become
+/// the spare buffers the next rewrite fills (once no reader holds them).
+fn rotate(spare: &mut Spare, first: MutableBuffer, last: MutableBuffer) -> (Buffer, Buffer) {
+    let (first, last) = (Buffer::from(first), Buffer::from(last));
+    spare.seen = spare.published_seen.replace((first.clone(), last.clone()));
+    (first, last)
 }
 
 /// One bit per record or profile, for flags checked on every row of a table: an eighth of a
