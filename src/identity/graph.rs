@@ -64,6 +64,7 @@
 
 use std::borrow::Cow;
 
+use super::bits::Bits;
 use super::intern::{FastSet, Interner, trim};
 use super::load::{Batch, Loader};
 pub use super::output::{identities_schema, merges_schema, records_schema, refused_schema};
@@ -258,14 +259,14 @@ pub struct IdentityGraph {
     pub(super) restitched: Vec<u32>,
     /// One bit per value whose first or last `seen_at` changed since the tables last took
     /// these changes: the only rows of `identities` whose times a refresh must rewrite.
-    pub(super) reseen: Vec<u64>,
+    pub(super) reseen: Bits,
 }
 
 /// What changed in a graph since its tables were last brought up to date, besides new rows and
 /// merges (see `tables.rs`).
 pub(super) struct SinceTables {
     pub(super) restitched: Vec<u32>,
-    pub(super) reseen: Vec<u64>,
+    pub(super) reseen: Bits,
 }
 
 /// One batch of rows being applied in parts (see [`IdentityGraph::begin_apply`]). Dropping it
@@ -370,7 +371,7 @@ impl IdentityGraph {
             unknown: Interner::new(),
             unknown_seen: FastSet::default(),
             restitched: Vec::new(),
-            reseen: Vec::new(),
+            reseen: Bits::default(),
         }
     }
 

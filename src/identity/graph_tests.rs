@@ -982,11 +982,7 @@ fn tables_kept_across_refreshes_equal_tables_built_whole() {
         restitched += graph.restitched.len();
         // Values seen again in a later batch: their times are rewritten in kept chunks.
         if i > 0 {
-            reseen += graph
-                .reseen
-                .iter()
-                .map(|word| word.count_ones())
-                .sum::<u32>();
+            reseen += graph.reseen.count();
         }
         let (batches, changes) = tables.update(&mut graph).unwrap();
         for t in 0..4 {

@@ -265,11 +265,7 @@ impl IdentityGraph {
                 let now = (seen.0.min(seen_at), seen.1.max(seen_at));
                 if now != *seen {
                     *seen = now;
-                    let word = value as usize / 64;
-                    if word >= self.reseen.len() {
-                        self.reseen.resize(word + 1, 0);
-                    }
-                    self.reseen[word] |= 1 << (value % 64);
+                    self.reseen.set(value);
                 }
                 loader.pairs.push((record, value));
             }

@@ -1,6 +1,7 @@
 //! Identity resolution.
 
 mod batch;
+mod bits;
 pub mod graph;
 mod hubs;
 mod intern;

@@ -25,6 +25,7 @@ use datafusion::arrow::buffer::{Buffer, MutableBuffer, ScalarBuffer};
 use crate::storage::index::Changes;
 
 use super::batch::batch_of;
+use super::bits::Bits;
 use super::graph::{GraphError, IdentityGraph, NONE, SinceTables};
 use super::output::{identities_schema, records_schema};
 
@@ -121,7 +122,7 @@ impl GraphTables {
         // Every chunk is new, so every time is read from the graph: nothing to take.
         let since = SinceTables {
             restitched: graph.restitched.clone(),
-            reseen: Vec::new(),
+            reseen: Bits::default(),
         };
         let (batches, changes) = tables.update_from(graph, &since)?;
         Ok((tables, batches, changes))
@@ -274,16 +275,11 @@ impl GraphTables {
     fn identities_batches(
         &mut self,
         graph: &IdentityGraph,
-        reseen: &[u64],
+        reseen: &Bits,
     ) -> Result<Vec<RecordBatch>, GraphError> {
         if self.identities.chunks.is_empty() {
             return Ok(vec![RecordBatch::new_empty(identities_schema())]);
         }
-        let was_reseen = |value: u32| {
-            reseen
-                .get(value as usize / 64)
-                .is_some_and(|word| word & (1 << (value % 64)) != 0)
-        };
         self.identities
             .chunks
             .iter_mut()
@@ -292,7 +288,7 @@ impl GraphTables {
                 let (first, last) = match &chunk.spare.published_seen {
                     Some((first, last)) => {
                         let changed: Vec<usize> = (0..n)
-                            .filter(|&row| was_reseen(chunk.members[row]))
+                            .filter(|&row| reseen.get(chunk.members[row]))
                             .collect();
                         if changed.is_empty() {
                             (first.clone(), last.clone())
@@ -365,35 +361,6 @@ fn rotate(spare: &mut Spare, first: MutableBuffer, last: MutableBuffer) -> (Buff
     let (first, last) = (Buffer::from(first), Buffer::from(last));
     spare.seen = spare.published_seen.replace((first.clone(), last.clone()));
     (first, last)
-}
-
-/// One bit per record or profile, for flags checked on every row of a table: an eighth of a
-/// `Vec<bool>`, so that it stays in cache.
-struct Bits(Vec<u64>);
-
-impl Bits {
-    fn new(len: usize) -> Bits {
-        Bits(vec![0; len.div_ceil(64)])
-    }
-
-    fn set(&mut self, i: u32) {
-        self.0[i as usize / 64] |= 1 << (i % 64);
-    }
-
-    fn get(&self, i: u32) -> bool {
-        self.0
-            .get(i as usize / 64)
-            .is_some_and(|word| word & (1 << (i % 64)) != 0)
-    }
-
-    /// Clears the bit; whether it was set.
-    fn take(&mut self, i: u32) -> bool {
-        let was = self.get(i);
-        if was {
-            self.0[i as usize / 64] &= !(1 << (i % 64));
-        }
-        was
-    }
 }
 
 /// The profile-id column of each table, as its batches lay them out.
