@@ -201,12 +201,17 @@ fn phone_terms(identifiers: &[(String, String)], list: &str) -> Vec<String> {
         .iter()
         .filter(|(t, _)| t == "phone")
         .filter_map(|(_, value)| {
-            // The crate has panicked on odd input; an unknown region only costs this term.
-            std::panic::catch_unwind(|| phonenumber::parse(None, value).ok()?.country().id())
-                .ok()
-                .flatten()
+            // Phone parsers have panicked on odd input; an unknown region only costs this term.
+            std::panic::catch_unwind(|| {
+                rlibphonenumber::PHONE_NUMBER_UTIL
+                    .parse(value, None)
+                    .ok()?
+                    .get_region_code()
+            })
+            .ok()
+            .flatten()
         })
-        .map(|id| id.as_ref().to_string())
+        .map(|region| region.to_string())
         .collect();
     regions
         .iter()

@@ -17,7 +17,7 @@
 //!
 //! - `normalize_email(text)`: trimmed, lower-cased, validated address.
 //! - `normalize_phone(text, default_region)`: E.164 (`+33612345678`), via libphonenumber's
-//!   metadata (the `phonenumber` crate), with obvious junk rejected.
+//!   metadata (the `rlibphonenumber` crate), with obvious junk rejected.
 //! - `normalize_id(text)`: loyalty cards, customer numbers: whitespace removed, upper-cased.
 //!
 //! The same rules are plain Rust functions ([`normalize_email_value`],
@@ -26,7 +26,6 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
@@ -38,11 +37,7 @@ use datafusion::logical_expr::{
     ColumnarValue, DocSection, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
     ScalarUDFImpl, Signature, Volatility,
 };
-use phonenumber::Mode;
-use phonenumber::country::Id;
-use phonenumber::metadata::Database;
-
-use super::phone_library::PhoneDatabase;
+use rlibphonenumber::{PHONE_NUMBER_UTIL, PhoneNumberFormat, Region};
 
 /// Registers `normalize_email`, `normalize_phone` and `normalize_id` on `registry`.
 pub fn register(registry: &mut dyn FunctionRegistry) -> Result<()> {
@@ -156,7 +151,7 @@ const MAX_PHONE_INPUT_LEN: usize = 64;
 /// number. Numbers written without an international prefix are read as numbers of
 /// `default_region`.
 ///
-/// Parsing and validation are libphonenumber's (the `phonenumber` crate, with Google's
+/// Parsing and validation are libphonenumber's (the `rlibphonenumber` port, with Google's
 /// metadata): a number is valid when its length and prefix match a number range of its
 /// country. On top of that, national numbers made of one repeated digit (`06 66 66 66 66`,
 /// `06 00 00 00 00`) or of a straight run of digits (`01 23 45 67 89`) are rejected as junk:
@@ -168,38 +163,27 @@ const MAX_PHONE_INPUT_LEN: usize = 64;
 ///
 /// ```
 /// use c360::identity::normalize::normalize_phone_value;
-/// use phonenumber::country::Id;
-/// assert_eq!(normalize_phone_value("06 12 34 56 78", &Id::FR).as_deref(), Some("+33612345678"));
-/// assert_eq!(normalize_phone_value("0000000000", &Id::FR), None);
+/// use rlibphonenumber::Region;
+/// assert_eq!(normalize_phone_value("06 12 34 56 78", Region::FR).as_deref(), Some("+33612345678"));
+/// assert_eq!(normalize_phone_value("0000000000", Region::FR), None);
 /// ```
-pub fn normalize_phone_value(raw: &str, default_region: &Id) -> Option<String> {
-    normalize_phone_with(&phonenumber::metadata::DATABASE, raw, default_region)
-}
-
-/// [`normalize_phone_value`] with the metadata database to use (see `phone_library.rs`).
-fn normalize_phone_with(database: &Database, raw: &str, default_region: &Id) -> Option<String> {
+pub fn normalize_phone_value(raw: &str, default_region: Region) -> Option<String> {
     if raw.len() > MAX_PHONE_INPUT_LEN || !raw.chars().any(|c| c.is_numeric()) {
         return None;
     }
-    let region = *default_region;
-    // The crate has panicked on malformed input before (fuzzing found `unwrap`s in its parser,
-    // some of which remain). One bad row must not abort a build over millions, so a panic
+    // Phone parsers have panicked on malformed input before (fuzzing found `unwrap`s in the
+    // older `phonenumber` crate). One bad row must not abort a build over millions, so a panic
     // counts as "not a phone number"; the panic hook still logs it. The guard costs nothing
     // when nothing panics.
     let parsed = catch_unwind(AssertUnwindSafe(|| {
-        let number = phonenumber::parse_with(database, Some(region), raw).ok()?;
-        phonenumber::is_valid_with(database, &number).then_some(number)
+        let number = PHONE_NUMBER_UTIL.parse(raw, Some(default_region)).ok()?;
+        if !number.is_valid() || is_junk_national_number(&number.get_national_significant_number())
+        {
+            return None;
+        }
+        Some(number.format_as(PhoneNumberFormat::E164).into_owned())
     }));
-    let number = parsed.ok().flatten()?;
-    let national = number.national().to_string();
-    if is_junk_national_number(&national) {
-        return None;
-    }
-    Some(
-        phonenumber::format_with(database, &number)
-            .mode(Mode::E164)
-            .to_string(),
-    )
+    parsed.ok().flatten()
 }
 
 /// A national number that is one digit repeated, possibly after its leading digit (`666666666`,
@@ -243,13 +227,13 @@ pub fn normalize_id_value(raw: &str) -> Option<String> {
 }
 
 /// Resolves a default region code (`'FR'`, `'fr'`) to a region libphonenumber has metadata
-/// for. The crate's `Id` enum lists a few codes it has no metadata for, and parsing with one
-/// of those panics, so both are checked.
-fn region_id(code: &str) -> Option<Id> {
-    let id = Id::from_str(&code.trim().to_ascii_uppercase()).ok()?;
-    phonenumber::metadata::DATABASE
-        .by_id(id.as_ref())
-        .map(|_| id)
+/// for. The crate's `Region` enum has a variant for every pair of letters, so metadata is
+/// what tells a country from a typo.
+fn region_id(code: &str) -> Option<Region> {
+    let region = Region::from_code(code.trim()).ok()?;
+    PHONE_NUMBER_UTIL
+        .get_country_code_for_region(region)
+        .map(|_| region)
 }
 
 fn unknown_region(code: &str) -> String {
@@ -260,7 +244,7 @@ fn unknown_region(code: &str) -> String {
 }
 
 /// [`region_id`] for the execution path, where an unknown code is an execution error.
-fn parse_region(code: &str) -> Result<Id> {
+fn parse_region(code: &str) -> Result<Region> {
     match region_id(code) {
         Some(id) => Ok(id),
         None => exec_err!("{}", unknown_region(code)),
@@ -499,7 +483,7 @@ static PHONE_DOC: LazyLock<Documentation> = LazyLock::new(|| {
 /// The default region of each row: one parsed value when the argument is a constant (the
 /// usual `normalize_phone(phone, 'FR')`), else a column read row by row.
 enum Regions<'a> {
-    One(Option<Id>),
+    One(Option<Region>),
     PerRow(Strings<'a>),
 }
 
@@ -565,15 +549,12 @@ impl ScalarUDFImpl for NormalizePhone {
         let texts = Strings::new(self.name(), &text_array)?;
 
         // Junk ("0000000000", "n/a") and the same customer's phone on many rows repeat within
-        // a batch, and libphonenumber is the expensive part. Measured with phonenumber 0.3.10 on
-        // the 2-core development machine (`phone_cost` below, and the same loop in release):
-        // a distinct French mobile costs 8-11 µs in release (~150 µs in a debug build), a
-        // memoised repeat ~0.15 µs (~2 µs in debug). A batch borrows a database of its own
-        // from its first distinct number to its end, so that partitions parse in parallel
-        // (see `phone_library.rs`).
-        let mut library: Option<PhoneDatabase<'static>> = None;
-        let mut memo: HashMap<(Id, &str), Option<String>> = HashMap::new();
-        let mut region_ids: HashMap<&str, Id> = HashMap::new();
+        // a batch, and libphonenumber is the expensive part: on the 2-core development
+        // machine, 814k phones of the 1M-customer demo took 1.7 µs each with rlibphonenumber
+        // 2.2 (6.6 µs with the `phonenumber` crate it replaced), a memoised repeat ~0.15 µs.
+        // `phone_cost` below measures both.
+        let mut memo: HashMap<(Region, &str), Option<String>> = HashMap::new();
+        let mut region_ids: HashMap<&str, Region> = HashMap::new();
         let mut out = StringBuilder::with_capacity(texts.len(), texts.len() * 12);
         for i in 0..texts.len() {
             let Some(raw) = texts.get(i) else {
@@ -602,8 +583,7 @@ impl ScalarUDFImpl for NormalizePhone {
             match memo.get(&(region, raw)) {
                 Some(known) => out.append_option(known.as_deref()),
                 None => {
-                    let database = library.get_or_insert_with(PhoneDatabase::lend).get();
-                    let normalized = normalize_phone_with(database, raw, &region);
+                    let normalized = normalize_phone_value(raw, region);
                     out.append_option(normalized.as_deref());
                     if memo.len() < PHONE_MEMO_CAPACITY {
                         memo.insert((region, raw), normalized);
@@ -631,7 +611,7 @@ mod tests {
     }
 
     fn fr(raw: &str) -> Option<String> {
-        normalize_phone_value(raw, &Id::FR)
+        normalize_phone_value(raw, Region::FR)
     }
 
     #[test]
@@ -742,15 +722,15 @@ mod tests {
         assert_eq!(fr("+41 79 123 45 67").as_deref(), Some("+41791234567"));
         // Without one, the region decides.
         assert_eq!(
-            normalize_phone_value("0470 12 34 56", &Id::BE).as_deref(),
+            normalize_phone_value("0470 12 34 56", Region::BE).as_deref(),
             Some("+32470123456")
         );
         assert_eq!(
-            normalize_phone_value("079 123 45 67", &Id::CH).as_deref(),
+            normalize_phone_value("079 123 45 67", Region::CH).as_deref(),
             Some("+41791234567")
         );
         assert_eq!(
-            normalize_phone_value("(212) 736-5000", &Id::US).as_deref(),
+            normalize_phone_value("(212) 736-5000", Region::US).as_deref(),
             Some("+12127365000")
         );
     }
@@ -785,8 +765,8 @@ mod tests {
         ] {
             assert_eq!(fr(raw), None, "{raw:?} should be rejected");
         }
-        assert_eq!(normalize_phone_value("003-836-4618x3001", &Id::CH), None);
-        assert_eq!(normalize_phone_value(&"1".repeat(100), &Id::FR), None);
+        assert_eq!(normalize_phone_value("003-836-4618x3001", Region::CH), None);
+        assert_eq!(normalize_phone_value(&"1".repeat(100), Region::FR), None);
     }
 
     #[test]
@@ -815,8 +795,8 @@ mod tests {
 
     #[test]
     fn region_codes() {
-        assert_eq!(parse_region("FR").ok(), Some(Id::FR));
-        assert_eq!(parse_region(" fr ").ok(), Some(Id::FR));
+        assert_eq!(parse_region("FR").ok(), Some(Region::FR));
+        assert_eq!(parse_region(" fr ").ok(), Some(Region::FR));
         let error = parse_region("XX")
             .err()
             .map(|e| e.to_string())
