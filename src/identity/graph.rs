@@ -67,6 +67,7 @@ use std::borrow::Cow;
 use super::bits::Bits;
 use super::intern::{FastSet, Interner, trim};
 use super::load::{Batch, Loader};
+use super::prefetch::{AHEAD, prefetch};
 pub use super::output::{identities_schema, merges_schema, records_schema, refused_schema};
 pub use super::rules::{DEFAULT_HUB_THRESHOLD, MAX_HUB_THRESHOLD, MAX_TYPES, Rules};
 
@@ -542,6 +543,21 @@ impl IdentityGraph {
         let mut candidates: Vec<u32> = Vec::new();
         let mut additions: Vec<u32> = Vec::new();
         for (position, &(seen_at, record)) in batch.order.iter().enumerate() {
+            // The records ahead: their values' flags and profiles now, and the profiles'
+            // parents once those profile ids have arrived, half as far ahead.
+            if position + AHEAD < batch.order.len() {
+                for &value in &batch.values[batch.range(position + AHEAD)] {
+                    prefetch(&self.v_meta, value as usize);
+                    prefetch(&self.v_profile, value as usize);
+                }
+            }
+            if position + AHEAD / 2 < batch.order.len() {
+                for &value in &batch.values[batch.range(position + AHEAD / 2)] {
+                    if let Some(&slot) = self.v_profile.get(value as usize) {
+                        prefetch(&self.p_parent, slot as usize);
+                    }
+                }
+            }
             let fresh = &batch.values[batch.range(position)];
             let fresh = &fresh[..fresh.iter().position(|&v| v == NONE).unwrap_or(fresh.len())];
             let mut changed = !fresh.is_empty();

@@ -9,6 +9,7 @@
 use super::graph::{ApplySummary, BLOCKED, HUB, IdentityGraph, NONE, REFUSED_BIT};
 use super::intern::FastSet;
 use super::load::Batch;
+use super::prefetch::{AHEAD, prefetch};
 
 /// The capacity of the `co_pool` block holding a list of `len` entries: blocks double, so
 /// appending is amortised O(1) and a list's entries stay contiguous (one cache miss to scan).
@@ -30,6 +31,12 @@ impl IdentityGraph {
         let mut limited: Vec<u32> = Vec::new();
         let mut counts: Vec<u32> = Vec::new();
         for position in 0..batch.order.len() {
+            if position + AHEAD < batch.order.len() {
+                for &value in &batch.values[batch.range(position + AHEAD)] {
+                    prefetch(&self.v_meta, value as usize);
+                    prefetch(&self.v_co, value as usize);
+                }
+            }
             let record = batch.order[position].1;
             let range = batch.range(position);
             let slice = &mut batch.values[range];

@@ -3,6 +3,7 @@
 
 use super::graph::{ApplySummary, BLOCKED, GraphError, IdentityGraph, IdentityRow, NONE};
 use super::intern::FastMap;
+use super::prefetch::prefetch;
 
 /// Rows hashed and looked up together, so that their cache misses overlap (see `Interner`).
 const CHUNK: usize = 32;
@@ -255,6 +256,10 @@ impl IdentityGraph {
                 self.v_co.push((0, 0));
             }
             ids[k] = (record, value);
+            // Stage 5 reads these at random; their misses overlap with the interning here.
+            if !new {
+                prefetch(&self.v_seen, value as usize);
+            }
         }
         // Stage 5: times, one independent update per row.
         for (k, &(i, ..)) in keep.iter().enumerate() {

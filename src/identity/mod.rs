@@ -9,6 +9,7 @@ mod load;
 pub mod manager;
 pub mod normalize;
 mod output;
+mod prefetch;
 mod rules;
 pub mod state;
 pub mod tables;
