@@ -429,6 +429,9 @@ fn psql_meta_commands_describe_the_catalog() {
         // The `+` forms add sizes and descriptions (pg_size_pretty, obj_description).
         ("\\dt+", "pos_sales"),
         ("\\dv+", "web_orders"),
+        // Storage, compression and the access method of each column and table.
+        ("\\d+ stores", "Storage"),
+        ("\\d+ profiles", "lifetime_value"),
         ("\\l+", "c360"),
     ] {
         let out = server.psql(&["-c", command]);

@@ -54,7 +54,7 @@ pub fn install(ctx: &SessionContext, database: &str) -> Result<()> {
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
         JsonBuildObject::new(),
     ));
-    // psql's `\dt+` and `\l+` ask these. c360 keeps no per-oid sizes (a table's files are
+    // psql's `\dt+`, `\d+` and `\l+` ask these. c360 keeps no per-oid sizes (a table's files are
     // its storage root's, a view has none) nor comments: unknown, as PostgreSQL says NULL.
     for name in [
         "pg_table_size",
@@ -65,6 +65,7 @@ pub fn install(ctx: &SessionContext, database: &str) -> Result<()> {
     }
     ctx.register_udf(constant("pg_database_size", 1, ScalarValue::Int64(None)));
     ctx.register_udf(constant("obj_description", 2, ScalarValue::Utf8(None)));
+    ctx.register_udf(constant("col_description", 2, ScalarValue::Utf8(None)));
     ctx.register_udf(constant("shobj_description", 2, ScalarValue::Utf8(None)));
     ctx.register_udf(size_pretty());
     Ok(())

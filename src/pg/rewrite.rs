@@ -15,6 +15,8 @@
 //! the regclass cast around it would nest one more correlated subquery; for the same reason a
 //! subquery over `pg_sequence`, which is always empty, is NULL. What is replaced by NULL keeps
 //! its parameters (`$n IS NULL`), so that the numbering of the others does not shift.
+//! psql's `\d+` joins storage options (`reloptions`) that no c360 relation has: the empty
+//! string PostgreSQL prints for them.
 
 use std::ops::ControlFlow;
 
@@ -128,6 +130,22 @@ pub fn catalog_subqueries(statement: &mut Statement) -> bool {
             *expr = null_keeping_parameters(expr);
             changed = true;
         }
+        // c360's relations have no storage options, so psql's `\d+` line joining a table's
+        // and its TOAST table's `reloptions` (an `ARRAY(subquery)`, which DataFusion cannot
+        // plan, over a column pg_class does not have) is the empty string PostgreSQL prints.
+        if let Expr::Function(function) = expr
+            && function
+                .name
+                .to_string()
+                .to_ascii_lowercase()
+                .ends_with("array_to_string")
+            && names_column(expr, "reloptions")
+        {
+            *expr = Expr::value(datafusion::sql::sqlparser::ast::Value::SingleQuotedString(
+                String::new(),
+            ));
+            changed = true;
+        }
         // pg_sequence is always empty in c360, so any lookup in it is NULL.
         if let Expr::Subquery(query) = expr
             && reads_relation(query, "pg_sequence")
@@ -184,6 +202,21 @@ fn null_keeping_parameters(expr: &Expr) -> Expr {
         return null;
     }
     parse_expr(&format!("CASE WHEN {} THEN NULL END", kept.join(" AND "))).unwrap_or(null)
+}
+
+/// Whether `expr` reads a column called `column`, qualified or not.
+fn names_column(expr: &Expr, column: &str) -> bool {
+    let mut found = false;
+    let _ = visit_expressions(expr, |e| {
+        let name = match e {
+            Expr::Identifier(ident) => Some(ident),
+            Expr::CompoundIdentifier(parts) => parts.last(),
+            _ => None,
+        };
+        found |= name.is_some_and(|ident| ident.value.eq_ignore_ascii_case(column));
+        ControlFlow::<()>::Continue(())
+    });
+    found
 }
 
 fn reads_relation(query: &Query, relation_name: &str) -> bool {
@@ -426,6 +459,23 @@ mod tests {
             named("SELECT *, count(*) FROM t"),
             "SELECT *, count(*) FROM t"
         );
+    }
+
+    #[test]
+    fn storage_options_are_empty() {
+        let sql = "SELECT c.relkind, pg_catalog.array_to_string(c.reloptions || array(select \
+                   'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', ') \
+                   FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_class tc \
+                   ON (c.reltoastrelid = tc.oid) WHERE c.oid = '16384'";
+        assert_eq!(
+            rewritten(sql),
+            "SELECT c.relkind, '' FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_class tc \
+             ON (c.reltoastrelid = tc.oid) WHERE c.oid = '16384'"
+        );
+        // Other lists are still joined.
+        let other = "SELECT array_to_string(make_array('a', 'b'), ', ')";
+        let parsed = Parser::parse_sql(&PostgreSqlDialect {}, other).unwrap();
+        assert_eq!(rewritten(other), parsed[0].to_string());
     }
 
     #[test]
