@@ -1029,6 +1029,9 @@ fn tables_kept_across_refreshes_equal_tables_built_whole() {
 #[test]
 fn applying_in_parts_equals_applying_at_once() {
     let data = shuffled(people(500, true, 23), 4);
+    // The whole is interned on two threads (a round of more than 1024 rows), the parts of 37
+    // rows on the calling thread alone.
+    assert!(data.len() > 2000, "{} rows", data.len());
     let mut whole = IdentityGraph::new(rules());
     apply(&mut whole, &data);
     let mut parts = IdentityGraph::new(rules());

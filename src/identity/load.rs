@@ -1,12 +1,19 @@
 //! Reading a batch of rows into the graph: interning keys, grouping rows by record, and laying
 //! the batch out in processing order for the two passes of `graph.rs`.
 
-use super::graph::{ApplySummary, BLOCKED, GraphError, IdentityGraph, IdentityRow, NONE};
-use super::intern::FastMap;
-use super::prefetch::prefetch;
+use super::graph::{
+    ApplySummary, BLOCKED, GraphError, IdentityGraph, IdentityRow, NONE, TYPE_MASK,
+};
+use super::intern::{FastMap, Interner};
+use super::prefetch::{AHEAD, prefetch};
 
 /// Rows hashed and looked up together, so that their cache misses overlap (see `Interner`).
 const CHUNK: usize = 32;
+/// Rows interned per round (see `load_round`).
+const ROUND: usize = 8192;
+/// Fewer kept rows than this are interned on the calling thread alone: starting a thread
+/// costs more than it saves.
+const PARALLEL_ROWS: usize = 1024;
 /// `load`'s marker for a row whose type is not in priority.
 const NO_TYPE: u8 = u8::MAX;
 
@@ -73,14 +80,15 @@ impl IdentityGraph {
         let mut rows = rows.into_iter();
         let (hint, _) = rows.size_hint();
         loader.pairs.reserve(hint);
-        let mut chunk: Vec<IdentityRow<'a>> = Vec::with_capacity(CHUNK);
+        let mut round: Vec<IdentityRow<'a>> = Vec::with_capacity(ROUND.min(hint.max(1)));
+        let mut scratch = RoundScratch::default();
         loop {
-            chunk.clear();
-            chunk.extend(rows.by_ref().take(CHUNK));
-            if chunk.is_empty() {
+            round.clear();
+            round.extend(rows.by_ref().take(ROUND));
+            if round.is_empty() {
                 return Ok(());
             }
-            self.load_chunk(&chunk, loader)?;
+            self.load_round(&round, loader, &mut scratch)?;
         }
     }
 
@@ -162,16 +170,16 @@ impl IdentityGraph {
         Ok((batch, summary))
     }
 
-    /// Loads up to `CHUNK` rows in stages, each a loop of independent memory accesses.
-    fn load_chunk(
+    /// Loads one round of rows: record keys and values are interned at once, on two threads
+    /// (the two interners share nothing), then each row's times and pairs are noted in order.
+    fn load_round(
         &mut self,
-        chunk: &[IdentityRow<'_>],
+        rows: &[IdentityRow<'_>],
         loader: &mut Loader,
+        scratch: &mut RoundScratch,
     ) -> Result<(), GraphError> {
-        // Stage 0: drop empty rows, resolve types, hash keys (no memory traffic).
-        let mut keep = [(0usize, NO_TYPE, 0u32, 0u32); CHUNK];
-        let mut n = 0;
-        for (i, row) in chunk.iter().enumerate() {
+        scratch.kept.clear();
+        for (i, row) in rows.iter().enumerate() {
             loader.summary.rows += 1;
             if blank(row.id_value) || blank(row.record_key) {
                 loader.summary.ignored += 1;
@@ -184,51 +192,80 @@ impl IdentityGraph {
                 loader.last_type.0.push_str(row.id_type);
                 loader.last_type.1 = t;
             }
-            let t = loader.last_type.1;
-            let record_tag = self.records.tag_of(&[], row.record_key.as_bytes());
-            let value_tag = if t == NO_TYPE {
-                0
-            } else {
-                self.values.tag_of(&[t], row.id_value.as_bytes())
-            };
-            keep[n] = (i, t, record_tag, value_tag);
-            n += 1;
+            scratch.kept.push((i, loader.last_type.1));
         }
-        let keep = &keep[..n];
-        // Stages 1-3: touch slots, then key offsets, then key bytes, for all rows at once.
-        let mut probe = [(0u64, 0u64); CHUNK];
-        for (k, &(_, t, record_tag, value_tag)) in keep.iter().enumerate() {
-            let value_slot = if t == NO_TYPE {
-                0
-            } else {
-                self.values.touch_slot(value_tag)
-            };
-            probe[k] = (self.records.touch_slot(record_tag), value_slot);
+        let kept = &scratch.kept;
+        let record_key = |k: usize| Some((&[][..], rows[kept[k].0].record_key.as_bytes()));
+        let value_key = |k: usize| {
+            let (i, t) = kept[k];
+            (t != NO_TYPE).then(|| (type_prefix(t), rows[i].id_value.as_bytes()))
+        };
+        let IdentityGraph {
+            records,
+            r,
+            values,
+            v_meta,
+            v_profile,
+            v_seen,
+            v_co,
+            rules,
+            ..
+        } = self;
+        let new_seen = &mut loader.new_seen;
+        let mut intern_records = |ids: &mut Vec<u32>| {
+            intern_staged(records, kept.len(), record_key, ids, |k, record| {
+                r.push(NONE);
+                new_seen.push((rows[kept[k].0].seen_at, record));
+            })
+            .ok_or(GraphError::Capacity { what: "records" })
+        };
+        let mut intern_values = |ids: &mut Vec<u32>| {
+            intern_staged(values, kept.len(), value_key, ids, |k, _| {
+                let (i, t) = kept[k];
+                let row = &rows[i];
+                // Patterns are matched once per distinct value, not per row.
+                let blocked =
+                    !rules.blocked.is_empty() && rules.blocked_set.is_match(row.id_value);
+                v_meta.push(if blocked { t | BLOCKED } else { t });
+                v_profile.push(NONE);
+                v_seen.push((row.seen_at, row.seen_at));
+                v_co.push((0, 0));
+            })
+            .ok_or(GraphError::Capacity {
+                what: "identifier values",
+            })
+        };
+        let (record_ids, value_ids) = (&mut scratch.record_ids, &mut scratch.value_ids);
+        if kept.len() >= PARALLEL_ROWS {
+            std::thread::scope(|scope| {
+                let values_done = scope.spawn(|| intern_values(value_ids));
+                let records_done = intern_records(record_ids);
+                let values_done = values_done
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                records_done.and(values_done)
+            })?;
+        } else {
+            intern_records(record_ids)?;
+            intern_values(value_ids)?;
         }
-        for entry in probe.iter_mut().take(n) {
-            *entry = (
-                u64::from(self.records.touch_end(entry.0)),
-                u64::from(self.values.touch_end(entry.1)),
-            );
-        }
-        let mut touched = 0u8;
-        for &(record_end, value_end) in probe.iter().take(n) {
-            touched ^= self.records.touch_bytes(record_end as u32);
-            touched ^= self.values.touch_bytes(value_end as u32);
-        }
-        std::hint::black_box(touched);
-        // Stage 4: intern, now that the cache lines are in.
-        let mut ids = [(0u32, NONE); CHUNK];
-        for (k, &(i, t, record_tag, value_tag)) in keep.iter().enumerate() {
-            let row = &chunk[i];
-            let (record, new) = self
-                .records
-                .intern_tagged(record_tag, &[], row.record_key.as_bytes())
-                .ok_or(GraphError::Capacity { what: "records" })?;
-            if new {
-                self.r.push(NONE);
-                loader.new_seen.push((row.seen_at, record));
+        self.note_round(rows, loader, scratch)
+    }
+
+    /// The rows of a round in order, their ids known: unknown types, times, pairs.
+    fn note_round(
+        &mut self,
+        rows: &[IdentityRow<'_>],
+        loader: &mut Loader,
+        scratch: &RoundScratch,
+    ) -> Result<(), GraphError> {
+        let ids = scratch.record_ids.iter().zip(&scratch.value_ids);
+        for (k, (&(i, t), (&record, &value))) in scratch.kept.iter().zip(ids).enumerate() {
+            // Times are read at random: the lines of the rows ahead are asked for now.
+            if let Some(&ahead) = scratch.value_ids.get(k + AHEAD) {
+                prefetch(&self.v_seen, ahead as usize);
             }
+            let row = &rows[i];
             if t == NO_TYPE {
                 let body = [&[0x1F], row.id_value.as_bytes()].concat();
                 let (id, _) = self.unknown.intern(row.id_type.as_bytes(), &body).ok_or(
@@ -237,37 +274,9 @@ impl IdentityGraph {
                     },
                 )?;
                 loader.unknown.push((record, id));
-                ids[k] = (record, NONE);
-                continue;
-            }
-            let (value, new) = self
-                .values
-                .intern_tagged(value_tag, &[t], row.id_value.as_bytes())
-                .ok_or(GraphError::Capacity {
-                    what: "identifier values",
-                })?;
-            if new {
-                // Patterns are matched once per distinct value, not per row.
-                let blocked =
-                    !self.rules.blocked.is_empty() && self.rules.blocked_set.is_match(row.id_value);
-                self.v_meta.push(if blocked { t | BLOCKED } else { t });
-                self.v_profile.push(NONE);
-                self.v_seen.push((row.seen_at, row.seen_at));
-                self.v_co.push((0, 0));
-            }
-            ids[k] = (record, value);
-            // Stage 5 reads these at random; their misses overlap with the interning here.
-            if !new {
-                prefetch(&self.v_seen, value as usize);
-            }
-        }
-        // Stage 5: times, one independent update per row.
-        for (k, &(i, ..)) in keep.iter().enumerate() {
-            let (record, value) = ids[k];
-            let seen_at = chunk[i].seen_at;
-            if value != NONE {
+            } else {
                 let seen = &mut self.v_seen[value as usize];
-                let now = (seen.0.min(seen_at), seen.1.max(seen_at));
+                let now = (seen.0.min(row.seen_at), seen.1.max(row.seen_at));
                 if now != *seen {
                     *seen = now;
                     self.reseen.set(value);
@@ -278,12 +287,12 @@ impl IdentityGraph {
                 &mut loader.new_seen[(record - loader.old_records) as usize]
             } else {
                 let local = *loader.old_local.entry(record).or_insert_with(|| {
-                    loader.old_seen.push((seen_at, record));
+                    loader.old_seen.push((row.seen_at, record));
                     loader.old_seen.len() as u32 - 1
                 });
                 &mut loader.old_seen[local as usize]
             };
-            seen.0 = seen.0.min(seen_at);
+            seen.0 = seen.0.min(row.seen_at);
         }
         Ok(())
     }
@@ -315,4 +324,81 @@ fn blank(text: &str) -> bool {
         Some(b) if b.is_ascii_graphic() => false,
         Some(_) => text.trim().is_empty(),
     }
+}
+
+/// What a round needs besides the rows, kept across rounds to reuse the allocations.
+#[derive(Default)]
+struct RoundScratch {
+    /// `(row index, type index)` of the rows with a record key and a value.
+    kept: Vec<(usize, u8)>,
+    record_ids: Vec<u32>,
+    /// `NONE` for a row whose type is not in priority.
+    value_ids: Vec<u32>,
+}
+
+/// Interns `count` keys (`key(k)`, or `None` to skip `k`) into `ids` (`NONE` where skipped),
+/// `CHUNK` at a time in stages, each a loop of independent memory accesses: tags, then
+/// slots, then key offsets, then key bytes, and only then the interning, so that the cache
+/// misses of a whole chunk overlap (see `Interner`). `on_new(k, id)` runs for each new key,
+/// in order. `None` when the interner is full.
+fn intern_staged<'k>(
+    interner: &mut Interner,
+    count: usize,
+    key: impl Fn(usize) -> Option<(&'k [u8], &'k [u8])>,
+    ids: &mut Vec<u32>,
+    mut on_new: impl FnMut(usize, u32),
+) -> Option<()> {
+    ids.clear();
+    let mut first = 0;
+    while first < count {
+        let end = (first + CHUNK).min(count);
+        let mut tags = [0u32; CHUNK];
+        for k in first..end {
+            if let Some((prefix, body)) = key(k) {
+                tags[k - first] = interner.tag_of(prefix, body);
+            }
+        }
+        let mut probe = [0u64; CHUNK];
+        for k in first..end {
+            if key(k).is_some() {
+                probe[k - first] = interner.touch_slot(tags[k - first]);
+            }
+        }
+        for entry in probe.iter_mut().take(end - first) {
+            *entry = u64::from(interner.touch_end(*entry));
+        }
+        let mut touched = 0u8;
+        for &end_offset in probe.iter().take(end - first) {
+            touched ^= interner.touch_bytes(end_offset as u32);
+        }
+        std::hint::black_box(touched);
+        for k in first..end {
+            let Some((prefix, body)) = key(k) else {
+                ids.push(NONE);
+                continue;
+            };
+            let (id, new) = interner.intern_tagged(tags[k - first], prefix, body)?;
+            if new {
+                on_new(k, id);
+            }
+            ids.push(id);
+        }
+        first = end;
+    }
+    Some(())
+}
+
+/// The one-byte key prefix of type index `t`, without building it per row.
+fn type_prefix(t: u8) -> &'static [u8] {
+    const TYPES: [u8; 64] = {
+        let mut types = [0u8; 64];
+        let mut t = 0;
+        while t < 64 {
+            types[t] = t as u8;
+            t += 1;
+        }
+        types
+    };
+    let t = usize::from(t & TYPE_MASK);
+    &TYPES[t..=t]
 }
