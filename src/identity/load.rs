@@ -17,7 +17,7 @@ const PARALLEL_ROWS: usize = 1024;
 /// `load`'s marker for a row whose type is not in priority.
 const NO_TYPE: u8 = u8::MAX;
 
-/// Rows being loaded: what the chunks of `load_rows` accumulate. Owns nothing borrowed from
+/// Rows being loaded: what the rounds of `load_rows` accumulate. Owns nothing borrowed from
 /// the rows, so that rows can be fed from one source batch at a time and each batch dropped
 /// once fed: a full build never holds its whole input in memory.
 pub(super) struct Loader {
