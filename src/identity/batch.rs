@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BooleanArray, GenericByteArray, Int64Array,
-    Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondBuilder, UInt8Array,
-    UInt32Array, UInt32Builder,
+    Int64Builder, RecordBatch, StringArray, StringBuilder, StringViewBuilder,
+    TimestampMicrosecondBuilder, UInt8Array, UInt32Array, UInt32Builder,
 };
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::compute::cast;
@@ -29,6 +29,7 @@ pub(super) const MAX_TEXT_BYTES: usize = 256 << 20;
 
 enum Col {
     Str(StringBuilder),
+    View(StringViewBuilder),
     U32(UInt32Builder),
     I64(Int64Builder),
     Ts(TimestampMicrosecondBuilder),
@@ -76,20 +77,22 @@ impl TableWriter {
     }
 
     pub(super) fn str(&mut self, col: usize, value: &str) {
-        if let Some(Col::Str(b)) = self.cols.get_mut(col) {
-            b.append_value(value);
-            self.text_bytes += value.len();
+        match self.cols.get_mut(col) {
+            Some(Col::Str(b)) => b.append_value(value),
+            Some(Col::View(b)) => b.append_value(value),
+            _ => return,
         }
+        self.text_bytes += value.len();
     }
 
     pub(super) fn opt_str(&mut self, col: usize, value: Option<&str>) {
         match value {
             Some(value) => self.str(col, value),
-            None => {
-                if let Some(Col::Str(b)) = self.cols.get_mut(col) {
-                    b.append_null();
-                }
-            }
+            None => match self.cols.get_mut(col) {
+                Some(Col::Str(b)) => b.append_null(),
+                Some(Col::View(b)) => b.append_null(),
+                _ => {}
+            },
         }
     }
 
@@ -122,6 +125,7 @@ impl TableWriter {
             .iter_mut()
             .map(|col| match col {
                 Col::Str(b) => Arc::new(b.finish()) as ArrayRef,
+                Col::View(b) => Arc::new(b.finish()),
                 Col::U32(b) => Arc::new(b.finish()),
                 Col::I64(b) => Arc::new(b.finish()),
                 Col::Ts(b) => Arc::new(b.finish()),
@@ -150,6 +154,7 @@ impl TableWriter {
 fn new_col(data_type: &DataType) -> Option<Col> {
     Some(match data_type {
         DataType::Utf8 => Col::Str(StringBuilder::new()),
+        DataType::Utf8View => Col::View(StringViewBuilder::new()),
         DataType::UInt32 => Col::U32(UInt32Builder::new()),
         DataType::Int64 => Col::I64(Int64Builder::new()),
         DataType::Timestamp(TimeUnit::Microsecond, tz) => {

@@ -67,8 +67,8 @@ use std::borrow::Cow;
 use super::bits::Bits;
 use super::intern::{FastSet, Interner, trim};
 use super::load::{Batch, Loader};
-use super::prefetch::{AHEAD, prefetch};
 pub use super::output::{identities_schema, merges_schema, records_schema, refused_schema};
+use super::prefetch::{AHEAD, prefetch};
 pub use super::rules::{DEFAULT_HUB_THRESHOLD, MAX_HUB_THRESHOLD, MAX_TYPES, Rules};
 
 /// "No profile" / "no entry" in the graph's index vectors.
@@ -401,6 +401,15 @@ impl IdentityGraph {
     }
 
     /// Approximate bytes of heap the graph holds (for logs and system tables).
+    /// Where the graph's sealed key blocks are, which the output tables' text columns point
+    /// into rather than copy (see `Interner::key_views`): for memory accounting that counts
+    /// each buffer once.
+    pub fn shared_block_addresses(&self) -> Vec<usize> {
+        let mut addresses = self.records.sealed_addresses();
+        addresses.extend(self.values.sealed_addresses());
+        addresses
+    }
+
     pub fn heap_bytes(&self) -> usize {
         fn vec<T>(v: &Vec<T>) -> usize {
             v.capacity() * std::mem::size_of::<T>()

@@ -15,6 +15,10 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
+use datafusion::arrow::array::{StringViewArray, StringViewBuilder};
+use datafusion::arrow::buffer::Buffer;
+use datafusion::arrow::error::ArrowError;
+
 const K: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Multiplies as 128 bits and folds the halves: one instruction pair that mixes every input
@@ -86,7 +90,9 @@ pub(super) type FastSet<K> = std::collections::HashSet<K, BuildHasherDefault<Fas
 /// doubling copied every key again at each step into pages the kernel first had to zero,
 /// which perf showed as a third of a full build's stitch (and the copy held both arenas at
 /// once). Keys never straddle blocks; a key longer than a block is refused (the interner
-/// reports itself full), and identifiers are never that long.
+/// reports itself full), and identifiers are never that long. A full block is sealed: it
+/// never changes again, so output columns can point into it instead of copying its keys
+/// (see [`Interner::key_views`]).
 const BLOCK_SHIFT: u32 = 26;
 const BLOCK: usize = 1 << BLOCK_SHIFT;
 
@@ -98,9 +104,10 @@ pub(super) const MAX_ID: u32 = (1 << 30) - 2;
 /// dense ids `0, 1, 2, …` in insertion order.
 pub(super) struct Interner {
     seed: u64,
-    /// The arena: position `p` is byte `p % BLOCK` of block `p / BLOCK`. Only the last block
-    /// grows, up to `BLOCK` bytes.
-    blocks: Vec<Vec<u8>>,
+    /// The arena: position `p` is byte `p % BLOCK` of block `p / BLOCK`, where the blocks are
+    /// the sealed ones, then `open`, the only one that grows (up to `BLOCK` bytes).
+    sealed: Vec<Buffer>,
+    open: Vec<u8>,
     /// `ends[i]` is the position where key `i` ends; it starts where key `i - 1` ends, or at
     /// the start of its block when it did not fit in the previous one (see `start`). 32 bits
     /// keep this array small; past 4 GiB of positions the interner reports itself full.
@@ -118,7 +125,8 @@ impl Interner {
     pub(super) fn new() -> Self {
         Interner {
             seed: RandomState::new().hash_one(0x5EED_u64),
-            blocks: Vec::new(),
+            sealed: Vec::new(),
+            open: Vec::new(),
             ends: Vec::new(),
             table: vec![0; 1024],
             shift: 64 - 10,
@@ -144,7 +152,16 @@ impl Interner {
         }
         let block = (end - 1) >> BLOCK_SHIFT;
         let base = block << BLOCK_SHIFT;
-        &self.blocks[block][start - base..end - base]
+        &self.block(block)[start - base..end - base]
+    }
+
+    /// Block `index`: a sealed one, or the open one past them.
+    #[inline]
+    fn block(&self, index: usize) -> &[u8] {
+        match self.sealed.get(index) {
+            Some(block) => block.as_slice(),
+            None => &self.open,
+        }
     }
 
     /// Where key `id` starts: where the previous key ended, unless that is in an earlier
@@ -293,9 +310,12 @@ impl Interner {
     #[inline]
     pub(super) fn touch_bytes(&self, end: u32) -> u8 {
         let last = (end as usize).wrapping_sub(1);
-        self.blocks
-            .get(last >> BLOCK_SHIFT)
-            .and_then(|block| block.get(last & (BLOCK - 1)))
+        let index = last >> BLOCK_SHIFT;
+        if index > self.sealed.len() {
+            return 0;
+        }
+        self.block(index)
+            .get(last & (BLOCK - 1))
             .copied()
             .unwrap_or(0)
     }
@@ -323,50 +343,112 @@ impl Interner {
         Some((id, true))
     }
 
-    /// Writes a key at the end of the arena, in a new block if it does not fit in the last;
-    /// returns the position where it ends. `None` for a key longer than a block.
+    /// Writes a key at the end of the arena, sealing the open block and starting a new one if
+    /// it does not fit; returns the position where it ends. `None` for a key longer than a
+    /// block.
     fn append(&mut self, prefix: &[u8], body: &[u8]) -> Option<usize> {
         let len = prefix.len() + body.len();
         if len > BLOCK {
             return None;
         }
-        let fits = self
-            .blocks
-            .last()
-            .is_some_and(|block| block.len() + len <= BLOCK);
-        if !fits {
+        if self.open.len() + len > BLOCK {
             // The first block grows from small (graphs of a few keys stay small); the next
             // ones are whole blocks from the start, so nothing large is ever copied.
-            let capacity = if self.blocks.is_empty() {
-                1 << 16
+            let full = std::mem::replace(&mut self.open, Vec::with_capacity(BLOCK));
+            self.sealed.push(Buffer::from_vec(full));
+        }
+        let open = &mut self.open;
+        if open.capacity() < open.len() + len {
+            let wanted = (open.capacity() * 2)
+                .max(open.len() + len)
+                .clamp(1 << 16, BLOCK);
+            open.reserve_exact(wanted - open.len());
+        }
+        open.extend_from_slice(prefix);
+        open.extend_from_slice(body);
+        Some((self.sealed.len() << BLOCK_SHIFT) + open.len())
+    }
+
+    /// The keys of `ids`, less their first `skip` bytes (a type prefix), as a string-view
+    /// column. Keys in sealed blocks are not copied: the column points into the blocks, which
+    /// it then shares with the interner (a full build's records table is tens of millions of
+    /// keys, hundreds of megabytes held twice otherwise). Keys in the open block, which still
+    /// grows, are copied. Fails on a key that is not UTF-8, which interned text never is.
+    pub(super) fn key_views(
+        &self,
+        ids: &[u32],
+        skip: usize,
+    ) -> Result<StringViewArray, ArrowError> {
+        /// Where a key's text is: inline in its view, in a sealed block, or in the copy.
+        enum Place {
+            Inline,
+            Sealed(usize),
+            Copied,
+        }
+        let mut places = Vec::with_capacity(ids.len());
+        let mut used = vec![false; self.sealed.len()];
+        let mut copied: Vec<u8> = Vec::new();
+        for &id in ids {
+            let (start, end) = (self.start(id as usize), self.ends[id as usize] as usize);
+            let start = (start + skip).min(end);
+            let len = (end - start) as u32;
+            // Views hold up to 12 bytes themselves (Arrow's layout).
+            if len <= 12 {
+                places.push((Place::Inline, start, len));
+                continue;
+            }
+            let block = (end - 1) >> BLOCK_SHIFT;
+            if block < self.sealed.len() {
+                used[block] = true;
+                places.push((Place::Sealed(block), start - (block << BLOCK_SHIFT), len));
             } else {
-                BLOCK
-            };
-            self.blocks.push(Vec::with_capacity(capacity.max(len)));
+                places.push((Place::Copied, copied.len(), len));
+                copied.extend_from_slice(self.slice(start, end));
+            }
         }
-        let index = self.blocks.len() - 1;
-        let block = &mut self.blocks[index];
-        if block.capacity() < block.len() + len {
-            let wanted = (block.capacity() * 2).max(block.len() + len).min(BLOCK);
-            block.reserve_exact(wanted - block.len());
+        let mut views = StringViewBuilder::with_capacity(ids.len());
+        let mut block_ids = vec![0u32; self.sealed.len()];
+        for (block, _) in used.iter().enumerate().filter(|(_, used)| **used) {
+            block_ids[block] = views.append_block(self.sealed[block].clone());
         }
-        block.extend_from_slice(prefix);
-        block.extend_from_slice(body);
-        Some((index << BLOCK_SHIFT) + block.len())
+        let copy_id = if copied.is_empty() {
+            0
+        } else {
+            views.append_block(Buffer::from_vec(copied))
+        };
+        for (place, at, len) in places {
+            match place {
+                Place::Inline => {
+                    let text = std::str::from_utf8(self.slice(at, at + len as usize))
+                        .map_err(|e| ArrowError::InvalidArgumentError(e.to_string()))?;
+                    views.append_value(text);
+                }
+                Place::Sealed(block) => views.try_append_view(block_ids[block], at as u32, len)?,
+                Place::Copied => views.try_append_view(copy_id, at as u32, len)?,
+            }
+        }
+        Ok(views.finish())
     }
 
     /// Gives back arena space beyond a little headroom (see `IdentityGraph::trim`).
     pub(super) fn trim(&mut self) {
-        if let Some(block) = self.blocks.last_mut() {
-            trim(block);
-        }
+        trim(&mut self.open);
         trim(&mut self.ends);
+    }
+
+    /// The addresses of the sealed blocks (see `IdentityGraph::shared_block_addresses`).
+    pub(super) fn sealed_addresses(&self) -> Vec<usize> {
+        self.sealed
+            .iter()
+            .map(|block| block.as_ptr() as usize)
+            .collect()
     }
 
     /// Bytes of heap held.
     pub(super) fn heap_bytes(&self) -> usize {
-        self.blocks.iter().map(Vec::capacity).sum::<usize>()
-            + self.blocks.capacity() * std::mem::size_of::<Vec<u8>>()
+        self.sealed.iter().map(Buffer::capacity).sum::<usize>()
+            + self.open.capacity()
+            + self.sealed.capacity() * std::mem::size_of::<Buffer>()
             + self.ends.capacity() * 4
             + self.table.capacity() * 8
     }
@@ -416,7 +498,7 @@ mod tests {
         for i in 0..30u8 {
             assert_eq!(interner.intern(&[i], &key(i)), Some((u32::from(i), true)));
         }
-        assert_eq!(interner.blocks.len(), 2);
+        assert_eq!(interner.sealed.len(), 1);
         for i in 0..30u8 {
             let found = interner.key(u32::from(i));
             assert_eq!((found[0], found.len()), (i, (3 << 20) + 1));
@@ -434,6 +516,40 @@ mod tests {
         assert_eq!(interner.get(&[25], &key(25)), Some(25));
         // Longer than a block: refused, not split.
         assert_eq!(interner.intern(&[], &vec![0; BLOCK + 1]), None);
+    }
+
+    /// Views of keys in sealed blocks point into those blocks; keys in the open block, and
+    /// short ones, come out the same from copies.
+    #[test]
+    fn key_views_share_sealed_blocks_and_copy_the_open_one() {
+        let mut interner = Interner::new();
+        // 3 MiB keys: 21 fill the first block, sealed when the 22nd arrives.
+        let big = |i: u8| format!("{i:02}{}", "k".repeat(3 << 20));
+        for i in 0..25u8 {
+            interner.intern(&[7], big(i).as_bytes()).unwrap();
+        }
+        let (short, _) = interner.intern(&[7], b"tiny").unwrap();
+        assert_eq!(interner.sealed.len(), 1);
+        let ids = [22, 3, short, 20, 24];
+        let views = interner.key_views(&ids, 1).unwrap();
+        let texts: Vec<&str> = views.iter().map(Option::unwrap_or_default).collect();
+        assert_eq!(
+            texts,
+            [big(22).as_str(), &big(3), "tiny", &big(20), &big(24)]
+        );
+        let sealed = interner.sealed[0].as_ptr();
+        assert!(views.data_buffers().iter().any(|b| b.as_ptr() == sealed));
+        // The copy holds the open block's two keys, nothing of the sealed ones.
+        let copied: usize = views
+            .data_buffers()
+            .iter()
+            .filter(|b| b.as_ptr() != sealed)
+            .map(|b| b.len())
+            .sum();
+        assert_eq!(copied, 2 * big(0).len());
+        // The whole key, prefix included, when nothing is skipped.
+        let whole = interner.key_views(&[short], 0).unwrap();
+        assert_eq!(whole.value(0), "\u{7}tiny");
     }
 
     #[test]

@@ -224,8 +224,7 @@ impl IdentityGraph {
                 let (i, t) = kept[k];
                 let row = &rows[i];
                 // Patterns are matched once per distinct value, not per row.
-                let blocked =
-                    !rules.blocked.is_empty() && rules.blocked_set.is_match(row.id_value);
+                let blocked = !rules.blocked.is_empty() && rules.blocked_set.is_match(row.id_value);
                 v_meta.push(if blocked { t | BLOCKED } else { t });
                 v_profile.push(NONE);
                 v_seen.push((row.seen_at, row.seen_at));

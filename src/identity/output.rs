@@ -20,7 +20,8 @@ pub fn identities_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("profile_id", DataType::Utf8, false),
         Field::new("id_type", DataType::Utf8, false),
-        Field::new("id_value", DataType::Utf8, false),
+        // Views into the graph's own copy of the text (see `Interner::key_views`).
+        Field::new("id_value", DataType::Utf8View, false),
         Field::new("first_seen", timestamp(), false),
         Field::new("last_seen", timestamp(), false),
     ]))
@@ -28,7 +29,7 @@ pub fn identities_schema() -> SchemaRef {
 
 pub fn records_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("record_key", DataType::Utf8, false),
+        Field::new("record_key", DataType::Utf8View, false),
         Field::new("profile_id", DataType::Utf8, false),
     ]))
 }

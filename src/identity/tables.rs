@@ -157,11 +157,8 @@ impl GraphTables {
             (profile != NONE).then(|| graph.root(profile))
         };
         let record_columns = |members: &[u32]| -> Result<Vec<ArrayRef>, GraphError> {
-            let mut keys = StringBuilder::with_capacity(members.len(), members.len() * 40);
-            for &record in members {
-                keys.append_value(graph.record_text(record));
-            }
-            Ok(vec![Arc::new(keys.finish()) as ArrayRef])
+            let keys = graph.records.key_views(members, 0).map_err(arrow_error)?;
+            Ok(vec![Arc::new(keys) as ArrayRef])
         };
         let mut records = self.records.update(
             graph,
@@ -206,12 +203,12 @@ impl GraphTables {
         let value_root = |value: u32| Some(graph.root(graph.v_profile[value as usize]));
         let value_columns = |members: &[u32]| -> Result<Vec<ArrayRef>, GraphError> {
             let mut types = StringBuilder::with_capacity(members.len(), members.len() * 8);
-            let mut values = StringBuilder::with_capacity(members.len(), members.len() * 24);
             for &value in members {
                 types.append_value(graph.rules.type_name(graph.type_of(value)));
-                values.append_value(graph.value_text(value));
             }
-            Ok(vec![Arc::new(types.finish()), Arc::new(values.finish())])
+            // The key's first byte is its type (see `load.rs`).
+            let values = graph.values.key_views(members, 1).map_err(arrow_error)?;
+            Ok(vec![Arc::new(types.finish()), Arc::new(values)])
         };
         let identities = self.identities.update(
             graph,
@@ -584,6 +581,13 @@ fn profile_ids(graph: &IdentityGraph, roots: &[u32]) -> ArrayRef {
         ids.append_value(text.format(graph.p_hash[root as usize]));
     }
     Arc::new(ids.finish())
+}
+
+fn arrow_error(e: datafusion::arrow::error::ArrowError) -> GraphError {
+    GraphError::Arrow {
+        table: "identity tables".into(),
+        message: e.to_string(),
+    }
 }
 
 /// The kept batches, or the table's (empty) batch when nothing was kept yet, so that readers
