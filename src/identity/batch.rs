@@ -258,10 +258,10 @@ pub(super) fn batch_of(
 /// if text bytes are not UTF-8.
 pub(super) fn byte_column<T: ByteArrayType<Offset = i32>>(
     offsets: Vec<i32>,
-    bytes: &[u8],
+    bytes: Buffer,
 ) -> Result<ArrayRef, GraphError> {
     let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
-    GenericByteArray::<T>::try_new(offsets, Buffer::from_slice_ref(bytes), None)
+    GenericByteArray::<T>::try_new(offsets, bytes, None)
         .map(|array| Arc::new(array) as ArrayRef)
         .map_err(|e| GraphError::Arrow {
             table: "state".into(),

@@ -198,13 +198,15 @@ impl Interner {
     }
 
     /// Keys `first..end` (a run from [`Interner::run_end`]) as Arrow's variable-width layout:
-    /// offsets from 0 and their bytes, a slice of the arena, so that persisting millions of
-    /// keys costs two copies.
-    pub(super) fn key_run(&self, first: usize, end: usize) -> (Vec<i32>, &[u8]) {
+    /// offsets from 0 and their bytes. The bytes of a run in a sealed block are a slice of it,
+    /// not a copy (persisting a full build's keys copied hundreds of megabytes into fresh
+    /// pages); a run in the open block, which still grows, is copied.
+    pub(super) fn key_run(&self, first: usize, end: usize) -> (Vec<i32>, Buffer) {
         if end == first {
-            return (vec![0], &[]);
+            return (vec![0], Buffer::from_vec(Vec::<u8>::new()));
         }
         let base = self.start(first);
+        let last = self.ends[end - 1] as usize;
         let mut offsets = Vec::with_capacity(end - first + 1);
         offsets.push(0);
         offsets.extend(
@@ -212,7 +214,15 @@ impl Interner {
                 .iter()
                 .map(|&e| (e as usize - base) as i32),
         );
-        (offsets, self.slice(base, self.ends[end - 1] as usize))
+        // A run lies in one block (see `run_end`): the block of its last byte.
+        let block = last.saturating_sub(1) >> BLOCK_SHIFT;
+        let bytes = match self.sealed.get(block) {
+            Some(sealed) if last > base => {
+                sealed.slice_with_length(base - (block << BLOCK_SHIFT), last - base)
+            }
+            _ => Buffer::from_slice_ref(self.slice(base, last)),
+        };
+        (offsets, bytes)
     }
 
     #[inline]
@@ -509,6 +519,8 @@ mod tests {
         assert_eq!(end, 21);
         let (offsets, bytes) = interner.key_run(0, end);
         assert_eq!(bytes.len(), 21 * ((3 << 20) + 1));
+        // The sealed block's own bytes, not a copy.
+        assert_eq!(bytes.as_ptr(), interner.sealed[0].as_ptr());
         assert_eq!(offsets.len(), 22);
         assert_eq!(interner.run_end(end, 100, usize::MAX), 30);
         assert_eq!(interner.key_run(21, 30).0[9] as usize, 9 * ((3 << 20) + 1));
