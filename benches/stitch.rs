@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use c360::identity::graph::IdentityGraph;
 use c360::identity::manager::{rows_of_batch, rules_from_options};
+use c360::identity::tables::GraphTables;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
@@ -115,10 +116,17 @@ async fn run(args: Args) -> Result<()> {
         let loaded = secs(started.elapsed());
         let summary = applying.finish()?;
         let total = secs(started.elapsed());
+        // The tables as the engine publishes them, built from the graph just stitched.
+        let started = Instant::now();
+        let (tables, _) = GraphTables::default().update(&mut graph)?;
+        let tables_seconds = secs(started.elapsed());
+        let table_rows: usize = tables.iter().flatten().map(RecordBatch::num_rows).sum();
+        drop(tables);
         let (peak, _) = memory();
         println!(
-            "run {run}: {total:.2} s (load {loaded:.2} s, rest {:.2} s): {} records, {} merges, \
-             {} profiles; graph {:.2} GB, peak RSS {:.2} GB (from {:.2} GB)",
+            "run {run}: {total:.2} s (load {loaded:.2} s, rest {:.2} s), then tables \
+             {tables_seconds:.2} s ({table_rows} rows): {} records, {} merges, {} profiles; \
+             graph {:.2} GB, peak RSS {:.2} GB (from {:.2} GB)",
             total - loaded,
             summary.records,
             summary.merges,

@@ -19,6 +19,8 @@ use datafusion::arrow::array::{StringViewArray, StringViewBuilder};
 use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::error::ArrowError;
 
+use super::prefetch::{AHEAD, prefetch};
+
 const K: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Multiplies as 128 bits and folds the halves: one instruction pair that mixes every input
@@ -398,7 +400,11 @@ impl Interner {
         let mut places = Vec::with_capacity(ids.len());
         let mut used = vec![false; self.sealed.len()];
         let mut copied: Vec<u8> = Vec::new();
-        for &id in ids {
+        for (k, &id) in ids.iter().enumerate() {
+            // Keys are read at random: the end offsets of the ones ahead are asked for now.
+            if let Some(&ahead) = ids.get(k + AHEAD) {
+                prefetch(&self.ends, ahead as usize);
+            }
             let (start, end) = (self.start(id as usize), self.ends[id as usize] as usize);
             let start = (start + skip).min(end);
             let len = (end - start) as u32;

@@ -28,6 +28,7 @@ use super::batch::batch_of;
 use super::bits::Bits;
 use super::graph::{GraphError, IdentityGraph, NONE, SinceTables};
 use super::output::{identities_schema, records_schema};
+use super::prefetch::{AHEAD, prefetch};
 
 /// Positions per chunk: one output batch each.
 const CHUNK: usize = 65_536;
@@ -146,11 +147,18 @@ impl GraphTables {
         }
 
         let record_rows = |first: usize, end: usize| -> Vec<u32> {
-            graph.record_order[first..end]
-                .iter()
-                .copied()
-                .filter(|&record| graph.record_profile(record) != NONE)
-                .collect()
+            let records = &graph.record_order[first..end];
+            let mut rows = Vec::with_capacity(records.len());
+            for (i, &record) in records.iter().enumerate() {
+                // Records are read at random: the entries of the ones ahead are asked for now.
+                if let Some(&ahead) = records.get(i + AHEAD) {
+                    prefetch(&graph.r, ahead as usize);
+                }
+                if graph.record_profile(record) != NONE {
+                    rows.push(record);
+                }
+            }
+            rows
         };
         let record_root = |record: u32| {
             let profile = graph.record_profile(record);
@@ -577,7 +585,10 @@ fn patch_profile_ids(
 fn profile_ids(graph: &IdentityGraph, roots: &[u32]) -> ArrayRef {
     let mut ids = StringBuilder::with_capacity(roots.len(), roots.len() * 18);
     let mut text = super::output::IdFormatter::new();
-    for &root in roots {
+    for (i, &root) in roots.iter().enumerate() {
+        if let Some(&ahead) = roots.get(i + AHEAD) {
+            prefetch(&graph.p_hash, ahead as usize);
+        }
         ids.append_value(text.format(graph.p_hash[root as usize]));
     }
     Arc::new(ids.finish())
