@@ -364,12 +364,12 @@ impl Interner {
             return None;
         }
         if self.open.len() + len > BLOCK {
-            // The first block grows from small (graphs of a few keys stay small); the next
-            // ones are whole blocks from the start, so nothing large is ever copied.
+            // Blocks after the first are whole from the start, so nothing large is copied.
             let full = std::mem::replace(&mut self.open, Vec::with_capacity(BLOCK));
             self.sealed.push(Buffer::from_vec(full));
         }
         let open = &mut self.open;
+        // Only the first block grows, from small: graphs of a few keys stay small.
         if open.capacity() < open.len() + len {
             let wanted = (open.capacity() * 2)
                 .max(open.len() + len)
