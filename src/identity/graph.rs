@@ -400,7 +400,6 @@ impl IdentityGraph {
         self.records.len()
     }
 
-    /// Approximate bytes of heap the graph holds (for logs and system tables).
     /// Where the graph's sealed key blocks are, which the output tables' text columns point
     /// into rather than copy (see `Interner::key_views`): for memory accounting that counts
     /// each buffer once.
@@ -410,6 +409,7 @@ impl IdentityGraph {
         addresses
     }
 
+    /// Approximate bytes of heap the graph holds (for logs and system tables).
     pub fn heap_bytes(&self) -> usize {
         fn vec<T>(v: &Vec<T>) -> usize {
             v.capacity() * std::mem::size_of::<T>()
