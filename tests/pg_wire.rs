@@ -433,6 +433,19 @@ fn psql_meta_commands_describe_the_catalog() {
         ("\\d+ stores", "Storage"),
         ("\\d+ profiles", "lifetime_value"),
         ("\\l+", "c360"),
+        // A view's SQL, as `\\d+` shows it and as `\\sv` prints it to edit.
+        ("\\d+ web_orders", "View definition:"),
+        ("\\d+ web_orders", "'Order Completed'"),
+        (
+            "\\sv web_orders",
+            "CREATE OR REPLACE VIEW public.web_orders AS",
+        ),
+        // c360's functions are built-ins, listed with their signatures.
+        (
+            "\\df normalize*",
+            "normalize_phone | text             | text, text",
+        ),
+        ("\\df+ normalize_email", "immutable"),
     ] {
         let out = server.psql(&["-c", command]);
         assert!(out.status.success(), "{command}: {}", stderr_of(&out));
@@ -454,6 +467,48 @@ fn psql_meta_commands_describe_the_catalog() {
         "{}",
         stdout_of(&expanded)
     );
+}
+
+/// BI tools read a view's SQL from `pg_views` or with `pg_get_viewdef` per row of `pg_class`:
+/// each view gets its own definition, tables none.
+#[tokio::test]
+async fn view_definitions_are_read_per_view() {
+    let server = Server::start_demo();
+    let client = server.connect().await;
+    let definitions = client
+        .query(
+            "SELECT c.relname, pg_catalog.pg_get_viewdef(c.oid, true) FROM pg_catalog.pg_class c \
+             WHERE c.relname IN ('web_orders', 'identifiers', 'stores') ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let by_name: Vec<(String, Option<String>)> = definitions
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(by_name.len(), 3, "{by_name:?}");
+    let identifiers = by_name[0].1.as_deref().unwrap_or_default();
+    assert!(identifiers.contains("normalize_email"), "{identifiers}");
+    assert!(
+        by_name[1].1.is_none(),
+        "a table has no view definition: {by_name:?}"
+    );
+    let web_orders = by_name[2].1.as_deref().unwrap_or_default();
+    assert!(web_orders.starts_with(" SELECT"), "{web_orders}");
+    assert!(web_orders.contains("'Order Completed'"), "{web_orders}");
+    assert!(!web_orders.contains("normalize_email"), "{web_orders}");
+
+    let listed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_views WHERE schemaname = 'public' \
+             AND viewname IN ('web_orders', 'identifiers') AND definition LIKE ' SELECT%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(listed, 2);
 }
 
 #[tokio::test]

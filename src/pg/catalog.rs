@@ -67,8 +67,14 @@ pub fn install(ctx: &SessionContext, database: &str) -> Result<()> {
     ctx.register_udf(constant("obj_description", 2, ScalarValue::Utf8(None)));
     ctx.register_udf(constant("col_description", 2, ScalarValue::Utf8(None)));
     ctx.register_udf(constant("shobj_description", 2, ScalarValue::Utf8(None)));
+    // psql's `\df+` shows a SQL-language function's body; c360's functions are built in.
+    ctx.register_udf(constant(
+        "pg_get_function_sqlbody",
+        1,
+        ScalarValue::Utf8(None),
+    ));
     ctx.register_udf(size_pretty());
-    Ok(())
+    super::catalog_rows::install(ctx, database)
 }
 
 /// `pg_size_pretty(bigint)`, with PostgreSQL's units and rounding: BI tools show sizes with it.

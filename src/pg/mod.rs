@@ -4,8 +4,8 @@
 //! loop is ours, so that binding errors surface before start-up is announced, shutdown is
 //! clean, and the rules below hold for every connection:
 //!
-//! - `catalog`, `rewrite`: `pg_catalog`, `version()` and the rewrites clients' metadata
-//!   queries need;
+//! - `catalog`, `catalog_rows`, `rewrite`: `pg_catalog` (with c360's views and functions in
+//!   it), `version()` and the rewrites clients' metadata queries need;
 //! - `auth`: SCRAM-SHA-256 against `[[pg.users]]` (verifiers: `scram`), or, with no users,
 //!   an open door on loopback only;
 //! - `tls`: TLS from `[pg.tls]`, required of every client when configured;
@@ -19,6 +19,7 @@
 
 mod auth;
 mod catalog;
+mod catalog_rows;
 mod copy;
 mod errors;
 mod limits;

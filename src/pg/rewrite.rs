@@ -16,7 +16,7 @@
 //! subquery over `pg_sequence`, which is always empty, is NULL. What is replaced by NULL keeps
 //! its parameters (`$n IS NULL`), so that the numbering of the others does not shift.
 //! psql's `\d+` joins storage options (`reloptions`) that no c360 relation has: the empty
-//! string PostgreSQL prints for them.
+//! string PostgreSQL prints for them. `pg_get_viewdef(oid)` becomes a lookup in `pg_views`.
 
 use std::ops::ControlFlow;
 
@@ -24,7 +24,7 @@ use std::collections::HashSet;
 
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, GroupByExpr, Query, SelectItem, SetExpr, Statement, TableFactor,
-    visit_expressions, visit_expressions_mut,
+    visit_expressions, visit_expressions_mut, visit_relations,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -146,6 +146,46 @@ pub fn catalog_subqueries(statement: &mut Statement) -> bool {
             ));
             changed = true;
         }
+        // A view's definition is looked up by its oid in `pg_views` (which c360 fills, see
+        // `catalog_rows`): DataFusion has no oid of its own to resolve. The aliases are ones
+        // no client uses, so that `pg_get_viewdef(c.oid)` still means the caller's `c`. The
+        // lookup is passed to `pg_get_viewdef(text)`, which returns it: the column keeps its
+        // name, and datafusion-pg-catalog, which empties correlated subqueries standing
+        // alone in a select list, leaves it be.
+        if let Expr::Function(function) = expr
+            && function
+                .name
+                .to_string()
+                .to_ascii_lowercase()
+                .ends_with("pg_get_viewdef")
+            && let Some(oid) = first_argument(function)
+            && !matches!(oid, Expr::Subquery(_))
+            && let Ok(lookup) = parse_expr(&format!(
+                "pg_catalog.pg_get_viewdef((SELECT max(c360_view.definition) FROM pg_catalog.pg_views c360_view \
+                 JOIN pg_catalog.pg_namespace c360_ns ON c360_ns.nspname = c360_view.schemaname \
+                 JOIN pg_catalog.pg_class c360_rel ON c360_rel.relnamespace = c360_ns.oid \
+                 AND c360_rel.relname = c360_view.viewname WHERE c360_rel.oid = {oid}))"
+            ))
+        {
+            *expr = lookup;
+            changed = true;
+        }
+        // Access privileges (`proacl`, `relacl`, …) are text in datafusion-pg-catalog, not
+        // arrays (and NULL: c360 grants by role, not per object); psql's `\df+` and `\dp`
+        // join them into lines, which for text is the text itself.
+        if let Expr::Function(function) = expr
+            && function
+                .name
+                .to_string()
+                .to_ascii_lowercase()
+                .ends_with("array_to_string")
+            && let Some(privileges @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_))) =
+                first_argument(function)
+            && privileges.to_string().to_ascii_lowercase().ends_with("acl")
+        {
+            *expr = privileges.clone();
+            changed = true;
+        }
         // pg_sequence is always empty in c360, so any lookup in it is NULL.
         if let Expr::Subquery(query) = expr
             && reads_relation(query, "pg_sequence")
@@ -155,6 +195,24 @@ pub fn catalog_subqueries(statement: &mut Statement) -> bool {
         }
         ControlFlow::<()>::Continue(())
     });
+    // Any other reading of `pg_class.reloptions` (psql's `\sv` strips check options out of
+    // it) reads NULL: no c360 relation has options.
+    if reads_pg_class(statement) {
+        let _ = visit_expressions_mut(statement, |expr| {
+            let name = match &*expr {
+                Expr::Identifier(ident) => Some(ident),
+                Expr::CompoundIdentifier(parts) => parts.last(),
+                _ => None,
+            };
+            let is_options =
+                name.is_some_and(|ident| ident.value.eq_ignore_ascii_case("reloptions"));
+            if is_options && let Ok(null) = parse_expr("CAST(NULL AS TEXT[])") {
+                *expr = null;
+                changed = true;
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
     let _ = visit_expressions_mut(statement, |expr| {
         if let Expr::Subquery(query) = expr
             && aggregate_lookup(query)
@@ -171,6 +229,33 @@ pub fn catalog_subqueries(statement: &mut Statement) -> bool {
         ControlFlow::<()>::Continue(())
     });
     changed
+}
+
+fn reads_pg_class(statement: &Statement) -> bool {
+    let found = visit_relations(statement, |name| {
+        if name
+            .0
+            .last()
+            .is_some_and(|last| last.to_string().eq_ignore_ascii_case("pg_class"))
+        {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    found.is_break()
+}
+
+/// A function call's first positional argument.
+fn first_argument(function: &datafusion::sql::sqlparser::ast::Function) -> Option<&Expr> {
+    use datafusion::sql::sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+    let FunctionArguments::List(list) = &function.args else {
+        return None;
+    };
+    match list.args.first()? {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Some(expr),
+        _ => None,
+    }
 }
 
 /// NULL, still naming the parameters `expr` had, each with the cast it had.
@@ -458,6 +543,35 @@ mod tests {
         assert_eq!(
             named("SELECT *, count(*) FROM t"),
             "SELECT *, count(*) FROM t"
+        );
+    }
+
+    #[test]
+    fn view_definitions_are_looked_up_by_oid_once() {
+        let once = rewritten(
+            "SELECT c.relname, pg_catalog.pg_get_viewdef(c.oid, true) FROM pg_catalog.pg_class c",
+        );
+        assert!(
+            once.contains("pg_catalog.pg_get_viewdef((SELECT max(c360_view.definition)"),
+            "{once}"
+        );
+        // The caller's `c`, not the lookup's own pg_class.
+        assert!(
+            once.ends_with("WHERE c360_rel.oid = c.oid)) FROM pg_catalog.pg_class c"),
+            "{once}"
+        );
+        assert_eq!(rewritten(&once), once);
+    }
+
+    #[test]
+    fn view_options_and_privileges_read_as_nothing() {
+        let sql = "SELECT pg_catalog.array_remove(c.reloptions, 'check_option=local'), \
+                   pg_catalog.array_to_string(p.proacl, E'\\n') \
+                   FROM pg_catalog.pg_class c, pg_catalog.pg_proc p";
+        assert_eq!(
+            rewritten(sql),
+            "SELECT pg_catalog.array_remove(CAST(NULL AS TEXT[]), 'check_option=local'), \
+             p.proacl FROM pg_catalog.pg_class c, pg_catalog.pg_proc p"
         );
     }
 
