@@ -15,16 +15,17 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float32Array, Int16Array, Int32Array, RecordBatch,
-    StringArray, new_null_array,
+    StringArray, new_empty_array, new_null_array,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Int32Type, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Int64Type, SchemaRef, TimeUnit};
 use datafusion::catalog::{CatalogProviderList, SchemaProvider, TableProvider};
+use datafusion::common::ScalarValue;
 use datafusion::datasource::{MemTable, ViewTable};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    TableType, TypeSignature, TypeSignatureClass, Volatility,
+    ColumnarValue, ReturnFieldArgs, ScalarUDF, TableType, TypeSignature, TypeSignatureClass,
+    Volatility, create_udf,
 };
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::Statement;
@@ -72,23 +73,38 @@ pub(super) fn install(ctx: &SessionContext, database: &str) -> Result<()> {
     let signatures = Arc::new(Signatures::of(&procs, &type_names));
     let pg_proc = Arc::new(MemTable::try_new(schema, vec![procs])?);
 
-    ctx.register_udf(ScalarUDF::new_from_impl(FunctionIsVisible::new()));
-    ctx.register_udf(ScalarUDF::new_from_impl(ViewDefinition::new()));
-    for (name, part) in [
-        ("pg_get_function_result", SignaturePart::Result),
-        ("pg_get_function_arguments", SignaturePart::Arguments),
-        (
-            "pg_get_function_identity_arguments",
-            SignaturePart::Arguments,
-        ),
+    // c360 has one search path, so every function is visible.
+    ctx.register_udf(oid_function(
+        "pg_function_is_visible",
+        DataType::Boolean,
+        |_| ScalarValue::Boolean(Some(true)),
+    ));
+    for (name, result) in [
+        ("pg_get_function_result", true),
+        ("pg_get_function_arguments", false),
+        ("pg_get_function_identity_arguments", false),
     ] {
-        ctx.register_udf(ScalarUDF::new_from_impl(SignatureText {
-            name,
-            part,
-            signature: Signature::any(1, Volatility::Stable),
-            signatures: Arc::clone(&signatures),
+        let signatures = Arc::clone(&signatures);
+        ctx.register_udf(oid_function(name, DataType::Utf8, move |oid| {
+            let texts = i32::try_from(oid)
+                .ok()
+                .and_then(|oid| signatures.by_oid.get(&oid));
+            ScalarValue::Utf8(texts.map(|(r, a)| if result { r.clone() } else { a.clone() }))
         }));
     }
+    // The Postgres frontend rewrites `pg_get_viewdef(oid, …)` into this, around the
+    // definition it looks up in `pg_views` (see `rewrite`), which this returns as it is.
+    ctx.register_udf(create_udf(
+        "pg_get_viewdef",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            args.first()
+                .cloned()
+                .ok_or_else(|| DataFusionError::Internal("pg_get_viewdef: no argument".into()))
+        }),
+    ));
     let ours = C360PgCatalog {
         inner,
         catalogs: Arc::clone(ctx.state().catalog_list()),
@@ -506,157 +522,44 @@ impl Signatures {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum SignaturePart {
-    Result,
-    Arguments,
-}
-
-/// `pg_get_function_result(oid)` and the argument-list functions: text from `pg_proc`.
-#[derive(Debug)]
-struct SignatureText {
-    name: &'static str,
-    part: SignaturePart,
-    signature: Signature,
-    signatures: Arc<Signatures>,
-}
-
-impl PartialEq for SignatureText {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-    }
-}
-impl Eq for SignatureText {}
-impl std::hash::Hash for SignatureText {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.name.hash(state);
-    }
-}
-
-impl std::fmt::Debug for Signatures {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} function signatures", self.by_oid.len())
-    }
-}
-
-impl ScalarUDFImpl for SignatureText {
-    fn name(&self) -> &str {
-        self.name
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-    fn invoke_with_args(
-        &self,
-        args: ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
-        let oids = oids_of(&args)?;
-        let texts: StringArray = oids
-            .iter()
-            .map(|oid| {
-                let (result, arguments) = self.signatures.by_oid.get(&oid?)?;
-                Some(match self.part {
-                    SignaturePart::Result => result.clone(),
-                    SignaturePart::Arguments => arguments.clone(),
+/// A catalog function of one oid: `answer` for each oid, NULL for NULL.
+fn oid_function(
+    name: &str,
+    return_type: DataType,
+    answer: impl Fn(i64) -> ScalarValue + Send + Sync + 'static,
+) -> ScalarUDF {
+    let output = return_type.clone();
+    create_udf(
+        name,
+        vec![DataType::Int64],
+        return_type,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let all_scalar = args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let [oids] = arrays.as_slice() else {
+                return datafusion::common::exec_err!("expected one oid argument");
+            };
+            let oids = cast(oids, &DataType::Int64)?;
+            let answers = oids
+                .as_primitive::<Int64Type>()
+                .iter()
+                .map(|oid| match oid {
+                    Some(oid) => Ok(answer(oid)),
+                    None => ScalarValue::try_from(&output),
                 })
-            })
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(texts)))
-    }
-}
-
-/// The one argument of an oid function, as 32-bit oids.
-fn oids_of(args: &ScalarFunctionArgs) -> datafusion::error::Result<Int32Array> {
-    let [argument] = args.args.as_slice() else {
-        return datafusion::common::exec_err!("expected one oid argument");
-    };
-    let array = argument.to_array(args.number_rows)?;
-    Ok(cast(&array, &DataType::Int32)?
-        .as_primitive::<Int32Type>()
-        .clone())
-}
-
-/// `pg_function_is_visible(oid)`: c360 has one search path, so every function is visible.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct FunctionIsVisible {
-    signature: Signature,
-}
-
-impl FunctionIsVisible {
-    fn new() -> Self {
-        FunctionIsVisible {
-            signature: Signature::any(1, Volatility::Stable),
-        }
-    }
-}
-
-impl ScalarUDFImpl for FunctionIsVisible {
-    fn name(&self) -> &str {
-        "pg_function_is_visible"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Boolean)
-    }
-    fn invoke_with_args(
-        &self,
-        args: ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
-        let oids = oids_of(&args)?;
-        let visible: BooleanArray = oids.iter().map(|oid| oid.map(|_| true)).collect();
-        Ok(ColumnarValue::Array(Arc::new(visible)))
-    }
-}
-
-/// `pg_get_viewdef(definition)`: the Postgres frontend rewrites `pg_get_viewdef(oid, …)` into
-/// this, with the definition looked up in `pg_views` (see `rewrite`). Called with anything
-/// but text (an oid outside the Postgres frontend) it is NULL: only the lookup knows oids.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct ViewDefinition {
-    signature: Signature,
-}
-
-impl ViewDefinition {
-    fn new() -> Self {
-        ViewDefinition {
-            signature: Signature::variadic_any(Volatility::Stable),
-        }
-    }
-}
-
-impl ScalarUDFImpl for ViewDefinition {
-    fn name(&self) -> &str {
-        "pg_get_viewdef"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-    fn invoke_with_args(
-        &self,
-        args: ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
-        let rows = args.number_rows;
-        let definitions = match args.args.first() {
-            Some(first)
-                if matches!(
-                    first.data_type(),
-                    DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
-                ) =>
-            {
-                cast(&first.to_array(rows)?, &DataType::Utf8)?
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            if answers.is_empty() {
+                return Ok(ColumnarValue::Array(new_empty_array(&output)));
             }
-            _ => new_null_array(&DataType::Utf8, rows),
-        };
-        Ok(ColumnarValue::Array(definitions))
-    }
+            let answers = ScalarValue::iter_to_array(answers)?;
+            Ok(if all_scalar {
+                ColumnarValue::Scalar(ScalarValue::try_from_array(&answers, 0)?)
+            } else {
+                ColumnarValue::Array(answers)
+            })
+        }),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -120,27 +120,14 @@ fn figure_column_name(expr: &Expr) -> Option<String> {
 pub fn catalog_subqueries(statement: &mut Statement) -> bool {
     let mut changed = false;
     let _ = visit_expressions_mut(statement, |expr| {
-        if let Expr::Function(function) = expr
-            && function
-                .name
-                .to_string()
-                .to_ascii_lowercase()
-                .ends_with("pg_get_serial_sequence")
-        {
+        if call_of(expr, "pg_get_serial_sequence").is_some() {
             *expr = null_keeping_parameters(expr);
             changed = true;
         }
         // c360's relations have no storage options, so psql's `\d+` line joining a table's
         // and its TOAST table's `reloptions` (an `ARRAY(subquery)`, which DataFusion cannot
         // plan, over a column pg_class does not have) is the empty string PostgreSQL prints.
-        if let Expr::Function(function) = expr
-            && function
-                .name
-                .to_string()
-                .to_ascii_lowercase()
-                .ends_with("array_to_string")
-            && names_column(expr, "reloptions")
-        {
+        if call_of(expr, "array_to_string").is_some() && names_column(expr, "reloptions") {
             *expr = Expr::value(datafusion::sql::sqlparser::ast::Value::SingleQuotedString(
                 String::new(),
             ));
@@ -152,12 +139,7 @@ pub fn catalog_subqueries(statement: &mut Statement) -> bool {
         // lookup is passed to `pg_get_viewdef(text)`, which returns it: the column keeps its
         // name, and datafusion-pg-catalog, which empties correlated subqueries standing
         // alone in a select list, leaves it be.
-        if let Expr::Function(function) = expr
-            && function
-                .name
-                .to_string()
-                .to_ascii_lowercase()
-                .ends_with("pg_get_viewdef")
+        if let Some(function) = call_of(expr, "pg_get_viewdef")
             && let Some(oid) = first_argument(function)
             && !matches!(oid, Expr::Subquery(_))
             && let Ok(lookup) = parse_expr(&format!(
@@ -173,12 +155,7 @@ pub fn catalog_subqueries(statement: &mut Statement) -> bool {
         // Access privileges (`proacl`, `relacl`, …) are text in datafusion-pg-catalog, not
         // arrays (and NULL: c360 grants by role, not per object); psql's `\df+` and `\dp`
         // join them into lines, which for text is the text itself.
-        if let Expr::Function(function) = expr
-            && function
-                .name
-                .to_string()
-                .to_ascii_lowercase()
-                .ends_with("array_to_string")
+        if let Some(function) = call_of(expr, "array_to_string")
             && let Some(privileges @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_))) =
                 first_argument(function)
             && privileges.to_string().to_ascii_lowercase().ends_with("acl")
@@ -244,6 +221,25 @@ fn reads_pg_class(statement: &Statement) -> bool {
         }
     });
     found.is_break()
+}
+
+/// The call `expr` is, if it calls the function `name` (qualified or not).
+fn call_of<'e>(
+    expr: &'e Expr,
+    name: &str,
+) -> Option<&'e datafusion::sql::sqlparser::ast::Function> {
+    match expr {
+        Expr::Function(function)
+            if function
+                .name
+                .to_string()
+                .to_ascii_lowercase()
+                .ends_with(name) =>
+        {
+            Some(function)
+        }
+        _ => None,
+    }
 }
 
 /// A function call's first positional argument.
