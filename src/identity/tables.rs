@@ -390,40 +390,72 @@ impl Chunked {
         root_of: &RootOf<'_>,
         columns: &Columns<'_>,
     ) -> Result<Changes, GraphError> {
+        // Chunks are patched on as many threads as there are cores: a refresh touches nearly
+        // every chunk (a merged profile's rows are spread over all of them), and copying
+        // their profile-id text was most of a refresh's table time. The threads only read
+        // `again`; the flags they found are cleared after.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_thread = self.chunks.len().div_ceil(threads.max(1)).max(1);
+        let flags = again.as_deref();
+        let mut bases = Vec::with_capacity(self.chunks.len() / per_thread + 1);
+        let mut row_base = 0usize;
+        for part in self.chunks.chunks(per_thread) {
+            bases.push(row_base);
+            row_base += part.iter().map(|chunk| chunk.members.len()).sum::<usize>();
+        }
+        let patch_part = |first_index: usize, row_base: usize, part: &mut [Chunk]| {
+            let mut patched = PatchedPart::default();
+            let mut row_base = row_base;
+            for (offset, chunk) in part.iter_mut().enumerate() {
+                let (changed, lost) =
+                    chunk.reroot(graph, moved, flags, root_of, &mut patched.taken);
+                if lost {
+                    patched.stale.push(first_index + offset);
+                } else if !changed.is_empty() {
+                    chunk.patch(graph, &changed);
+                    patched
+                        .changed_rows
+                        .extend(changed.iter().map(|&row| (row_base + row) as u32));
+                }
+                row_base += chunk.members.len();
+            }
+            patched
+        };
+        let parts: Vec<PatchedPart> = if threads < 2 || self.chunks.len() < 2 * per_thread {
+            vec![patch_part(0, 0, &mut self.chunks)]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = self
+                    .chunks
+                    .chunks_mut(per_thread)
+                    .zip(&bases)
+                    .enumerate()
+                    .map(|(i, (part, &base))| {
+                        let patch_part = &patch_part;
+                        scope.spawn(move || patch_part(i * per_thread, base, part))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|handle| {
+                        handle.join().map_err(|_| GraphError::Arrow {
+                            table: "identity tables".into(),
+                            message: "patching a chunk panicked".into(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, GraphError>>()
+            })?
+        };
         let mut changed_rows: Vec<u32> = Vec::new();
         let mut stale: Vec<usize> = Vec::new();
-        let mut row_base = 0usize;
-        for (index, chunk) in self.chunks.iter_mut().enumerate() {
-            let mut changed = Vec::new();
-            let mut lost = false;
-            for (row, (root, &member)) in chunk.roots.iter_mut().zip(&chunk.members).enumerate() {
-                if again.as_mut().is_some_and(|bits| bits.take(member)) {
-                    match root_of(member) {
-                        Some(now) if now != *root => {
-                            *root = now;
-                            changed.push(row);
-                        }
-                        Some(_) => {}
-                        None => lost = true,
-                    }
-                } else if moved.get(*root) {
-                    *root = graph.root(*root);
-                    changed.push(row);
+        for part in parts {
+            changed_rows.extend(part.changed_rows);
+            stale.extend(part.stale);
+            if let Some(bits) = again.as_mut() {
+                for member in part.taken {
+                    bits.take(member);
                 }
             }
-            if lost {
-                stale.push(index);
-            } else if !changed.is_empty() {
-                let spare = chunk.spare.profile_text.take();
-                let patched =
-                    patch_profile_ids(graph, &chunk.profile_ids, &chunk.roots, &changed, spare);
-                let replaced = std::mem::replace(&mut chunk.profile_ids, patched);
-                chunk.spare.profile_text = replaced
-                    .as_string_opt::<i32>()
-                    .map(|ids| ids.values().clone());
-                changed_rows.extend(changed.iter().map(|&row| (row_base + row) as u32));
-            }
-            row_base += chunk.members.len();
         }
         let mut kept_rows = self.rebuild(graph, &stale, rows, root_of, columns)?;
         // A short last chunk is rebuilt with the new positions, so chunks stay full.
@@ -473,6 +505,60 @@ impl Chunked {
             }
         }
         Ok(kept)
+    }
+}
+
+/// What patching a run of chunks found: rows whose profile id changed (numbered across the
+/// table), chunks to build again, and the flagged members seen (to clear after).
+#[derive(Default)]
+struct PatchedPart {
+    changed_rows: Vec<u32>,
+    stale: Vec<usize>,
+    taken: Vec<u32>,
+}
+
+impl Chunk {
+    /// Moves the chunk's roots along the new merges and re-reads the roots of members flagged
+    /// in `again` (noting them in `taken`). Returns the rows whose root changed, and whether a
+    /// flagged member lost its profile (the chunk must then be built again).
+    fn reroot(
+        &mut self,
+        graph: &IdentityGraph,
+        moved: &Bits,
+        again: Option<&Bits>,
+        root_of: &RootOf<'_>,
+        taken: &mut Vec<u32>,
+    ) -> (Vec<usize>, bool) {
+        let mut changed = Vec::new();
+        let mut lost = false;
+        for (row, (root, &member)) in self.roots.iter_mut().zip(&self.members).enumerate() {
+            if again.is_some_and(|bits| bits.get(member)) {
+                taken.push(member);
+                match root_of(member) {
+                    Some(now) if now != *root => {
+                        *root = now;
+                        changed.push(row);
+                    }
+                    Some(_) => {}
+                    None => lost = true,
+                }
+            } else if moved.get(*root) {
+                *root = graph.root(*root);
+                changed.push(row);
+            }
+        }
+        (changed, lost)
+    }
+
+    /// Writes the new profile ids of rows `changed` into a new version of the column, in the
+    /// buffer of the version before last when no reader holds it (see `recycled`).
+    fn patch(&mut self, graph: &IdentityGraph, changed: &[usize]) {
+        let spare = self.spare.profile_text.take();
+        let patched = patch_profile_ids(graph, &self.profile_ids, &self.roots, changed, spare);
+        let replaced = std::mem::replace(&mut self.profile_ids, patched);
+        self.spare.profile_text = replaced
+            .as_string_opt::<i32>()
+            .map(|ids| ids.values().clone());
     }
 }
 
