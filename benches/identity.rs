@@ -659,7 +659,7 @@ async fn compare(
         println!(
             "c360 from ids_all: {:.2} s ({}), {} rows, {} profiles",
             secs(report.duration),
-            phases(&report),
+            report.phases_text(),
             report.rows_read,
             report.profiles
         );
@@ -702,16 +702,6 @@ struct Incremental {
     /// New rows per refresh.
     new_rows: i64,
     total_rows: i64,
-}
-
-/// "phase 1.23 s, phase 0.45 s".
-fn phases(report: &RefreshReport) -> String {
-    report
-        .phases
-        .iter()
-        .map(|(phase, took)| format!("{phase} {:.3} s", secs(*took)))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Refreshes timed one after another, each on 1% more rows: the figure is their median. The
@@ -761,7 +751,7 @@ async fn incremental(engine: &Engine) -> Result<Incremental> {
         "incremental: built on {live_rows} of {total_rows} rows in {:.2} s, {} profiles ({})",
         secs(build.duration),
         build.profiles,
-        phases(&build)
+        build.phases_text()
     );
     let mut refreshes = Vec::new();
     let mut live = live_rows;
@@ -790,7 +780,7 @@ async fn incremental(engine: &Engine) -> Result<Incremental> {
             refresh.rows_read,
             refresh.summary.records,
             refresh.summary.merges,
-            phases(&refresh),
+            refresh.phases_text(),
             monotonic()
         );
         live = now_live;

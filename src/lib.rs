@@ -276,6 +276,7 @@ impl Engine {
             refused = report.summary.refused,
             profiles = report.profiles,
             ms = report.duration.as_millis() as u64,
+            phases = %report.phases_text(),
             "identity graph refreshed"
         );
         Ok(QueryResult::empty())

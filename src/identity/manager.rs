@@ -63,6 +63,17 @@ pub struct RefreshReport {
     pub phases: Vec<(&'static str, Duration)>,
 }
 
+impl RefreshReport {
+    /// "read and stitch 1.234 s, tables 0.120 s, …": for logs and benches.
+    pub fn phases_text(&self) -> String {
+        self.phases
+            .iter()
+            .map(|(phase, took)| format!("{phase} {:.3} s", took.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Times consecutive phases of a build or refresh.
 struct Phases {
     last: Instant,
