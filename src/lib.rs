@@ -15,6 +15,7 @@ pub mod functions;
 pub mod generate;
 pub mod identity;
 pub mod pg;
+mod prefetch;
 pub mod prometheus;
 pub mod refresh;
 pub mod render;

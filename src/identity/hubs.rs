@@ -9,7 +9,7 @@
 use super::graph::{ApplySummary, BLOCKED, HUB, IdentityGraph, NONE, REFUSED_BIT};
 use super::intern::FastSet;
 use super::load::Batch;
-use super::prefetch::{AHEAD, prefetch};
+use crate::prefetch::{AHEAD, prefetch};
 
 /// The capacity of the `co_pool` block holding a list of `len` entries: blocks double, so
 /// appending is amortised O(1) and a list's entries stay contiguous (one cache miss to scan).

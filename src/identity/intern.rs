@@ -19,7 +19,7 @@ use datafusion::arrow::array::{StringViewArray, StringViewBuilder};
 use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::error::ArrowError;
 
-use super::prefetch::{AHEAD, prefetch};
+use crate::prefetch::{AHEAD, prefetch};
 
 const K: u64 = 0x9E37_79B9_7F4A_7C15;
 

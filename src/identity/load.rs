@@ -5,7 +5,7 @@ use super::graph::{
     ApplySummary, BLOCKED, GraphError, IdentityGraph, IdentityRow, NONE, TYPE_MASK,
 };
 use super::intern::{FastMap, Interner};
-use super::prefetch::{AHEAD, prefetch};
+use crate::prefetch::{AHEAD, prefetch};
 
 /// Rows hashed and looked up together, so that their cache misses overlap (see `Interner`).
 const CHUNK: usize = 32;

@@ -9,7 +9,6 @@ mod load;
 pub mod manager;
 pub mod normalize;
 mod output;
-mod prefetch;
 mod rules;
 pub mod state;
 pub mod tables;

@@ -28,7 +28,7 @@ use super::batch::batch_of;
 use super::bits::Bits;
 use super::graph::{GraphError, IdentityGraph, NONE, SinceTables};
 use super::output::{identities_schema, records_schema};
-use super::prefetch::{AHEAD, prefetch};
+use crate::prefetch::{AHEAD, prefetch};
 
 /// Positions per chunk: one output batch each.
 const CHUNK: usize = 65_536;

@@ -6,15 +6,15 @@
 //! index together (see [`super::published`]). It maps a 64-bit hash of each row's key to the
 //! row, with a chain through rows of equal hash; a lookup compares the candidates' values, so
 //! a hash collision costs a comparison, never a wrong row. It stores no copy of the keys:
-//! a 17-byte hash table slot per distinct key (the table is at most 7/8 full and sized in
-//! powers of two) and 4 bytes of chain per row, 25 to 40 bytes a row in all.
+//! a 16-byte hash table slot per distinct key (the table has room for every row, is at most
+//! 3/4 full and sized in powers of two) and 4 bytes of chain per row, 25 to 50 bytes a row
+//! in all.
 //!
 //! Keys are strings (`Utf8`, `LargeUtf8`, `Utf8View`) or integers. They compare by value
 //! within their kind, as SQL's `=` does once types are coerced; a string never equals an
 //! integer here, and callers leave such comparisons to DataFusion (see [`Key::of_scalar`]).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::Hash;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
@@ -121,24 +121,6 @@ pub fn key_at(array: &dyn Array, row: usize) -> Option<Key<'_>> {
     })
 }
 
-/// The hashes in the map are SipHash outputs already: hashing them again buys nothing.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 const END: u32 = u32::MAX;
 
 /// How a publication's rows relate to the previous publication's, so that its indexes can be
@@ -167,11 +149,14 @@ impl Changes {
 /// entry to the previous one of equal hash.
 #[derive(Debug)]
 struct Chains {
-    heads: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
+    heads: Heads,
     next: Vec<u32>,
     /// The row number of each entry; empty when entry `i` is row `i` (an index of all rows).
     rows: Vec<u32>,
 }
+
+/// Rows hashed together before any is inserted, so that their slots' cache misses overlap.
+const STAGE: usize = 16;
 
 impl Chains {
     /// Chains `rows` (all rows when `None`) of `column`, numbered from `starts`.
@@ -198,15 +183,20 @@ impl Chains {
             .collect::<Result<Vec<&dyn Array>>>()?;
         let entries = rows.as_ref().map_or_else(|| total(batches), Vec::len);
         let mut chains = Chains {
-            heads: HashMap::with_capacity_and_hasher(entries, BuildHasherDefault::default()),
+            heads: Heads::with_capacity(entries),
             next: vec![END; entries],
             rows: Vec::new(),
         };
-        let mut add = |entry: usize, array: &dyn Array, row: usize| {
-            // NULLs equal nothing: they are left out of the index.
+        // `(entry, hash)` of the rows staged; NULLs equal nothing and are left out.
+        let mut staged: Vec<(u32, u64)> = Vec::with_capacity(STAGE);
+        let mut add = |chains: &mut Chains, entry: usize, array: &dyn Array, row: usize| {
             if let Some(key) = key_at(array, row) {
-                let previous = chains.heads.insert(key.hash64(), entry as u32);
-                chains.next[entry] = previous.unwrap_or(END);
+                let hash = key.hash64();
+                chains.heads.prefetch(hash);
+                staged.push((entry as u32, hash));
+            }
+            if staged.len() == STAGE {
+                chains.insert_staged(&mut staged);
             }
         };
         match rows {
@@ -214,27 +204,36 @@ impl Chains {
                 let mut entry = 0;
                 for array in &arrays {
                     for row in 0..array.len() {
-                        add(entry, *array, row);
+                        add(&mut chains, entry, *array, row);
                         entry += 1;
                     }
                 }
             }
-            Some(rows) => {
+            Some(ref rows) => {
                 for (entry, &number) in rows.iter().enumerate() {
                     let (batch, row) = row_id(starts, number as usize);
                     if let Some(array) = arrays.get(batch).filter(|a| row < a.len()) {
-                        add(entry, *array, row);
+                        add(&mut chains, entry, *array, row);
                     }
                 }
-                chains.rows = rows;
             }
         }
+        chains.insert_staged(&mut staged);
+        chains.rows = rows.unwrap_or_default();
         Ok(chains)
+    }
+
+    /// Inserts the staged entries, in order, and empties the stage.
+    fn insert_staged(&mut self, staged: &mut Vec<(u32, u64)>) {
+        for &(entry, hash) in staged.iter() {
+            self.next[entry as usize] = self.heads.insert(hash, entry);
+        }
+        staged.clear();
     }
 
     /// The row numbers chained under `hash` (candidates: their keys may differ).
     fn candidates(&self, hash: u64, out: &mut Vec<u32>) {
-        let mut at = self.heads.get(&hash).copied().unwrap_or(END);
+        let mut at = self.heads.get(hash);
         while at != END {
             out.push(if self.rows.is_empty() {
                 at
@@ -247,6 +246,72 @@ impl Chains {
 
     fn len(&self) -> usize {
         self.next.len()
+    }
+}
+
+/// A hash's last entry: open addressing with linear probing over `(hash, entry + 1)` slots,
+/// `entry + 1 == 0` marking an empty one, at most three quarters full. Not a `HashMap`: a
+/// build inserts millions of rows at random places, and staging them (see `Chains::build`)
+/// needs the slot of a hash before inserting it, which std's map does not tell.
+#[derive(Debug)]
+struct Heads {
+    slots: Vec<(u64, u32)>,
+    /// `64 - log2(slots.len())`: a hash's home slot is its top bits.
+    shift: u32,
+}
+
+impl Heads {
+    fn with_capacity(entries: usize) -> Heads {
+        let size = (entries + entries / 3 + 1).next_power_of_two().max(16);
+        Heads {
+            slots: vec![(0, 0); size],
+            shift: 64 - size.trailing_zeros(),
+        }
+    }
+
+    #[inline]
+    fn home(&self, hash: u64) -> usize {
+        (hash >> self.shift) as usize
+    }
+
+    /// Asks for the line of `hash`'s home slot ahead of `insert`.
+    #[inline]
+    fn prefetch(&self, hash: u64) {
+        crate::prefetch::prefetch(&self.slots, self.home(hash));
+    }
+
+    /// Makes `entry` the last of `hash`; returns the previous last entry, or `END`.
+    fn insert(&mut self, hash: u64, entry: u32) -> u32 {
+        let mask = self.slots.len() - 1;
+        let mut slot = self.home(hash);
+        loop {
+            let (slot_hash, stored) = self.slots[slot];
+            if stored == 0 {
+                self.slots[slot] = (hash, entry + 1);
+                return END;
+            }
+            if slot_hash == hash {
+                self.slots[slot].1 = entry + 1;
+                return stored - 1;
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+
+    /// The last entry of `hash`, or `END`.
+    fn get(&self, hash: u64) -> u32 {
+        let mask = self.slots.len() - 1;
+        let mut slot = self.home(hash);
+        loop {
+            let (slot_hash, stored) = self.slots[slot];
+            if stored == 0 {
+                return END;
+            }
+            if slot_hash == hash {
+                return stored - 1;
+            }
+            slot = (slot + 1) & mask;
+        }
     }
 }
 
