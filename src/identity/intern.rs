@@ -15,8 +15,8 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
-use datafusion::arrow::array::{StringViewArray, StringViewBuilder};
-use datafusion::arrow::buffer::Buffer;
+use datafusion::arrow::array::{StringArray, StringViewArray, StringViewBuilder};
+use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::error::ArrowError;
 
 use crate::prefetch::{AHEAD, prefetch};
@@ -102,8 +102,10 @@ const BLOCK: usize = 1 << BLOCK_SHIFT;
 /// the top two bits of ids it stores per record.
 pub(super) const MAX_ID: u32 = (1 << 30) - 2;
 
-/// Interns byte strings (given as a prefix and a body, so callers need not concatenate) to
-/// dense ids `0, 1, 2, …` in insertion order.
+/// Interns strings (given as a prefix and a body, so callers need not concatenate) to dense
+/// ids `0, 1, 2, …` in insertion order. Every key is UTF-8 (only `&str` goes in), so output
+/// columns point at keys without checking them again: a full build's tables and state hold
+/// tens of millions of keys, and checking them cost a second and a half.
 pub(super) struct Interner {
     seed: u64,
     /// The arena: position `p` is byte `p % BLOCK` of block `p / BLOCK`, where the blocks are
@@ -227,6 +229,16 @@ impl Interner {
         (offsets, bytes)
     }
 
+    /// [`Interner::key_run`] as a string column, for keys without a prefix (record keys).
+    pub(super) fn key_run_text(&self, first: usize, end: usize) -> StringArray {
+        let (offsets, bytes) = self.key_run(first, end);
+        // Offsets from `key_run` start at 0 and never decrease.
+        let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
+        // Safety: the offsets cut `bytes` into whole keys, each UTF-8 (see `Interner`), and
+        // lie within it. Checking again cost as much as writing the state's keys.
+        unsafe { StringArray::new_unchecked(offsets, bytes, None) }
+    }
+
     #[inline]
     fn tag(&self, prefix: &[u8], body: &[u8]) -> u32 {
         hash_bytes(self.seed, [prefix, body]) as u32
@@ -269,8 +281,8 @@ impl Interner {
 
     /// The id of `prefix ++ body`, interning it if new; the flag says whether it was new.
     /// `None` when the interner is full (more than [`MAX_ID`] keys or 4 GiB of key bytes).
-    pub(super) fn intern(&mut self, prefix: &[u8], body: &[u8]) -> Option<(u32, bool)> {
-        self.intern_tagged(self.tag(prefix, body), prefix, body)
+    pub(super) fn intern(&mut self, prefix: &str, body: &str) -> Option<(u32, bool)> {
+        self.intern_tagged(self.tag(prefix.as_bytes(), body.as_bytes()), prefix, body)
     }
 
     // Batched lookups. A lookup in a large table is a chain of dependent cache misses (slot,
@@ -336,9 +348,10 @@ impl Interner {
     pub(super) fn intern_tagged(
         &mut self,
         tag: u32,
-        prefix: &[u8],
-        body: &[u8],
+        prefix: &str,
+        body: &str,
     ) -> Option<(u32, bool)> {
+        let (prefix, body) = (prefix.as_bytes(), body.as_bytes());
         let slot = match self.probe(tag, prefix, body) {
             Ok(id) => return Some((id, false)),
             Err(slot) => slot,
@@ -385,7 +398,7 @@ impl Interner {
     /// column. Keys in sealed blocks are not copied: the column points into the blocks, which
     /// it then shares with the interner (a full build's records table is tens of millions of
     /// keys, hundreds of megabytes held twice otherwise). Keys in the open block, which still
-    /// grows, are copied. Fails on a key that is not UTF-8, which interned text never is.
+    /// grows, are copied. Fails when skipping `skip` bytes would split a character.
     pub(super) fn key_views(
         &self,
         ids: &[u32],
@@ -427,20 +440,33 @@ impl Interner {
         for (block, _) in used.iter().enumerate().filter(|(_, used)| **used) {
             block_ids[block] = views.append_block(self.sealed[block].clone());
         }
+        let copied = Buffer::from_vec(copied);
         let copy_id = if copied.is_empty() {
             0
         } else {
-            views.append_block(Buffer::from_vec(copied))
+            views.append_block(copied.clone())
         };
         for (place, at, len) in places {
             match place {
                 Place::Inline => {
+                    // Short keys are copied into their views: checked as they are, cheaply.
                     let text = std::str::from_utf8(self.slice(at, at + len as usize))
                         .map_err(|e| ArrowError::InvalidArgumentError(e.to_string()))?;
                     views.append_value(text);
                 }
-                Place::Sealed(block) => views.try_append_view(block_ids[block], at as u32, len)?,
-                Place::Copied => views.try_append_view(copy_id, at as u32, len)?,
+                Place::Sealed(block) => {
+                    let bytes = self.sealed[block].as_slice();
+                    check_boundary(bytes, at)?;
+                    // Safety: the block was appended above and holds `at..at + len`, the end
+                    // of one key; keys are UTF-8 (see `Interner`) and the range starts on a
+                    // character (checked above), so it is UTF-8 too.
+                    unsafe { views.append_view_unchecked(block_ids[block], at as u32, len) }
+                }
+                Place::Copied => {
+                    check_boundary(copied.as_slice(), at)?;
+                    // Safety: as above, in the copy of the open block's keys.
+                    unsafe { views.append_view_unchecked(copy_id, at as u32, len) }
+                }
             }
         }
         Ok(views.finish())
@@ -492,6 +518,17 @@ impl Interner {
     }
 }
 
+/// Fails unless byte `at` of `bytes` starts a character: where a key's view starts once
+/// a prefix is skipped. Reads the byte that building the view reads next anyway.
+fn check_boundary(bytes: &[u8], at: usize) -> Result<(), ArrowError> {
+    match bytes.get(at) {
+        Some(&b) if b & 0xC0 != 0x80 => Ok(()),
+        _ => Err(ArrowError::InvalidArgumentError(
+            "an interned key's view does not start on a character".into(),
+        )),
+    }
+}
+
 /// Shrinks a vector that doubled past its needs back to its length plus 1/8 headroom: a full
 /// build grows vectors by doubling, which can leave nearly half of a large vector unused.
 /// Large blocks are shrunk in place (the allocator remaps their pages), so this is cheap.
@@ -510,15 +547,19 @@ mod tests {
     fn keys_never_straddle_blocks_and_runs_stop_at_their_end() {
         let mut interner = Interner::new();
         // 3 MiB keys: 21 fill a block with 1 MiB left, so the 22nd starts the next one.
-        let key = |i: u8| vec![i; 3 << 20];
+        let key = |i: u8| char::from(b'A' + i).to_string().repeat(3 << 20);
+        let prefix = |i: u8| char::from(i).to_string();
         for i in 0..30u8 {
-            assert_eq!(interner.intern(&[i], &key(i)), Some((u32::from(i), true)));
+            assert_eq!(
+                interner.intern(&prefix(i), &key(i)),
+                Some((u32::from(i), true))
+            );
         }
         assert_eq!(interner.sealed.len(), 1);
         for i in 0..30u8 {
             let found = interner.key(u32::from(i));
             assert_eq!((found[0], found.len()), (i, (3 << 20) + 1));
-            assert!(found[1..].iter().all(|&b| b == i));
+            assert!(found[1..].iter().all(|&b| b == b'A' + i));
         }
         // A run from key 0 ends where the first block does, whatever the limits.
         let end = interner.run_end(0, 100, usize::MAX);
@@ -531,9 +572,9 @@ mod tests {
         assert_eq!(interner.run_end(end, 100, usize::MAX), 30);
         assert_eq!(interner.key_run(21, 30).0[9] as usize, 9 * ((3 << 20) + 1));
         // Found again, with their ids.
-        assert_eq!(interner.get(&[25], &key(25)), Some(25));
+        assert_eq!(interner.get(&[25], key(25).as_bytes()), Some(25));
         // Longer than a block: refused, not split.
-        assert_eq!(interner.intern(&[], &vec![0; BLOCK + 1]), None);
+        assert_eq!(interner.intern("", &"k".repeat(BLOCK + 1)), None);
     }
 
     /// Views of keys in sealed blocks point into those blocks; keys in the open block, and
@@ -544,9 +585,9 @@ mod tests {
         // 3 MiB keys: 21 fill the first block, sealed when the 22nd arrives.
         let big = |i: u8| format!("{i:02}{}", "k".repeat(3 << 20));
         for i in 0..25u8 {
-            interner.intern(&[7], big(i).as_bytes()).unwrap();
+            interner.intern("\u{7}", &big(i)).unwrap();
         }
-        let (short, _) = interner.intern(&[7], b"tiny").unwrap();
+        let (short, _) = interner.intern("\u{7}", "tiny").unwrap();
         assert_eq!(interner.sealed.len(), 1);
         let ids = [22, 3, short, 20, 24];
         let views = interner.key_views(&ids, 1).unwrap();
@@ -576,7 +617,7 @@ mod tests {
         let mut ids = Vec::new();
         for i in 0..5000 {
             let body = format!("value-{i}");
-            let (id, new) = interner.intern(&[1], body.as_bytes()).unwrap();
+            let (id, new) = interner.intern("\u{1}", &body).unwrap();
             assert!(new);
             ids.push(id);
         }
@@ -584,7 +625,7 @@ mod tests {
         for i in 0..5000u32 {
             let body = format!("value-{i}");
             assert_eq!(interner.get(&[1], body.as_bytes()), Some(i));
-            assert_eq!(interner.intern(&[1], body.as_bytes()), Some((i, false)));
+            assert_eq!(interner.intern("\u{1}", &body), Some((i, false)));
             assert_eq!(interner.get(&[2], body.as_bytes()), None);
             assert_eq!(&interner.key(i)[1..], body.as_bytes());
         }

@@ -195,10 +195,10 @@ impl IdentityGraph {
             scratch.kept.push((i, loader.last_type.1));
         }
         let kept = &scratch.kept;
-        let record_key = |k: usize| Some((&[][..], rows[kept[k].0].record_key.as_bytes()));
+        let record_key = |k: usize| Some(("", rows[kept[k].0].record_key));
         let value_key = |k: usize| {
             let (i, t) = kept[k];
-            (t != NO_TYPE).then(|| (type_prefix(t), rows[i].id_value.as_bytes()))
+            (t != NO_TYPE).then(|| (type_prefix(t), rows[i].id_value))
         };
         let IdentityGraph {
             records,
@@ -266,8 +266,8 @@ impl IdentityGraph {
             }
             let row = &rows[i];
             if t == NO_TYPE {
-                let body = [&[0x1F], row.id_value.as_bytes()].concat();
-                let (id, _) = self.unknown.intern(row.id_type.as_bytes(), &body).ok_or(
+                let body = unknown_body(row.id_value);
+                let (id, _) = self.unknown.intern(row.id_type, &body).ok_or(
                     GraphError::Capacity {
                         what: "unknown-type identifiers",
                     },
@@ -343,7 +343,7 @@ struct RoundScratch {
 fn intern_staged<'k>(
     interner: &mut Interner,
     count: usize,
-    key: impl Fn(usize) -> Option<(&'k [u8], &'k [u8])>,
+    key: impl Fn(usize) -> Option<(&'k str, &'k str)>,
     ids: &mut Vec<u32>,
     mut on_new: impl FnMut(usize, u32),
 ) -> Option<()> {
@@ -354,7 +354,7 @@ fn intern_staged<'k>(
         let mut tags = [0u32; CHUNK];
         for k in first..end {
             if let Some((prefix, body)) = key(k) {
-                tags[k - first] = interner.tag_of(prefix, body);
+                tags[k - first] = interner.tag_of(prefix.as_bytes(), body.as_bytes());
             }
         }
         let mut probe = [0u64; CHUNK];
@@ -387,8 +387,9 @@ fn intern_staged<'k>(
     Some(())
 }
 
-/// The one-byte key prefix of type index `t`, without building it per row.
-fn type_prefix(t: u8) -> &'static [u8] {
+/// The one-byte key prefix of type index `t` (an ASCII control character, so keys stay
+/// UTF-8), without building it per row.
+pub(super) fn type_prefix(t: u8) -> &'static str {
     const TYPES: [u8; 64] = {
         let mut types = [0u8; 64];
         let mut t = 0;
@@ -399,5 +400,15 @@ fn type_prefix(t: u8) -> &'static [u8] {
         types
     };
     let t = usize::from(t & TYPE_MASK);
-    &TYPES[t..=t]
+    // Bytes below 0x80 are each a character of their own.
+    std::str::from_utf8(&TYPES[t..=t]).unwrap_or_default()
+}
+
+/// The unknown-type interner's key body for `value`, after its type name: a separator the
+/// type name cannot contain, then the value.
+pub(super) fn unknown_body(value: &str) -> String {
+    let mut body = String::with_capacity(value.len() + 1);
+    body.push('\u{1F}');
+    body.push_str(value);
+    body
 }

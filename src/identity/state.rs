@@ -10,7 +10,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, BooleanBufferBuilder, Int64Array, RecordBatch, UInt8Array,
     UInt32Array,
 };
-use datafusion::arrow::datatypes::{BinaryType, DataType, Field, Schema, SchemaRef, Utf8Type};
+use datafusion::arrow::datatypes::{BinaryType, DataType, Field, Schema, SchemaRef};
 use std::sync::Arc;
 
 use super::batch::{ColumnReader, MAX_TEXT_BYTES, STATE_ROWS, TableWriter, batch_of, byte_column};
@@ -19,6 +19,7 @@ use super::graph::{
     stable_hash,
 };
 use super::hubs::block_size;
+use super::load::{type_prefix, unknown_body};
 
 /// Keys whose hash-table slots are loaded together on reload, so that the cache misses of
 /// inserting millions of keys overlap (see `Interner`).
@@ -322,14 +323,18 @@ impl IdentityGraph {
                         )));
                     }
                 };
+                // Keys are stored as bytes; the interner holds text only.
+                let Ok(text) = std::str::from_utf8(text) else {
+                    return Err(reader.error(format!(
+                        "value {:?} is not UTF-8",
+                        String::from_utf8_lossy(text)
+                    )));
+                };
                 let id = graph.values.len() as u32;
-                match graph.values.intern(&[t], text) {
+                match graph.values.intern(type_prefix(t), text) {
                     Some((got, true)) if got == id => {}
                     _ => {
-                        return Err(reader.error(format!(
-                            "value {:?} is duplicated",
-                            String::from_utf8_lossy(text)
-                        )));
+                        return Err(reader.error(format!("value {text:?} is duplicated")));
                     }
                 }
                 if flags.value(i) > (u8::MAX >> FLAGS_SHIFT) {
@@ -345,10 +350,9 @@ impl IdentityGraph {
                 }
                 if !rank.is_null(i) {
                     if p == NONE {
-                        return Err(reader.error(format!(
-                            "value {:?} is linked without a profile",
-                            String::from_utf8_lossy(text)
-                        )));
+                        return Err(
+                            reader.error(format!("value {text:?} is linked without a profile"))
+                        );
                     }
                     linked_rank.push((rank.value(i), id));
                 }
@@ -439,7 +443,7 @@ impl IdentityGraph {
                     std::hint::black_box(graph.records.touch_slots(keys));
                 }
                 let id = graph.records.len() as u32;
-                match graph.records.intern(&[], key.value(i).as_bytes()) {
+                match graph.records.intern("", key.value(i)) {
                     Some((got, true)) if got == id => {}
                     _ => {
                         return Err(
@@ -545,8 +549,8 @@ impl IdentityGraph {
             );
             for i in 0..reader.batch.num_rows() {
                 let id = graph.unknown.len() as u32;
-                let body = [&[0x1F], id_value.value(i).as_bytes()].concat();
-                match graph.unknown.intern(id_type.value(i).as_bytes(), &body) {
+                let body = unknown_body(id_value.value(i));
+                match graph.unknown.intern(id_type.value(i), &body) {
                     Some((got, true)) if got == id => {}
                     _ => {
                         return Err(reader
@@ -651,10 +655,9 @@ impl IdentityGraph {
                 record_rank.get_or_insert_with(|| ranks(&self.record_order, self.r.len()));
             let end = self.records.run_end(first, STATE_ROWS, MAX_TEXT_BYTES);
             next = (end < self.records.len()).then_some(end);
-            let (offsets, bytes) = self.records.key_run(first, end);
             let columns = || -> Result<Vec<ArrayRef>, GraphError> {
                 Ok(vec![
-                    byte_column::<Utf8Type>(offsets, bytes)?,
+                    Arc::new(self.records.key_run_text(first, end)),
                     Arc::new(UInt32Array::from_iter(
                         (first..end).map(|r| some(self.record_profile(r as u32))),
                     )),
