@@ -173,7 +173,7 @@ impl IdentityGraph {
     }
 
     /// Loads one round of rows: record keys and values are interned at once, on two threads
-    /// (the two interners share nothing), then each row's times and pairs are noted in order.
+    /// (the two interners share nothing), each noting its rows' times; then pairs, in order.
     fn load_round(
         &mut self,
         rows: &[IdentityRow<'_>],
@@ -211,15 +211,39 @@ impl IdentityGraph {
             v_seen,
             v_co,
             rules,
+            reseen,
             ..
         } = self;
-        let new_seen = &mut loader.new_seen;
+        let seen_at = |k: usize| rows[kept[k].0].seen_at;
+        let Loader {
+            old_records,
+            old_local,
+            new_seen,
+            old_seen,
+            ..
+        } = loader;
+        let old_records = *old_records;
+        // Each side also notes its rows' times, so that little is left for one core after.
         let mut intern_records = |ids: &mut Vec<u32>| {
             intern_staged(records, kept.len(), record_key, ids, |k, record| {
                 r.push(NONE);
-                new_seen.push((rows[kept[k].0].seen_at, record));
+                new_seen.push((seen_at(k), record));
             })
-            .ok_or(GraphError::Capacity { what: "records" })
+            .ok_or(GraphError::Capacity { what: "records" })?;
+            for (k, &record) in ids.iter().enumerate() {
+                let at = seen_at(k);
+                let seen = if record >= old_records {
+                    &mut new_seen[(record - old_records) as usize]
+                } else {
+                    let local = *old_local.entry(record).or_insert_with(|| {
+                        old_seen.push((at, record));
+                        old_seen.len() as u32 - 1
+                    });
+                    &mut old_seen[local as usize]
+                };
+                seen.0 = seen.0.min(at);
+            }
+            Ok(())
         };
         let mut intern_values = |ids: &mut Vec<u32>| {
             intern_staged(values, kept.len(), value_key, ids, |k, _| {
@@ -234,7 +258,24 @@ impl IdentityGraph {
             })
             .ok_or(GraphError::Capacity {
                 what: "identifier values",
-            })
+            })?;
+            for (k, &value) in ids.iter().enumerate() {
+                // Times are read at random: the lines of the rows ahead are asked for now.
+                if let Some(&ahead) = ids.get(k + AHEAD).filter(|&&v| v != NONE) {
+                    prefetch(v_seen, ahead as usize);
+                }
+                if value == NONE {
+                    continue;
+                }
+                let at = seen_at(k);
+                let seen = &mut v_seen[value as usize];
+                let now = (seen.0.min(at), seen.1.max(at));
+                if now != *seen {
+                    *seen = now;
+                    reseen.set(value);
+                }
+            }
+            Ok(())
         };
         let (record_ids, value_ids) = (&mut scratch.record_ids, &mut scratch.value_ids);
         if kept.len() >= PARALLEL_ROWS {
@@ -250,24 +291,20 @@ impl IdentityGraph {
             intern_records(record_ids)?;
             intern_values(value_ids)?;
         }
-        self.note_round(rows, loader, scratch)
+        self.pair_round(rows, loader, scratch)
     }
 
-    /// The rows of a round in order, their ids known: unknown types, times, pairs.
-    fn note_round(
+    /// The rows of a round in order, their ids known: pairs, and rows of unknown types.
+    fn pair_round(
         &mut self,
         rows: &[IdentityRow<'_>],
         loader: &mut Loader,
         scratch: &RoundScratch,
     ) -> Result<(), GraphError> {
         let ids = scratch.record_ids.iter().zip(&scratch.value_ids);
-        for (k, (&(i, t), (&record, &value))) in scratch.kept.iter().zip(ids).enumerate() {
-            // Times are read at random: the lines of the rows ahead are asked for now.
-            if let Some(&ahead) = scratch.value_ids.get(k + AHEAD) {
-                prefetch(&self.v_seen, ahead as usize);
-            }
-            let row = &rows[i];
+        for (&(i, t), (&record, &value)) in scratch.kept.iter().zip(ids) {
             if t == NO_TYPE {
+                let row = &rows[i];
                 let body = unknown_body(row.id_value);
                 let (id, _) = self.unknown.intern(row.id_type, &body).ok_or(
                     GraphError::Capacity {
@@ -276,24 +313,8 @@ impl IdentityGraph {
                 )?;
                 loader.unknown.push((record, id));
             } else {
-                let seen = &mut self.v_seen[value as usize];
-                let now = (seen.0.min(row.seen_at), seen.1.max(row.seen_at));
-                if now != *seen {
-                    *seen = now;
-                    self.reseen.set(value);
-                }
                 loader.pairs.push((record, value));
             }
-            let seen = if record >= loader.old_records {
-                &mut loader.new_seen[(record - loader.old_records) as usize]
-            } else {
-                let local = *loader.old_local.entry(record).or_insert_with(|| {
-                    loader.old_seen.push((row.seen_at, record));
-                    loader.old_seen.len() as u32 - 1
-                });
-                &mut loader.old_seen[local as usize]
-            };
-            seen.0 = seen.0.min(row.seen_at);
         }
         Ok(())
     }
