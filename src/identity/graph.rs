@@ -68,8 +68,8 @@ use super::bits::Bits;
 use super::intern::{FastSet, Interner, trim};
 use super::load::{Batch, Loader};
 pub use super::output::{identities_schema, merges_schema, records_schema, refused_schema};
-use crate::prefetch::{AHEAD, prefetch};
 pub use super::rules::{DEFAULT_HUB_THRESHOLD, MAX_HUB_THRESHOLD, MAX_TYPES, Rules};
+use crate::prefetch::{AHEAD, prefetch};
 
 /// "No profile" / "no entry" in the graph's index vectors.
 pub(super) const NONE: u32 = u32::MAX;

@@ -781,6 +781,28 @@ fn state_is_checked_on_load() {
         })
         .collect();
     assert!(IdentityGraph::from_state(rules(), corrupt).is_err());
+
+    // Value keys are stored as bytes, and the interner holds text only: bytes that are not
+    // UTF-8 are refused as they load, so no output column can point at them.
+    let not_text: Vec<_> = state
+        .iter()
+        .map(|(name, batches)| {
+            if name != "values" {
+                return (name.clone(), batches.clone());
+            }
+            let batch = &batches[0];
+            let keys = batch.column(0).as_binary::<i32>();
+            let mut damaged: Vec<Vec<u8>> = keys.iter().map(|k| k.unwrap().to_vec()).collect();
+            damaged[0].push(0xFF);
+            let damaged = datafusion::arrow::array::BinaryArray::from_iter_values(damaged);
+            let mut columns = batch.columns().to_vec();
+            columns[0] = std::sync::Arc::new(damaged);
+            let batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+            (name.clone(), vec![batch])
+        })
+        .collect();
+    let err = IdentityGraph::from_state(rules(), not_text).err().unwrap();
+    assert!(err.to_string().contains("is not UTF-8"), "{err}");
 }
 
 #[test]

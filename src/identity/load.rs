@@ -306,11 +306,12 @@ impl IdentityGraph {
             if t == NO_TYPE {
                 let row = &rows[i];
                 let body = unknown_body(row.id_value);
-                let (id, _) = self.unknown.intern(row.id_type, &body).ok_or(
-                    GraphError::Capacity {
-                        what: "unknown-type identifiers",
-                    },
-                )?;
+                let (id, _) =
+                    self.unknown
+                        .intern(row.id_type, &body)
+                        .ok_or(GraphError::Capacity {
+                            what: "unknown-type identifiers",
+                        })?;
                 loader.unknown.push((record, id));
             } else {
                 loader.pairs.push((record, value));
