@@ -14,8 +14,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use c360::identity::graph::IdentityGraph;
-use c360::identity::manager::{rows_of_batch, rules_from_options};
+use c360::identity::graph::{FEED_ROWS, IdentityGraph};
+use c360::identity::manager::{rows_of, rules_from_options};
 use c360::identity::tables::GraphTables;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
@@ -110,8 +110,17 @@ async fn run(args: Args) -> Result<()> {
         let mut graph = IdentityGraph::new(rules.clone());
         let started = Instant::now();
         let mut applying = graph.begin_apply();
-        for batch in &batches {
-            applying.feed(rows_of_batch(batch)?)?;
+        // In groups of `FEED_ROWS` rows, as the engine feeds them.
+        let mut first = 0;
+        while first < batches.len() {
+            let mut end = first;
+            let mut rows = 0;
+            while end < batches.len() && rows < FEED_ROWS {
+                rows += batches[end].num_rows();
+                end += 1;
+            }
+            applying.feed(rows_of(&batches[first..end])?)?;
+            first = end;
         }
         let loaded = secs(started.elapsed());
         let summary = applying.finish()?;

@@ -71,6 +71,10 @@ pub use super::output::{identities_schema, merges_schema, records_schema, refuse
 pub use super::rules::{DEFAULT_HUB_THRESHOLD, MAX_HUB_THRESHOLD, MAX_TYPES, Rules};
 use crate::prefetch::{AHEAD, prefetch};
 
+/// Rows worth passing to [`Applying::feed`] at once: fewer rows make shorter interning rounds,
+/// each of which costs a thread start and a wait for the slower core.
+pub const FEED_ROWS: usize = 1 << 18;
+
 /// "No profile" / "no entry" in the graph's index vectors.
 pub(super) const NONE: u32 = u32::MAX;
 /// Top bit of an id in a record's identifier list: this record's link through it was refused.

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::graph::{
-    ApplySummary, Applying, DEFAULT_HUB_THRESHOLD, IdentityGraph, IdentityRow, Rules,
+    ApplySummary, Applying, DEFAULT_HUB_THRESHOLD, FEED_ROWS, IdentityGraph, IdentityRow, Rules,
     identities_schema, merges_schema, records_schema, refused_schema,
 };
 use super::tables::{FirstTables, GraphTables, TableBatches};
@@ -895,13 +895,25 @@ async fn read_into(
     let mut max_seen: Option<i64> = None;
     let mut kept = Some(Vec::new());
     let mut kept_rows = 0u64;
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        let rows = rows_of_batch(&batch)?.inspect(|row| {
-            rows_read += 1;
-            max_seen = Some(max_seen.map_or(row.seen_at, |m| m.max(row.seen_at)));
-        });
-        applying.feed(rows).map_err(graph_error)?;
+    // Batches are fed in groups of `FEED_ROWS` rows: each feed waits for both cores.
+    let mut pending: Vec<RecordBatch> = Vec::new();
+    let mut pending_rows = 0;
+    loop {
+        let next = stream.next().await.transpose()?;
+        if let Some(batch) = next.as_ref() {
+            pending_rows += batch.num_rows();
+            pending.push(batch.clone());
+        }
+        if pending_rows >= FEED_ROWS || (next.is_none() && !pending.is_empty()) {
+            let rows = rows_of(&pending)?.inspect(|row| {
+                rows_read += 1;
+                max_seen = Some(max_seen.map_or(row.seen_at, |m| m.max(row.seen_at)));
+            });
+            applying.feed(rows).map_err(graph_error)?;
+            pending.clear();
+            pending_rows = 0;
+        }
+        let Some(batch) = next else { break };
         kept_rows += batch.num_rows() as u64;
         match kept.as_mut() {
             Some(batches) if kept_rows <= keep => batches.push(batch),
