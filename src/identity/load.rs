@@ -39,6 +39,8 @@ pub(super) struct Loader {
     /// The last type name seen and its index: rows arrive in long runs of one type (a UNION
     /// ALL per identifier column), so the name is looked up once per run.
     last_type: (String, u8),
+    /// Kept from feed to feed, so that each round's vectors are not grown again.
+    scratch: RoundScratch,
     pub(super) summary: ApplySummary,
 }
 
@@ -73,6 +75,7 @@ impl IdentityGraph {
             pairs: Vec::new(),
             unknown: Vec::new(),
             last_type: (String::new(), NO_TYPE),
+            scratch: RoundScratch::default(),
             summary: ApplySummary::default(),
         }
     }
@@ -84,14 +87,17 @@ impl IdentityGraph {
         rows: impl IntoIterator<Item = IdentityRow<'a>>,
     ) -> Result<(), GraphError> {
         let mut rows = rows.into_iter();
-        let (hint, _) = rows.size_hint();
+        let (hint, most) = rows.size_hint();
         loader.pairs.reserve(hint);
-        let mut round: Vec<IdentityRow<'a>> = Vec::with_capacity(ROUND.min(hint.max(1)));
-        let mut scratch = RoundScratch::default();
+        // Sized once: a round of rows grown by doubling is copied about twice over, every feed.
+        let mut round: Vec<IdentityRow<'a>> =
+            Vec::with_capacity(most.unwrap_or(ROUND).clamp(1, ROUND));
+        let mut scratch = std::mem::take(&mut loader.scratch);
         loop {
             round.clear();
             round.extend(rows.by_ref().take(ROUND));
             if round.is_empty() {
+                loader.scratch = scratch;
                 return Ok(());
             }
             self.load_round(&round, loader, &mut scratch)?;
