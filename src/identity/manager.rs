@@ -1075,6 +1075,15 @@ mod tests {
 
     /// Registers `ids` as the graph's source: `(record_key, id_type, id_value, seen_at)`.
     fn set_source(ctx: &SessionContext, rows: &[(&str, &str, &str, i64)]) {
+        set_source_in_batches(ctx, rows, rows.len().max(1));
+    }
+
+    /// [`set_source`] as batches of `batch_rows` rows, in order, as a scan returns them.
+    fn set_source_in_batches(
+        ctx: &SessionContext,
+        rows: &[(&str, &str, &str, i64)],
+        batch_rows: usize,
+    ) {
         let schema = Arc::new(Schema::new(vec![
             Field::new("record_key", DataType::Utf8, false),
             Field::new("id_type", DataType::Utf8, false),
@@ -1085,21 +1094,25 @@ mod tests {
                 false,
             ),
         ]));
-        let column =
-            |i: usize| -> Vec<&str> { rows.iter().map(|row| [row.0, row.1, row.2][i]).collect() };
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(StringArray::from(column(0))),
-                Arc::new(StringArray::from(column(1))),
-                Arc::new(StringArray::from(column(2))),
-                Arc::new(TimestampMicrosecondArray::from(
-                    rows.iter().map(|row| row.3).collect::<Vec<_>>(),
-                )),
-            ],
-        )
-        .unwrap();
-        let table = MemTable::try_new(schema, vec![vec![batch]]).unwrap();
+        let batch = |rows: &[(&str, &str, &str, i64)]| {
+            let column = |i: usize| -> Vec<&str> {
+                rows.iter().map(|row| [row.0, row.1, row.2][i]).collect()
+            };
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(column(0))),
+                    Arc::new(StringArray::from(column(1))),
+                    Arc::new(StringArray::from(column(2))),
+                    Arc::new(TimestampMicrosecondArray::from(
+                        rows.iter().map(|row| row.3).collect::<Vec<_>>(),
+                    )),
+                ],
+            )
+            .unwrap()
+        };
+        let batches = rows.chunks(batch_rows).map(batch).collect();
+        let table = MemTable::try_new(schema.clone(), vec![batches]).unwrap();
         ctx.deregister_table("ids").unwrap();
         ctx.register_table("ids", Arc::new(table)).unwrap();
     }
@@ -1199,6 +1212,77 @@ mod tests {
         assert_eq!(tables(&restarted).await, before);
         let rebuilt = again.read_manifest("g").await.unwrap().unwrap();
         assert!(rebuilt.version > manifest.version, "and committed anew");
+    }
+
+    /// A source of more than `FEED_ROWS` rows is fed in groups of batches: a record whose rows
+    /// fall in different groups is still one record, and the graph is the one a single
+    /// `apply` of every row builds.
+    #[tokio::test]
+    async fn a_source_fed_in_groups_builds_what_one_apply_does() {
+        let (_dir, _, storage, ctx) = fresh_root().await;
+        let records = FEED_ROWS / 2 + 5000;
+        let mut owned: Vec<(String, String, String, i64)> = Vec::new();
+        for i in 0..records {
+            // Three records per device, two devices per account.
+            let key = format!("w{i}");
+            owned.push((
+                key.clone(),
+                "anonymous_id".into(),
+                format!("d{}", i / 3),
+                i as i64,
+            ));
+            owned.push((key, "user_id".into(), format!("u{}", i / 6), i as i64));
+        }
+        // The first record again, in the last group, with an e-mail.
+        owned.push((
+            "w0".into(),
+            "email".into(),
+            "late@x.com".into(),
+            records as i64,
+        ));
+        let rows: Vec<(&str, &str, &str, i64)> = owned
+            .iter()
+            .map(|(key, id_type, value, at)| (key.as_str(), id_type.as_str(), value.as_str(), *at))
+            .collect();
+        assert!(rows.len() > FEED_ROWS, "more than one group");
+        set_source_in_batches(&ctx, &rows, 8192);
+        let report = IdentityGraphs::new(storage)
+            .create(&ctx, definition(), false)
+            .await
+            .unwrap();
+
+        let mut graph = IdentityGraph::new(rules_from_options(&definition()).unwrap());
+        let applied = graph
+            .apply(
+                rows.iter()
+                    .map(|&(record_key, id_type, id_value, seen_at)| IdentityRow {
+                        record_key,
+                        id_type,
+                        id_value,
+                        seen_at,
+                    }),
+            )
+            .unwrap();
+        assert_eq!(report.summary, applied);
+        assert_eq!(report.profiles, graph.profile_count());
+        assert_eq!(report.profiles, records.div_ceil(6), "one per account");
+        assert_eq!(report.summary.records as usize, records, "w0 is one record");
+        let late_on_w0 = ctx
+            .sql(
+                "SELECT count(*) FROM g_identities i JOIN g_records r \
+                 ON i.profile_id = r.profile_id \
+                 WHERE i.id_value = 'late@x.com' AND r.record_key = 'w0'",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let count = late_on_w0[0]
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .value(0);
+        assert_eq!(count, 1, "the late e-mail joined w0's profile");
     }
 
     #[tokio::test]
