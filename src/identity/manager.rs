@@ -888,14 +888,15 @@ async fn read_into(
             None,
         ))))?;
     }
-    // Each batch is interned as it arrives and then dropped, so the source is never held
-    // whole, and DataFusion reads the next batches on the runtime's other threads meanwhile.
+    // Batches are interned a group at a time as they arrive and then dropped, so the source is
+    // never held whole, and DataFusion reads the next batches on the runtime's other threads
+    // meanwhile.
     let mut stream = frame.execute_stream().await?;
     let mut rows_read = 0u64;
     let mut max_seen: Option<i64> = None;
     let mut kept = Some(Vec::new());
     let mut kept_rows = 0u64;
-    // Batches are fed in groups of `FEED_ROWS` rows: each feed waits for both cores.
+    // A group is `FEED_ROWS` rows: each feed waits for both cores.
     let mut pending: Vec<RecordBatch> = Vec::new();
     let mut pending_rows = 0;
     loop {
