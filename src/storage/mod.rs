@@ -283,6 +283,10 @@ impl Storage {
         schema: SchemaRef,
         batches: impl Iterator<Item = Result<RecordBatch>>,
     ) -> Result<()> {
+        if let Some(dir) = &self.local_dir {
+            return write_arrow_file(&dir.join(relative), &schema, batches)
+                .map_err(|message| self.failed(relative, message));
+        }
         let upload = self
             .store
             .put_multipart(&self.path(relative))
@@ -513,6 +517,42 @@ impl Storage {
     }
 }
 
+/// [`Storage::put_arrow_stream`] on a local root: encoded straight into the file, written
+/// aside and renamed. Going through the object store's multipart upload copied every byte
+/// twice more, into an encoding buffer and then into fresh 16 MiB chunks whose pages the
+/// kernel had to zero: at a million customers, 1.2 GB of identity state took longer to write
+/// than the tables built beside it.
+fn write_arrow_file(
+    path: &FsPath,
+    schema: &SchemaRef,
+    batches: impl Iterator<Item = Result<RecordBatch>>,
+) -> std::result::Result<(), String> {
+    use std::io::Write;
+    let aside = path.with_extension("partial");
+    let written = (|| -> std::result::Result<(), String> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        let file = std::fs::File::create(&aside).map_err(|e| e.to_string())?;
+        // Large buffers go past the buffer to the file whole; it gathers the small ones.
+        let buffered = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut writer = FileWriter::try_new(buffered, schema).map_err(|e| e.to_string())?;
+        for batch in batches {
+            writer
+                .write(&batch.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+        writer.finish().map_err(|e| e.to_string())?;
+        writer.get_mut().flush().map_err(|e| e.to_string())?;
+        std::fs::rename(&aside, path).map_err(|e| e.to_string())
+    })();
+    if written.is_err() {
+        // The failure to report is the write's; a file left aside is named by nothing.
+        let _ = std::fs::remove_file(&aside);
+    }
+    written
+}
+
 /// See [`Storage::put_paced`]: chunks of 1 MiB, each handed to writeback at once
 /// (`sync_file_range`), the next one not before the rate allows.
 fn write_paced(path: &FsPath, bytes: &[u8], bytes_per_sec: u64) -> std::io::Result<()> {
@@ -626,6 +666,63 @@ mod tests {
             std::fs::read(tmp.path().join("t/part-1.parquet")).unwrap(),
             bytes
         );
+    }
+
+    /// An Arrow stream reads back as written, on a local root and an object store alike; one
+    /// that fails midway leaves no object, and nothing aside, behind.
+    #[tokio::test]
+    async fn arrow_streams_land_whole_or_not_at_all() {
+        use datafusion::arrow::array::{ArrayRef, UInt32Array};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::UInt32, false)]));
+        let batch = |from: u32| {
+            let column: ArrayRef = Arc::new(UInt32Array::from_iter_values(from..from + 1000));
+            RecordBatch::try_new(Arc::clone(&schema), vec![column]).unwrap()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = [tmp.path().to_str().unwrap(), "memory:///c360"];
+        for root in roots {
+            let storage = Storage::open(root, &BTreeMap::new()).await.unwrap();
+            let whole = [batch(0), batch(1000)].into_iter().map(Ok);
+            storage
+                .put_arrow_stream("s/v1/part.arrow", Arc::clone(&schema), whole)
+                .await
+                .unwrap();
+            let back = storage.get_arrow("s/v1/part.arrow").await.unwrap();
+            let rows: Vec<u32> = back
+                .iter()
+                .flat_map(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<UInt32Array>()
+                        .unwrap()
+                        .values()
+                        .to_vec()
+                })
+                .collect();
+            assert_eq!(rows, (0..2000).collect::<Vec<u32>>(), "{root}");
+
+            let broken = [
+                Ok(batch(0)),
+                Err(C360Error::Identity("the third batch failed".into())),
+            ];
+            let err = storage
+                .put_arrow_stream("s/v2/part.arrow", Arc::clone(&schema), broken.into_iter())
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("the third batch failed"), "{err}");
+            assert!(
+                storage.get_arrow("s/v2/part.arrow").await.is_err(),
+                "{root}"
+            );
+        }
+        let left: Vec<_> = tmp
+            .path()
+            .join("s/v2")
+            .read_dir()
+            .map(|entries| entries.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[tokio::test]
