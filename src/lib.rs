@@ -99,6 +99,7 @@ impl Engine {
     /// the cost of applying the workspace (and refreshing its identity graphs).
     pub async fn open_without_workspace(settings: Settings) -> Result<Engine> {
         use_large_pages();
+        allocator::start_prefaulting();
         let storage = Storage::open(&settings.data, &settings.storage_options).await?;
         let ctx = new_session(&settings.pg.database)?;
         storage.register(&ctx);
