@@ -272,8 +272,9 @@ impl Storage {
     }
 
     /// Writes an Arrow IPC file from batches built as they are taken, uploading it in chunks
-    /// as it is encoded: only one batch and a few chunks are in memory at once, where the
-    /// whole file would be gigabytes (identity state). For data only c360 reads back: the IPC
+    /// as it is encoded (on a local root, writing it to the file on the calling thread, as
+    /// the batches are built there anyway): only one batch and a few chunks are in memory at
+    /// once, where the whole file would be gigabytes (identity state). For data only c360 reads back: the IPC
     /// layout is Arrow's own, so it encodes at memory speed where Parquet's encodings take
     /// tens of seconds. The object appears whole or not at all, as with [`Storage::put`]; a
     /// failed batch or upload leaves nothing behind.
@@ -528,7 +529,10 @@ fn write_arrow_file(
     batches: impl Iterator<Item = Result<RecordBatch>>,
 ) -> std::result::Result<(), String> {
     use std::io::Write;
-    let aside = path.with_extension("partial");
+    // The whole name and a suffix, so that no two objects share a file aside.
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".partial");
+    let aside = std::path::PathBuf::from(aside);
     let written = (|| -> std::result::Result<(), String> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
