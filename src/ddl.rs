@@ -5,7 +5,7 @@
 //! ```sql
 //! CREATE [OR REPLACE] IDENTITY GRAPH [IF NOT EXISTS] customers FROM identifiers
 //!   WITH (priority = 'user_id, email, phone', limits = 'user_id: 1, email: 5',
-//!         blocked = '^test@', hub_threshold = 10)
+//!         blocked = '^test@', hub_threshold = 10, lookback = '1 day')
 //!   [EVERY '5 minutes'];
 //! REFRESH IDENTITY GRAPH customers;
 //! DROP IDENTITY GRAPH [IF EXISTS] customers;

@@ -46,7 +46,7 @@ use crate::storage::published::PublishedTable;
 
 /// The columns a graph's source must have.
 pub const SOURCE_COLUMNS: [&str; 4] = ["record_key", "id_type", "id_value", "seen_at"];
-const OPTIONS: [&str; 4] = ["priority", "limits", "blocked", "hub_threshold"];
+const OPTIONS: [&str; 5] = ["priority", "limits", "blocked", "hub_threshold", "lookback"];
 const STATE_ROOT: &str = "identity";
 /// Rows a graph's log may hold before a refresh writes a whole snapshot instead, however small
 /// the graph: replaying them at start-up takes about a second.
@@ -247,12 +247,16 @@ impl IdentityGraphs {
         managed.last_refresh = started;
         let definition = managed.definition.clone();
         let watermark = managed.watermark;
+        // Rows that landed late, with a `seen_at` the watermark has passed, are read again
+        // within the lookback; re-reading rows already applied changes nothing.
+        let lookback = lookback_micros(&definition)?;
+        let read_from = watermark.map(|at| at.saturating_sub(lookback));
         let logged: u64 = managed.log.iter().map(|entry| entry.rows).sum();
         let managed = &mut *managed;
         let (version, log_files) = (managed.version, managed.log.len());
         let log_room = log_limit(&managed.graph, self.log_rows).saturating_sub(logged);
         let mut applying = managed.graph.begin_apply();
-        let read = read_into(ctx, &definition, &mut applying, watermark, log_room).await?;
+        let read = read_into(ctx, &definition, &mut applying, read_from, log_room).await?;
         // The rows are logged on another core while this one stitches them and brings the
         // tables up to date. The file is named by CURRENT only once the refresh commits: a
         // refresh that fails or changes nothing leaves a file that no manifest names, which
@@ -816,7 +820,25 @@ pub fn rules_from_options(definition: &IdentityGraphDefinition) -> Result<Rules>
             .map_err(|_| invalid(format!("hub_threshold: '{text}' is not a whole number")))?,
         None => DEFAULT_HUB_THRESHOLD,
     };
+    lookback_micros(definition)?;
     Rules::new(priority, limits, blocked, hub_threshold).map_err(|e| invalid(e.to_string()))
+}
+
+/// The `lookback` option in µs, 0 when not set: how far before the watermark a refresh reads.
+/// Sources rarely land in `seen_at` order (a till that uploads at night, a CRM export of last
+/// week's contacts), and a refresh that read only from the watermark on would leave such rows
+/// to the next rebuild.
+pub fn lookback_micros(definition: &IdentityGraphDefinition) -> Result<i64> {
+    let Some(text) = definition.options.get("lookback") else {
+        return Ok(0);
+    };
+    let interval = crate::ddl::parse_interval(text).map_err(|e| {
+        C360Error::Identity(format!(
+            "identity graph {}: lookback: {}",
+            definition.name, e.0
+        ))
+    })?;
+    Ok(i64::try_from(interval.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Checks at `CREATE` time that the source exists and has the four columns, with types that
@@ -1345,6 +1367,54 @@ mod tests {
             .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
             .value(0);
         assert_eq!(count, 1, "the late e-mail joined w0's profile");
+    }
+
+    /// A row that lands after the watermark passed its `seen_at` is applied by a refresh
+    /// within the graph's lookback, and left for a rebuild when older or without one.
+    #[tokio::test]
+    async fn a_refresh_applies_late_rows_within_the_lookback() {
+        let (_dir, _location, storage, ctx) = fresh_root().await;
+        let graphs = IdentityGraphs::new(storage);
+        let mut looking_back = definition();
+        looking_back
+            .options
+            .insert("lookback".into(), "1 minute".into());
+        graphs.create(&ctx, looking_back, false).await.unwrap();
+        let mut without = definition();
+        without.name = "h".into();
+        graphs.create(&ctx, without, false).await.unwrap();
+
+        let mut rows = FIRST_ROWS.to_vec();
+        let newest = rows.iter().map(|row| row.3).max().unwrap_or(0);
+        let second = 1_000_000;
+        rows.extend([
+            ("late", "anonymous_id", "d-late", newest - 30 * second),
+            ("stale", "anonymous_id", "d-stale", newest - 120 * second),
+        ]);
+        set_source(&ctx, &rows);
+        let looked_back = graphs.refresh(&ctx, "g").await.unwrap();
+        assert_eq!(looked_back.summary.records, 1, "only the row within a minute");
+        let records = table(&ctx, "g_records").await;
+        assert!(records.iter().any(|row| row.contains("| late ")), "{records:?}");
+        assert!(!records.iter().any(|row| row.contains("stale")), "{records:?}");
+
+        let from_watermark = graphs.refresh(&ctx, "h").await.unwrap();
+        assert_eq!(from_watermark.summary.records, 0);
+        let records = table(&ctx, "h_records").await;
+        assert!(!records.iter().any(|row| row.contains("late")), "{records:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lookback_that_is_not_an_interval_fails_at_create() {
+        let (_dir, _location, storage, ctx) = fresh_root().await;
+        let mut definition = definition();
+        definition.options.insert("lookback".into(), "soon".into());
+        let error = IdentityGraphs::new(storage)
+            .create(&ctx, definition, false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("lookback") && error.contains("'soon'"), "{error}");
     }
 
     #[tokio::test]
