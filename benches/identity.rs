@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench identity -- --customers 1000000 [--data DIR] [--skip-sql-baseline]
 //!                                 [--sql-customers M] [--sql-budget SECS] [--only-incremental]
+//!                                 [--lookback INTERVAL]
 //! ```
 //!
 //! Phases, each printed as it ends, then one summary block with every figure beside its target:
@@ -19,7 +20,8 @@
 //!    iterative min-label propagation over it;
 //! 6. incremental refresh: a graph built on all but the latest 5% of rows (a view whose cutoff
 //!    lives in a one-row table), then the cutoff moved 1% at a time and `REFRESH IDENTITY GRAPH`
-//!    timed, five times.
+//!    timed, five times; `--lookback '1 day'` gives that graph a lookback, to see what reading
+//!    the window again costs each refresh.
 //!
 //! Never run as a test: timing figures are printed, not asserted.
 
@@ -54,6 +56,8 @@ struct Args {
     sql_budget: Duration,
     /// Only phase 6, on the identifiers cached beside the data: for working on refreshes.
     only_incremental: bool,
+    /// The `lookback` option of the incremental graph, if any.
+    lookback: Option<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -64,6 +68,7 @@ fn parse_args() -> Result<Args> {
         sql_customers: None,
         sql_budget: Duration::from_secs(600),
         only_incremental: false,
+        lookback: None,
     };
     parse_flags(|name, value| {
         match name {
@@ -71,6 +76,7 @@ fn parse_args() -> Result<Args> {
             "--data" => args.data = Some(PathBuf::from(value()?)),
             "--skip-sql-baseline" => args.skip_sql = true,
             "--only-incremental" => args.only_incremental = true,
+            "--lookback" => args.lookback = Some(value()?),
             "--sql-customers" => args.sql_customers = Some(parse_count(&value()?)?),
             "--sql-budget" => args.sql_budget = Duration::from_secs(value()?.parse()?),
             _ => return Ok(false),
@@ -722,7 +728,7 @@ fn monotonic() -> f64 {
     now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
 }
 
-async fn incremental(engine: &Engine) -> Result<Incremental> {
+async fn incremental(engine: &Engine, lookback: Option<&str>) -> Result<Incremental> {
     let total_rows = count(engine, "SELECT count(*) FROM ids_all").await?;
     let step = (total_rows / 100).max(1);
     // The seen_at below which the newest `offset` rows lie.
@@ -742,16 +748,23 @@ async fn incremental(engine: &Engine) -> Result<Incremental> {
         )
         .await?;
     let live_rows = count(engine, "SELECT count(*) FROM ids_live").await?;
-    let definition = definition_on("bench_live", "ids_live")?;
+    let mut definition = definition_on("bench_live", "ids_live")?;
+    if let Some(lookback) = lookback {
+        definition
+            .options
+            .insert("lookback".to_string(), lookback.to_string());
+    }
     let build = engine
         .identity_graphs()
         .create(engine.context(), definition, false)
         .await?;
     println!(
-        "incremental: built on {live_rows} of {total_rows} rows in {:.2} s, {} profiles ({})",
+        "incremental: built on {live_rows} of {total_rows} rows in {:.2} s, {} profiles ({}), \
+         lookback {}",
         secs(build.duration),
         build.profiles,
-        build.phases_text()
+        build.phases_text(),
+        lookback.unwrap_or("none")
     );
     let mut refreshes = Vec::new();
     let mut live = live_rows;
@@ -807,7 +820,7 @@ async fn incremental(engine: &Engine) -> Result<Incremental> {
 
 /// Phase 6 alone, on an engine with an empty workspace and `ids_all` over the identifiers
 /// cached beside the data: a minute instead of ten, for working on refreshes.
-async fn only_incremental(data: &Path) -> Result<()> {
+async fn only_incremental(data: &Path, lookback: Option<&str>) -> Result<()> {
     let ids_dir = ensure_identifiers(data).await?;
     let storage = tempfile::tempdir()?;
     let workspace = tempfile::tempdir()?;
@@ -820,7 +833,7 @@ async fn only_incremental(data: &Path) -> Result<()> {
             ids_dir.display()
         ))
         .await?;
-    let run = incremental(&engine).await?;
+    let run = incremental(&engine, lookback).await?;
     println!(
         "incremental refresh (1% new, median of {}): {:.3} s; refreshes {}",
         run.refresh_walls.len(),
@@ -879,7 +892,7 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
     );
     ensure_data(&data, n).await?;
     if args.only_incremental {
-        return only_incremental(&data).await;
+        return only_incremental(&data, args.lookback.as_deref()).await;
     }
 
     // ---- full build, as start-up does it
@@ -1061,7 +1074,7 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
     }
 
     // ---- incremental refresh
-    let inc = incremental(&engine).await?;
+    let inc = incremental(&engine, args.lookback.as_deref()).await?;
 
     // ---- summary
     let load_at_end = loadavg();
