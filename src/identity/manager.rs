@@ -161,10 +161,23 @@ impl IdentityGraphs {
 
         let existing = self.graphs.lock().await.get(&name).cloned();
         if let Some(existing) = existing {
-            let same = same_definition(&existing.lock().await.definition, &definition);
+            let mut managed = existing.lock().await;
+            let same = same_definition(&managed.definition, &definition);
             if same && (declarative || definition.if_not_exists) {
+                drop(managed);
                 return self.refresh(ctx, &name).await;
             }
+            if !same
+                && same_graph(&managed.definition, &definition)
+                && (declarative || definition.or_replace)
+            {
+                // Only when or how far back refreshes read changed: the graph stands, and the
+                // next commit records the new definition.
+                managed.definition = definition;
+                drop(managed);
+                return self.refresh(ctx, &name).await;
+            }
+            drop(managed);
             if !(declarative || definition.or_replace) {
                 return Err(C360Error::AlreadyExists(format!("identity graph {name}")));
             }
@@ -174,7 +187,7 @@ impl IdentityGraphs {
         // State that cannot be loaded (written by an older c360, or damaged) is derived data:
         // the graph is built again from its source, which gives the same profile ids.
         if let Some(manifest) = self.read_manifest(&name).await?
-            && same_definition(&manifest.definition, &definition)
+            && same_graph(&manifest.definition, &definition)
         {
             match self
                 .load_state(&name, manifest.version, &manifest.log, rules.clone())
@@ -758,6 +771,20 @@ fn publish(
 
 fn same_definition(a: &IdentityGraphDefinition, b: &IdentityGraphDefinition) -> bool {
     a.name == b.name && a.source == b.source && a.options == b.options && a.every == b.every
+}
+
+/// Whether two definitions build the same graph: they may differ in when (`EVERY`) and how
+/// far back (`lookback`) refreshes read, which change nothing already built.
+fn same_graph(a: &IdentityGraphDefinition, b: &IdentityGraphDefinition) -> bool {
+    let shaping = |definition: &IdentityGraphDefinition| {
+        definition
+            .options
+            .iter()
+            .filter(|(option, _)| option.as_str() != "lookback")
+            .map(|(option, value)| (option.clone(), value.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    a.name == b.name && a.source == b.source && shaping(a) == shaping(b)
 }
 
 fn graph_error(e: super::graph::GraphError) -> C360Error {
@@ -1402,6 +1429,41 @@ mod tests {
         assert_eq!(from_watermark.summary.records, 0);
         let records = table(&ctx, "h_records").await;
         assert!(!records.iter().any(|row| row.contains("late")), "{records:?}");
+    }
+
+    /// A definition that changes only its period and lookback keeps the graph built, in
+    /// memory and after a restart, and its refresh reads with the new lookback.
+    #[tokio::test]
+    async fn a_new_period_or_lookback_keeps_the_graph() {
+        let (_dir, location, storage, ctx) = fresh_root().await;
+        let graphs = IdentityGraphs::new(storage);
+        graphs.create(&ctx, definition(), false).await.unwrap();
+        let mut rows = FIRST_ROWS.to_vec();
+        let newest = rows.iter().map(|row| row.3).max().unwrap_or(0);
+        rows.push(("late", "anonymous_id", "d-late", newest - 30_000_000));
+        set_source(&ctx, &rows);
+
+        let mut changed = definition();
+        changed
+            .options
+            .insert("lookback".into(), "1 minute".into());
+        changed.every = Some(Duration::from_secs(600));
+        changed.or_replace = true;
+        let report = graphs.create(&ctx, changed, false).await.unwrap();
+        assert!(!report.full_build, "the graph stands");
+        assert_eq!(report.summary.records, 1, "its refresh read a minute back");
+        let managed = graphs.managed("g").await.unwrap();
+        assert_eq!(
+            managed.lock().await.definition.every,
+            Some(Duration::from_secs(600))
+        );
+        drop(graphs);
+
+        // Back to no lookback and no period, after a restart: the state is loaded, not
+        // built again.
+        let (report, after) = restarted(&location, &rows).await;
+        assert!(!report.full_build);
+        assert!(after[1].iter().any(|row| row.contains("| late ")), "{after:?}");
     }
 
     #[tokio::test]
