@@ -46,7 +46,9 @@ use crate::storage::published::PublishedTable;
 
 /// The columns a graph's source must have.
 pub const SOURCE_COLUMNS: [&str; 4] = ["record_key", "id_type", "id_value", "seen_at"];
-const OPTIONS: [&str; 5] = ["priority", "limits", "blocked", "hub_threshold", "lookback"];
+const OPTIONS: [&str; 5] = ["priority", "limits", "blocked", "hub_threshold", LOOKBACK];
+/// The option that widens what refreshes read (see [`lookback_micros`]), not what is built.
+const LOOKBACK: &str = "lookback";
 const STATE_ROOT: &str = "identity";
 /// Rows a graph's log may hold before a refresh writes a whole snapshot instead, however small
 /// the graph: replaying them at start-up takes about a second.
@@ -780,7 +782,7 @@ fn same_graph(a: &IdentityGraphDefinition, b: &IdentityGraphDefinition) -> bool 
         definition
             .options
             .iter()
-            .filter(|(option, _)| option.as_str() != "lookback")
+            .filter(|(option, _)| option.as_str() != LOOKBACK)
             .map(|(option, value)| (option.clone(), value.clone()))
             .collect::<BTreeMap<_, _>>()
     };
@@ -856,7 +858,7 @@ pub fn rules_from_options(definition: &IdentityGraphDefinition) -> Result<Rules>
 /// week's contacts), and a refresh that read only from the watermark on would leave such rows
 /// to the next rebuild.
 pub fn lookback_micros(definition: &IdentityGraphDefinition) -> Result<i64> {
-    let Some(text) = definition.options.get("lookback") else {
+    let Some(text) = definition.options.get(LOOKBACK) else {
         return Ok(0);
     };
     let interval = crate::ddl::parse_interval(text).map_err(|e| {
