@@ -1422,15 +1422,27 @@ mod tests {
         ]);
         set_source(&ctx, &rows);
         let looked_back = graphs.refresh(&ctx, "g").await.unwrap();
-        assert_eq!(looked_back.summary.records, 1, "only the row within a minute");
+        assert_eq!(
+            looked_back.summary.records, 1,
+            "only the row within a minute"
+        );
         let records = table(&ctx, "g_records").await;
-        assert!(records.iter().any(|row| row.contains("| late ")), "{records:?}");
-        assert!(!records.iter().any(|row| row.contains("stale")), "{records:?}");
+        assert!(
+            records.iter().any(|row| row.contains("| late ")),
+            "{records:?}"
+        );
+        assert!(
+            !records.iter().any(|row| row.contains("stale")),
+            "{records:?}"
+        );
 
         let from_watermark = graphs.refresh(&ctx, "h").await.unwrap();
         assert_eq!(from_watermark.summary.records, 0);
         let records = table(&ctx, "h_records").await;
-        assert!(!records.iter().any(|row| row.contains("late")), "{records:?}");
+        assert!(
+            !records.iter().any(|row| row.contains("late")),
+            "{records:?}"
+        );
     }
 
     /// A definition that changes only its period and lookback keeps the graph built, in
@@ -1446,9 +1458,7 @@ mod tests {
         set_source(&ctx, &rows);
 
         let mut changed = definition();
-        changed
-            .options
-            .insert("lookback".into(), "1 minute".into());
+        changed.options.insert("lookback".into(), "1 minute".into());
         changed.every = Some(Duration::from_secs(600));
         changed.or_replace = true;
         let report = graphs.create(&ctx, changed, false).await.unwrap();
@@ -1465,7 +1475,10 @@ mod tests {
         // built again.
         let (report, after) = restarted(&location, &rows).await;
         assert!(!report.full_build);
-        assert!(after[1].iter().any(|row| row.contains("| late ")), "{after:?}");
+        assert!(
+            after[1].iter().any(|row| row.contains("| late ")),
+            "{after:?}"
+        );
     }
 
     #[tokio::test]
@@ -1478,7 +1491,10 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(error.contains("lookback") && error.contains("'soon'"), "{error}");
+        assert!(
+            error.contains("lookback") && error.contains("'soon'"),
+            "{error}"
+        );
     }
 
     #[tokio::test]
