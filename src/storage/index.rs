@@ -6,9 +6,8 @@
 //! index together (see [`super::published`]). It maps a 64-bit hash of each row's key to the
 //! row, with a chain through rows of equal hash; a lookup compares the candidates' values, so
 //! a hash collision costs a comparison, never a wrong row. It stores no copy of the keys:
-//! a 16-byte hash table slot per distinct key (the table has room for every row, is at most
-//! 3/4 full and sized in powers of two) and 4 bytes of chain per row, 25 to 50 bytes a row
-//! in all.
+//! an 8-byte hash table slot per distinct key (the table has room for every row and is at
+//! most 3/4 full) and 4 bytes of chain per row, about 15 bytes a row in all.
 //!
 //! Keys are strings (`Utf8`, `LargeUtf8`, `Utf8View`) or integers. They compare by value
 //! within their kind, as SQL's `=` does once types are coerced; a string never equals an
@@ -249,29 +248,38 @@ impl Chains {
     }
 }
 
-/// A hash's last entry: open addressing with linear probing over `(hash, entry + 1)` slots,
+/// A hash's last entry: open addressing with linear probing over `(tag, entry + 1)` slots,
 /// `entry + 1 == 0` marking an empty one, at most three quarters full. Not a `HashMap`: a
 /// build inserts millions of rows at random places, and staging them (see `Chains::build`)
 /// needs the slot of a hash before inserting it, which std's map does not tell.
+///
+/// A slot is 8 bytes, and the table is sized to the entries rather than to a power of two:
+/// at 16 bytes a slot and rounded up, the index a join keeps on 15M record keys was 540 MB,
+/// most of it empty. A slot keeps 32 bits of its hash (the tag), and its home is set by the
+/// others, so that two keys share a chain only if they share a tag and meet while probing:
+/// rare, and harmless, since lookups compare every candidate's value.
 #[derive(Debug)]
 struct Heads {
-    slots: Vec<(u64, u32)>,
-    /// `64 - log2(slots.len())`: a hash's home slot is its top bits.
-    shift: u32,
+    slots: Vec<(u32, u32)>,
 }
 
 impl Heads {
     fn with_capacity(entries: usize) -> Heads {
-        let size = (entries + entries / 3 + 1).next_power_of_two().max(16);
         Heads {
-            slots: vec![(0, 0); size],
-            shift: 64 - size.trailing_zeros(),
+            slots: vec![(0, 0); (entries + entries / 3 + 1).max(16)],
         }
     }
 
+    /// The slot a hash probes from: its high bits scaled to the table (a multiply, not a
+    /// modulo), leaving the low bits to the tag.
     #[inline]
     fn home(&self, hash: u64) -> usize {
-        (hash >> self.shift) as usize
+        ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    #[inline]
+    fn tag(hash: u64) -> u32 {
+        hash as u32
     }
 
     /// Asks for the line of `hash`'s home slot ahead of `insert`.
@@ -280,37 +288,47 @@ impl Heads {
         crate::prefetch::prefetch(&self.slots, self.home(hash));
     }
 
+    /// The slot after `slot`, wrapping at the end of the table.
+    #[inline]
+    fn next_slot(&self, slot: usize) -> usize {
+        if slot + 1 == self.slots.len() {
+            0
+        } else {
+            slot + 1
+        }
+    }
+
     /// Makes `entry` the last of `hash`; returns the previous last entry, or `END`.
     fn insert(&mut self, hash: u64, entry: u32) -> u32 {
-        let mask = self.slots.len() - 1;
+        let tag = Heads::tag(hash);
         let mut slot = self.home(hash);
         loop {
-            let (slot_hash, stored) = self.slots[slot];
+            let (slot_tag, stored) = self.slots[slot];
             if stored == 0 {
-                self.slots[slot] = (hash, entry + 1);
+                self.slots[slot] = (tag, entry + 1);
                 return END;
             }
-            if slot_hash == hash {
+            if slot_tag == tag {
                 self.slots[slot].1 = entry + 1;
                 return stored - 1;
             }
-            slot = (slot + 1) & mask;
+            slot = self.next_slot(slot);
         }
     }
 
     /// The last entry of `hash`, or `END`.
     fn get(&self, hash: u64) -> u32 {
-        let mask = self.slots.len() - 1;
+        let tag = Heads::tag(hash);
         let mut slot = self.home(hash);
         loop {
-            let (slot_hash, stored) = self.slots[slot];
+            let (slot_tag, stored) = self.slots[slot];
             if stored == 0 {
                 return END;
             }
-            if slot_hash == hash {
+            if slot_tag == tag {
                 return stored - 1;
             }
-            slot = (slot + 1) & mask;
+            slot = self.next_slot(slot);
         }
     }
 }
@@ -658,5 +676,48 @@ mod tests {
         );
         let none = take_rows(&schema, &batches, &[], None).unwrap();
         assert_eq!((none.num_rows(), none.num_columns()), (0, 2));
+    }
+
+    /// Probing wraps at the table's end, and each hash finds its own last entry while tags
+    /// differ; a hash shares a chain only with one of the same tag met on the way.
+    #[test]
+    fn heads_wrap_at_the_end_and_chain_by_tag() {
+        let mut heads = Heads::with_capacity(12);
+        let slots = heads.slots.len();
+        // Every one of these starts at the last slot, so all but one wrap to the front.
+        let hashes: Vec<u64> = (1..=10).map(|tag| u64::MAX - (1 << 40) + tag).collect();
+        assert!(hashes.iter().all(|&hash| heads.home(hash) == slots - 1));
+        for (entry, &hash) in hashes.iter().enumerate() {
+            assert_eq!(heads.insert(hash, entry as u32), END);
+        }
+        for (entry, &hash) in hashes.iter().enumerate() {
+            assert_eq!(heads.get(hash), entry as u32);
+        }
+        // Inserting a hash again chains the new entry to its previous one.
+        assert_eq!(heads.insert(hashes[3], 20), 3);
+        assert_eq!(heads.get(hashes[3]), 20);
+        // Another hash with the tag of `hashes[0]` whose probe meets it joins its chain.
+        let same_tag = (hashes[0] & 0xFFFF_FFFF) | (u64::MAX << 40);
+        assert_eq!(heads.insert(same_tag, 21), 0);
+        assert_eq!(heads.get(hashes[0]), 21);
+        assert_eq!(heads.get(0x1234_5678_0000_0099), END);
+    }
+
+    /// A table filled to its limit finds every key at its row, and no key it does not hold.
+    #[test]
+    fn every_key_of_a_full_table_is_found_at_its_row() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)]));
+        let keys: Vec<String> = (0..5000).map(|i| format!("key-{i}")).collect();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(StringArray::from_iter_values(&keys))],
+        )
+        .unwrap();
+        let batches = vec![batch];
+        let index = KeyIndex::build(&batches, 0).unwrap();
+        for (row, key) in keys.iter().enumerate() {
+            assert_eq!(index.lookup(&batches, Key::Str(key)), vec![(0, row)]);
+        }
+        assert!(index.lookup(&batches, Key::Str("key-5000")).is_empty());
     }
 }
