@@ -4,8 +4,9 @@
 //! An index is built once per publication, before the contents are swapped in, and is never
 //! changed afterwards: readers share it without locks, and a refresh publishes contents and
 //! index together (see [`super::published`]). It maps a 64-bit hash of each row's key to the
-//! row, with a chain through rows of equal hash; a lookup compares the candidates' values, so
-//! a hash collision costs a comparison, never a wrong row. It stores no copy of the keys:
+//! row, with a chain through rows of equal hash (see `Heads` for the rare other key that
+//! shares one); a lookup compares the candidates' values, so a hash collision costs a
+//! comparison, never a wrong row. It stores no copy of the keys:
 //! an 8-byte hash table slot per distinct key (the table has room for every row and is at
 //! most 3/4 full) and 4 bytes of chain per row, about 15 bytes a row in all.
 //!
