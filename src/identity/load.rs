@@ -118,7 +118,7 @@ impl IdentityGraph {
             old_local,
             new_seen: mut order,
             old_seen,
-            pairs,
+            mut pairs,
             unknown,
             summary,
             ..
@@ -150,7 +150,6 @@ impl IdentityGraph {
             rank[local_of(record)] = position as u32;
         }
         // Each row keyed by its record's position, in place, for `group_by_position`.
-        let mut pairs = pairs;
         let mut jumps = 0usize;
         let mut previous = 0u32;
         for pair in pairs.iter_mut() {
@@ -572,7 +571,7 @@ mod tests {
     #[test]
     fn rows_are_grouped_by_position_in_or_out_of_order() {
         let positions = 1000;
-        // Position 7 and every tenth one have no rows; the others one to three.
+        // Position 7 and those ending in 3 have no rows; the others one to three.
         let rows: Vec<u64> = (0..positions as u64)
             .filter(|p| *p != 7 && p % 10 != 3)
             .flat_map(|p| (0..=p % 3).map(move |k| (p << 32) | (p * 4 + k)))
