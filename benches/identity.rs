@@ -787,10 +787,11 @@ async fn incremental(engine: &Engine, lookback: Option<&str>) -> Result<Incremen
             .await?;
         let wall = secs(started.elapsed());
         println!(
-            "incremental: refresh of {} new rows read {} rows, {} records applied, {} merges, \
-             in {wall:.3} s ({}); perf window {window:.3},{:.3}",
+            "incremental: refresh of {} new rows read {} rows ({} logged), {} records applied, \
+             {} merges, in {wall:.3} s ({}); perf window {window:.3},{:.3}",
             now_live - live,
             refresh.rows_read,
+            refresh.rows_logged,
             refresh.summary.records,
             refresh.summary.merges,
             refresh.phases_text(),

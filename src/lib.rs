@@ -273,6 +273,7 @@ impl Engine {
             graph = %report.graph,
             full_build = report.full_build,
             rows = report.rows_read,
+            logged = report.rows_logged,
             records = report.summary.records,
             merges = report.summary.merges,
             refused = report.summary.refused,

@@ -274,6 +274,21 @@ pub(super) struct SinceTables {
     pub(super) reseen: Bits,
 }
 
+/// Whether a refresh's log must hold a row it read, so that replaying the log onto the state
+/// before gives the graph the refresh made (see [`Applying::log_need`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogNeed {
+    /// The row may change the graph.
+    Always,
+    /// Applying the row changes nothing: a blank key or value.
+    Never,
+    /// A repeat of what the graph holds: this record, known before the batch, already
+    /// carries the identifier, whose first and last seen span the row's time. Needed only if
+    /// the batch changes the record anyway, because a record's rows together decide where it
+    /// is processed; otherwise the record is passed over and the row does nothing.
+    IfRecordChanges(u32),
+}
+
 /// One batch of rows being applied in parts (see [`IdentityGraph::begin_apply`]). Dropping it
 /// without `finish` leaves the rows fed so far interned but unlinked, as a failed `apply` does.
 pub struct Applying<'g> {
@@ -281,7 +296,7 @@ pub struct Applying<'g> {
     loader: Loader,
 }
 
-impl Applying<'_> {
+impl<'g> Applying<'g> {
     /// Interns these rows into the batch; nothing is stitched until `finish`.
     pub fn feed<'a>(
         &mut self,
@@ -290,8 +305,28 @@ impl Applying<'_> {
         self.graph.load_rows(&mut self.loader, rows)
     }
 
+    /// What a log of this batch needs of `row`, asked before the row is fed. Only rows seen
+    /// at or before `repeats_until` (the newest time applied before) can be repeats: the
+    /// others are never looked up.
+    pub fn log_need(&self, row: &IdentityRow<'_>, repeats_until: Option<i64>) -> LogNeed {
+        self.graph
+            .log_need(self.loader.old_records(), row, repeats_until)
+    }
+
     /// Stitches everything fed, in processing order.
     pub fn finish(self) -> Result<ApplySummary, GraphError> {
+        self.stitch_fed().map(|(summary, _)| summary)
+    }
+
+    /// [`Applying::finish`], also naming the records known before the batch that it
+    /// changed: what decides which [`LogNeed::IfRecordChanges`] rows a log needs.
+    pub fn finish_changed(self) -> Result<(ApplySummary, Vec<u32>), GraphError> {
+        let mark = self.graph.restitched.len();
+        let (summary, graph) = self.stitch_fed()?;
+        Ok((summary, graph.restitched[mark..].to_vec()))
+    }
+
+    fn stitch_fed(self) -> Result<(ApplySummary, &'g mut IdentityGraph), GraphError> {
         let graph = self.graph;
         let started = std::time::Instant::now();
         let (mut batch, mut summary) = graph.finish_load(self.loader)?;
@@ -312,7 +347,7 @@ impl Applying<'_> {
             flatten_ms = (started.elapsed() - stitched).as_millis() as u64,
             "identity batch stitched"
         );
-        Ok(summary)
+        Ok((summary, graph))
     }
 }
 

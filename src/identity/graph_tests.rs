@@ -1075,3 +1075,85 @@ fn applying_in_parts_equals_applying_at_once() {
     assert_eq!(summary.rows, data.len() as u64);
     assert_eq!(dump(&parts), dump(&whole));
 }
+
+fn as_row((record_key, id_type, id_value, seen_at): &Row) -> IdentityRow<'_> {
+    IdentityRow {
+        record_key,
+        id_type,
+        id_value,
+        seen_at: *seen_at,
+    }
+}
+
+/// What a refresh logs (`LogNeed`): the rows it read, less repeats on records it did not
+/// change. Replaying that onto the graph before must give the graph the refresh made.
+#[test]
+fn replaying_the_rows_a_log_needs_gives_the_refreshed_graph() {
+    let data = people(400, true, 31);
+    let (early, _) = split(&data, 120);
+    let mut refreshed = IdentityGraph::new(rules());
+    apply(&mut refreshed, &early);
+    let mut replayed =
+        IdentityGraph::from_state(rules(), to_views(refreshed.to_state().unwrap())).unwrap();
+    // The refresh reads a window from 80 again, the rows from 120, and a new identifier on
+    // some records of the window, which changes them.
+    let mut read: Vec<Row> = data.iter().filter(|row| row.3 >= 80).cloned().collect();
+    let changing: BTreeSet<String> = early
+        .iter()
+        .filter(|row| row.3 >= 80)
+        .map(|row| row.0.clone())
+        .step_by(7)
+        .collect();
+    for (i, record) in changing.iter().enumerate() {
+        read.push((record.clone(), "phone".into(), format!("+4470{i:08}"), 150));
+    }
+    // Rows the graph holds, landed late with an earlier time: first seen moves.
+    let moved: Vec<Row> = early
+        .iter()
+        .filter(|row| row.3 >= 80)
+        .step_by(11)
+        .map(|row| (row.0.clone(), row.1.clone(), row.2.clone(), 0))
+        .collect();
+    read.extend(moved);
+    let read = shuffled(read, 8);
+
+    // Asked part by part before each part is fed, as a refresh does.
+    let mut applying = refreshed.begin_apply();
+    let mut needs = Vec::new();
+    for part in read.chunks(read.len() / 3 + 1) {
+        needs.extend(
+            part.iter()
+                .map(|row| applying.log_need(&as_row(row), Some(119))),
+        );
+        applying.feed(part.iter().map(as_row)).unwrap();
+    }
+    let (_, changed) = applying.finish_changed().unwrap();
+    let logged: Vec<Row> = read
+        .iter()
+        .zip(&needs)
+        .filter(|(_, need)| match need {
+            LogNeed::Always => true,
+            LogNeed::Never => false,
+            LogNeed::IfRecordChanges(record) => changed.contains(record),
+        })
+        .map(|(row, _)| row.clone())
+        .collect();
+    let repeats = |kept: bool| {
+        needs
+            .iter()
+            .filter(
+                |need| matches!(need, LogNeed::IfRecordChanges(r) if changed.contains(r) == kept),
+            )
+            .count()
+    };
+    assert!(repeats(false) > 100, "repeats left out: {}", repeats(false));
+    assert!(
+        repeats(true) > 10,
+        "repeats on changed records: {}",
+        repeats(true)
+    );
+    assert!(logged.len() < read.len());
+    apply(&mut replayed, &logged);
+    assert_eq!(dump(&replayed), dump(&refreshed));
+    assert_eq!(replayed.to_state().unwrap(), refreshed.to_state().unwrap());
+}

@@ -274,7 +274,6 @@ impl Interner {
     }
 
     /// The id of `prefix ++ body`, if interned.
-    #[cfg(test)]
     pub(super) fn get(&self, prefix: &[u8], body: &[u8]) -> Option<u32> {
         self.probe(self.tag(prefix, body), prefix, body).ok()
     }

@@ -2,7 +2,8 @@
 //! the batch out in processing order for the two passes of `graph.rs`.
 
 use super::graph::{
-    ApplySummary, BLOCKED, GraphError, IdentityGraph, IdentityRow, NONE, TYPE_MASK,
+    ApplySummary, BLOCKED, GraphError, IdentityGraph, IdentityRow, LogNeed, NONE, REFUSED_BIT,
+    TYPE_MASK,
 };
 use super::intern::{FastMap, Interner};
 use crate::prefetch::{AHEAD, prefetch};
@@ -59,6 +60,13 @@ pub(super) struct Batch {
     pub(super) values: Vec<u32>,
     /// `(position, unknown id)` rows, sorted.
     pub(super) unknown: Vec<(u32, u32)>,
+}
+
+impl Loader {
+    /// Records known before the batch: ids below this are "old".
+    pub(super) fn old_records(&self) -> u32 {
+        self.old_records
+    }
 }
 
 impl Batch {
@@ -327,6 +335,45 @@ impl IdentityGraph {
             }
         }
         Ok(())
+    }
+
+    /// See [`super::graph::Applying::log_need`]. Mirrors `load_round` and `observe`: a
+    /// repeat interns nothing new, moves no first or last seen, and adds nothing to its
+    /// record, so `stitch` passes its record over unless another row changes it.
+    pub(super) fn log_need(
+        &self,
+        old_records: u32,
+        row: &IdentityRow<'_>,
+        repeats_until: Option<i64>,
+    ) -> LogNeed {
+        if blank(row.id_value) || blank(row.record_key) {
+            return LogNeed::Never;
+        }
+        if repeats_until.is_none_or(|until| row.seen_at > until) {
+            return LogNeed::Always;
+        }
+        let Some(t) = self.rules.type_index(row.id_type) else {
+            return LogNeed::Always;
+        };
+        let record = self.records.get(b"", row.record_key.as_bytes());
+        let value = self
+            .values
+            .get(type_prefix(t).as_bytes(), row.id_value.as_bytes());
+        let (Some(record), Some(value)) = (record, value) else {
+            return LogNeed::Always;
+        };
+        let (first, last) = self.v_seen[value as usize];
+        let repeated = record < old_records
+            && (first..=last).contains(&row.seen_at)
+            && self
+                .record_ids(record)
+                .iter()
+                .any(|id| id & !REFUSED_BIT == value);
+        if repeated {
+            LogNeed::IfRecordChanges(record)
+        } else {
+            LogNeed::Always
+        }
     }
 
     /// Sorts `(seen_at, record)` into processing order: by time, then record key.

@@ -8,10 +8,11 @@
 //! A full build writes a new version folder, then replaces CURRENT in one put, then deletes the
 //! old folder, so a crash at any point leaves the previous graph readable and intact.
 //!
-//! A refresh does not rewrite the state: it writes the rows it applied as
-//! `v<version>/log-<n>.arrow` (Arrow IPC too: a refresh logs while it stitches, on a machine of
-//! two cores, and Parquet's encodings cost a tenth of a refresh where IPC's cost next to
-//! nothing; logs that older versions wrote as `.parquet` are still read), then replaces
+//! A refresh does not rewrite the state: it writes the rows it applied (less repeats, see
+//! `log_rows.rs`) as `v<version>/log-<n>.arrow` (Arrow IPC too: a refresh logs while it
+//! updates its tables, on a machine of two cores, and Parquet's encodings cost a tenth of a
+//! refresh where IPC's cost next to nothing; logs that older versions wrote as `.parquet` are
+//! still read), then replaces
 //! CURRENT with one that lists that file after the others. A restart loads the snapshot and applies the logged rows again in order, which gives
 //! the same graph, because applying is deterministic. Once the log holds a tenth of the
 //! graph's records in rows (at least `LOG_ROWS`), the next refresh writes a whole new version
@@ -37,6 +38,7 @@ use super::graph::{
     ApplySummary, Applying, DEFAULT_HUB_THRESHOLD, FEED_ROWS, IdentityGraph, IdentityRow, Rules,
     identities_schema, merges_schema, records_schema, refused_schema,
 };
+use super::log_rows::LogRows;
 use super::tables::{FirstTables, GraphTables, TableBatches};
 use crate::ddl::IdentityGraphDefinition;
 use crate::error::{C360Error, Result};
@@ -60,6 +62,9 @@ pub struct RefreshReport {
     pub graph: String,
     pub full_build: bool,
     pub rows_read: u64,
+    /// Rows the refresh's log holds: none for a full build, a refresh that changed nothing or
+    /// one that wrote a snapshot instead.
+    pub rows_logged: u64,
     pub summary: ApplySummary,
     pub profiles: usize,
     pub duration: Duration,
@@ -126,6 +131,10 @@ struct Managed {
     version: u64,
     watermark: Option<i64>,
     log: Vec<LogEntry>,
+    /// The graph holds rows that neither its state nor its log does: a refresh changed it and
+    /// then failed to commit. The next refresh logs every row it reads (repeats included: the
+    /// graph's repeats are those very rows) and commits even if it changes nothing.
+    uncommitted: bool,
     last_refresh: Instant,
     /// The graph's tables as last published, updated in place by each refresh.
     outputs: GraphTables,
@@ -235,6 +244,7 @@ impl IdentityGraphs {
             graph: name,
             full_build: true,
             rows_read,
+            rows_logged: 0,
             summary,
             profiles,
             duration: started.elapsed(),
@@ -269,31 +279,27 @@ impl IdentityGraphs {
         let logged: u64 = managed.log.iter().map(|entry| entry.rows).sum();
         let managed = &mut *managed;
         let (version, log_files) = (managed.version, managed.log.len());
-        let log_room = log_limit(&managed.graph, self.log_rows).saturating_sub(logged);
+        let limit = log_limit(&managed.graph, self.log_rows);
+        let repeats_until = if managed.uncommitted { None } else { watermark };
+        let log = LogRows::new(limit.saturating_sub(logged), limit, repeats_until);
         let mut applying = managed.graph.begin_apply();
-        let read = read_into(ctx, &definition, &mut applying, read_from, log_room).await?;
-        // The rows are logged on another core while this one stitches them and brings the
-        // tables up to date. The file is named by CURRENT only once the refresh commits: a
-        // refresh that fails or changes nothing leaves a file that no manifest names, which
-        // the next refresh writes over.
-        let log_file = read
-            .kept
-            .filter(|rows| !rows.is_empty())
-            .map(|rows| self.write_log_file(name, version, log_files, rows, read.rows));
-        let stitched = applying.finish().map_err(graph_error);
-        let summary = match stitched {
-            Ok(summary) => summary,
-            Err(e) => {
-                // Awaited so that no log write is left running to race the next refresh's.
-                if let Some((_, task)) = log_file {
-                    let _ = task.await;
-                }
-                return Err(e);
-            }
-        };
+        let read = read_into(ctx, &definition, &mut applying, read_from, Some(log)).await?;
+        let (summary, changed_records) = applying.finish_changed().map_err(graph_error)?;
         phases.mark("read and stitch");
-        let changed = summary.records > 0 || summary.refused > 0;
+        managed.uncommitted |= summary.records > 0 || summary.refused > 0;
+        let changed = managed.uncommitted;
+        // The rows are logged on another core while this one brings the tables up to date.
+        // The file is named by CURRENT only once the refresh commits: a refresh that fails or
+        // changes nothing leaves a file that no manifest names, which the next refresh writes
+        // over.
+        let log_file = match read.kept {
+            Some(held) => held.into_logged(&changed_records)?,
+            None => None,
+        }
+        .filter(|(rows, _)| !rows.is_empty())
+        .map(|(rows, count)| self.write_log_file(name, version, log_files, rows, count));
         let watermark = read.max_seen.max(watermark);
+        let mut rows_logged = 0;
         match log_file {
             Some((entry, log_write)) if changed => {
                 let updated = managed.outputs.update(&mut managed.graph);
@@ -307,11 +313,13 @@ impl IdentityGraphs {
                 let (batches, changes) = updated.map_err(graph_error)?;
                 // Published even when the log failed: `outputs` now describes these tables,
                 // and the graph holds the rows either way; the watermark stays put, so the
-                // next refresh reads and logs them again.
+                // next refresh reads and logs them again (see `uncommitted`).
                 publish(&managed.tables, batches, &changes)?;
                 phases.mark("publish and index");
                 managed.log = logged?.log;
                 managed.watermark = watermark;
+                managed.uncommitted = false;
+                rows_logged = managed.log.last().map_or(0, |entry| entry.rows);
             }
             Some((_, log_write)) => {
                 // Nothing changed: the file is not named by any manifest.
@@ -335,6 +343,7 @@ impl IdentityGraphs {
                 managed.log.clear();
                 phases.mark("state");
                 managed.watermark = watermark;
+                managed.uncommitted = false;
             }
             None => {}
         }
@@ -342,6 +351,7 @@ impl IdentityGraphs {
             graph: name.to_string(),
             full_build: false,
             rows_read: read.rows,
+            rows_logged,
             summary,
             profiles: managed.graph.profile_count(),
             duration: started.elapsed(),
@@ -376,11 +386,13 @@ impl IdentityGraphs {
         managed.version = version;
         managed.watermark = watermark;
         managed.log.clear();
+        managed.uncommitted = false;
         managed.last_refresh = started;
         Ok(RefreshReport {
             graph: name.to_string(),
             full_build: true,
             rows_read,
+            rows_logged: 0,
             summary,
             profiles: managed.graph.profile_count(),
             duration: started.elapsed(),
@@ -486,6 +498,7 @@ impl IdentityGraphs {
             version: committed.version,
             watermark: committed.watermark,
             log: committed.log,
+            uncommitted: false,
             last_refresh: Instant::now(),
             outputs,
             tables,
@@ -923,7 +936,7 @@ async fn read_and_apply(
     graph: &mut IdentityGraph,
 ) -> Result<(u64, Option<i64>, ApplySummary)> {
     let mut applying = graph.begin_apply();
-    let read = read_into(ctx, definition, &mut applying, None, 0).await?;
+    let read = read_into(ctx, definition, &mut applying, None, None).await?;
     let summary = applying.finish().map_err(graph_error)?;
     Ok((read.rows, read.max_seen, summary))
 }
@@ -933,18 +946,18 @@ struct SourceRead {
     rows: u64,
     /// The largest `seen_at` read.
     max_seen: Option<i64>,
-    /// The rows themselves, if there were at most the number asked for (for the log).
-    kept: Option<Vec<RecordBatch>>,
+    /// The rows held for the log, unless it was full.
+    kept: Option<LogRows>,
 }
 
-/// Reads the source (rows at or after `watermark`, or all) into a batch being applied; the
-/// caller stitches them with [`Applying::finish`].
+/// Reads the source (rows at or after `watermark`, or all) into a batch being applied, holding
+/// them in `log` while they fit; the caller stitches them with [`Applying::finish`].
 async fn read_into(
     ctx: &SessionContext,
     definition: &IdentityGraphDefinition,
     applying: &mut Applying<'_>,
     watermark: Option<i64>,
-    keep: u64,
+    mut log: Option<LogRows>,
 ) -> Result<SourceRead> {
     let mut frame = source_frame(ctx, &definition.source).await?;
     if let Some(watermark) = watermark {
@@ -966,8 +979,6 @@ async fn read_into(
     let (mut waited, mut fed) = (Duration::ZERO, Duration::ZERO);
     let mut rows_read = 0u64;
     let mut max_seen: Option<i64> = None;
-    let mut kept = Some(Vec::new());
-    let mut kept_rows = 0u64;
     // A group is `FEED_ROWS` rows: each feed waits for both cores.
     let mut pending: Vec<RecordBatch> = Vec::new();
     let mut pending_rows = 0;
@@ -980,6 +991,15 @@ async fn read_into(
             pending.push(batch.clone());
         }
         if pending_rows >= FEED_ROWS || (next.is_none() && !pending.is_empty()) {
+            // What the log needs of a row is asked before the row is fed (see `LogNeed`).
+            if let Some(held) = log.as_mut() {
+                for batch in &pending {
+                    if !held.hold(applying, batch)? {
+                        log = None;
+                        break;
+                    }
+                }
+            }
             let rows = rows_of(&pending)?.inspect(|row| {
                 rows_read += 1;
                 max_seen = Some(max_seen.map_or(row.seen_at, |m| m.max(row.seen_at)));
@@ -990,11 +1010,8 @@ async fn read_into(
             pending.clear();
             pending_rows = 0;
         }
-        let Some(batch) = next else { break };
-        kept_rows += batch.num_rows() as u64;
-        match kept.as_mut() {
-            Some(batches) if kept_rows <= keep => batches.push(batch),
-            _ => kept = None,
+        if next.is_none() {
+            break;
         }
     }
     tracing::debug!(
@@ -1007,7 +1024,7 @@ async fn read_into(
     Ok(SourceRead {
         rows: rows_read,
         max_seen,
-        kept,
+        kept: log,
     })
 }
 
@@ -1173,6 +1190,13 @@ pub fn rows_of(batches: &[RecordBatch]) -> Result<impl Iterator<Item = IdentityR
 /// The rows of one batch from [`source_frame`] (see [`rows_of`]); an error if its columns are
 /// not the source's (text, text, text, timestamp in µs).
 pub fn rows_of_batch(batch: &RecordBatch) -> Result<impl Iterator<Item = IdentityRow<'_>>> {
+    Ok(indexed_rows_of_batch(batch)?.map(|(_, row)| row))
+}
+
+/// [`rows_of_batch`], each row with its index in the batch.
+pub(super) fn indexed_rows_of_batch(
+    batch: &RecordBatch,
+) -> Result<impl Iterator<Item = (usize, IdentityRow<'_>)>> {
     let mismatch = || {
         let types: Vec<String> = batch
             .schema()
@@ -1199,12 +1223,15 @@ pub fn rows_of_batch(batch: &RecordBatch) -> Result<impl Iterator<Item = Identit
         if key_nulls.as_ref().is_some_and(|nulls| nulls.is_null(i)) || seen.is_null(i) {
             return None;
         }
-        Some(IdentityRow {
-            record_key: keys.text(i),
-            id_type: types.text(i),
-            id_value: values.text(i),
-            seen_at: seen.value(i),
-        })
+        Some((
+            i,
+            IdentityRow {
+                record_key: keys.text(i),
+                id_type: types.text(i),
+                id_value: values.text(i),
+                seen_at: seen.value(i),
+            },
+        ))
     }))
 }
 
@@ -1568,6 +1595,55 @@ mod tests {
         assert_eq!(after, before);
     }
 
+    /// With a lookback, a refresh reads its window again. Its log holds the rows that change
+    /// the graph and every row of a record they change, which decide where it is processed,
+    /// but not rows repeating what the graph holds; a restart replays it to the same tables.
+    #[tokio::test]
+    async fn a_refresh_logs_what_changes_the_graph_not_the_window_read_again() {
+        let (_dir, location, storage, ctx) = fresh_root().await;
+        let graphs = IdentityGraphs::new(storage.clone());
+        let mut looking_back = definition();
+        looking_back
+            .options
+            .insert("lookback".into(), "1 minute".into());
+        graphs.create(&ctx, looking_back, false).await.unwrap();
+        // A new record, and the known contact c1 seen with w1's device: c1 changes, w1 not.
+        let mut rows = FIRST_ROWS.to_vec();
+        rows.extend([
+            ("w2", "anonymous_id", "d2", 30),
+            ("c1", "anonymous_id", "d1", 25),
+        ]);
+        set_source(&ctx, &rows);
+        let report = graphs.refresh(&ctx, "g").await.unwrap();
+        assert_eq!(report.rows_read, 6, "the whole minute is read");
+        let manifest = graphs.read_manifest("g").await.unwrap().unwrap();
+        let logged: Vec<u64> = manifest.log.iter().map(|entry| entry.rows).collect();
+        assert_eq!(logged, [4], "w2, and c1's three rows; not w1's two");
+        assert_eq!(report.rows_logged, 4);
+        let folder = version_folder("g", manifest.version);
+        let batches = storage
+            .get_arrow(&format!("{folder}/{}", manifest.log[0].file))
+            .await
+            .unwrap();
+        let keys: Vec<&str> = batches
+            .iter()
+            .flat_map(|batch| batch.column(0).as_string::<i32>().iter().flatten())
+            .collect();
+        assert!(!keys.contains(&"w1"), "{keys:?}");
+
+        // The same rows again change nothing and are not logged.
+        let idle = graphs.refresh(&ctx, "g").await.unwrap();
+        assert_eq!((idle.rows_read, idle.summary.records), (6, 0));
+        let manifest = graphs.read_manifest("g").await.unwrap().unwrap();
+        assert_eq!(manifest.log.len(), 1);
+
+        let before = tables(&ctx).await;
+        drop((graphs, storage));
+        let (report, after) = restarted(&location, &rows).await;
+        assert_eq!(report.summary.records, 0, "nothing new after the replay");
+        assert_eq!(after, before);
+    }
+
     #[tokio::test]
     async fn a_restart_replays_logged_refreshes_onto_the_snapshot() {
         let (_dir, location, storage, ctx) = fresh_root().await;
@@ -1581,9 +1657,8 @@ mod tests {
         ]);
         set_source(&ctx, &rows);
         graphs.refresh(&ctx, "g").await.unwrap();
-        // Nothing new: the rows at the watermark are read again and change nothing. Their log
-        // file is written while they are stitched, but no manifest names it, and the next
-        // refresh writes its own over it.
+        // Nothing new: the rows at the watermark are read again, repeat what the graph holds
+        // and change nothing, so nothing is logged.
         let idle = graphs.refresh(&ctx, "g").await.unwrap();
         assert!(idle.rows_read > 0 && idle.summary.records == 0);
         let manifest = graphs.read_manifest("g").await.unwrap().unwrap();

@@ -6,6 +6,7 @@ pub mod graph;
 mod hubs;
 mod intern;
 mod load;
+mod log_rows;
 pub mod manager;
 pub mod normalize;
 mod output;
