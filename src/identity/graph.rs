@@ -182,6 +182,9 @@ pub struct ApplySummary {
     pub refused: u64,
     /// Values found to be hubs in this batch.
     pub new_hubs: u64,
+    /// Rows that moved an identifier's first or last seen past what the graph held: a change
+    /// to publish and keep even when nothing else changed.
+    pub reseen: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

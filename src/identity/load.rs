@@ -260,6 +260,7 @@ impl IdentityGraph {
             }
             Ok(())
         };
+        let mut moved = 0u64;
         let mut intern_values = |ids: &mut Vec<u32>| {
             intern_staged(values, kept.len(), value_key, ids, |k, _| {
                 let (i, t) = kept[k];
@@ -288,6 +289,7 @@ impl IdentityGraph {
                 if now != *seen {
                     *seen = now;
                     reseen.set(value);
+                    moved += 1;
                 }
             }
             Ok(())
@@ -306,6 +308,7 @@ impl IdentityGraph {
             intern_records(record_ids)?;
             intern_values(value_ids)?;
         }
+        loader.summary.reseen += moved;
         self.pair_round(rows, loader, scratch)
     }
 

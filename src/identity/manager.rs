@@ -286,7 +286,7 @@ impl IdentityGraphs {
         let read = read_into(ctx, &definition, &mut applying, read_from, Some(log)).await?;
         let (summary, changed_records) = applying.finish_changed().map_err(graph_error)?;
         phases.mark("read and stitch");
-        managed.uncommitted |= summary.records > 0 || summary.refused > 0;
+        managed.uncommitted |= summary.records > 0 || summary.refused > 0 || summary.reseen > 0;
         let changed = managed.uncommitted;
         // The rows are logged on another core while this one brings the tables up to date.
         // The file is named by CURRENT only once the refresh commits: a refresh that fails or
@@ -1641,6 +1641,38 @@ mod tests {
         drop((graphs, storage));
         let (report, after) = restarted(&location, &rows).await;
         assert_eq!(report.summary.records, 0, "nothing new after the replay");
+        assert_eq!(after, before);
+    }
+
+    /// A row that only moves an identifier's first seen (a known record landed late, with an
+    /// earlier time) is published and logged: a restart shows the same first seen.
+    #[tokio::test]
+    async fn a_refresh_that_only_moves_a_first_seen_publishes_and_logs_it() {
+        let (_dir, location, storage, ctx) = fresh_root().await;
+        let graphs = IdentityGraphs::new(storage.clone());
+        let mut looking_back = definition();
+        looking_back
+            .options
+            .insert("lookback".into(), "1 minute".into());
+        graphs.create(&ctx, looking_back, false).await.unwrap();
+        let built = tables(&ctx).await;
+        let mut rows = FIRST_ROWS.to_vec();
+        rows.push(("w1", "anonymous_id", "d1", 5));
+        set_source(&ctx, &rows);
+        let report = graphs.refresh(&ctx, "g").await.unwrap();
+        assert_eq!(
+            (
+                report.summary.records,
+                report.summary.reseen,
+                report.rows_logged
+            ),
+            (0, 1, 1)
+        );
+        let before = tables(&ctx).await;
+        assert_ne!(before[0], built[0], "d1's first seen moved");
+
+        drop((graphs, storage));
+        let (_, after) = restarted(&location, &rows).await;
         assert_eq!(after, before);
     }
 
