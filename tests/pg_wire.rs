@@ -446,6 +446,16 @@ fn psql_meta_commands_describe_the_catalog() {
             "normalize_phone | text             | text, text",
         ),
         ("\\df+ normalize_email", "immutable"),
+        // Privileges (per role in c360, so none per relation) and roles: queries with
+        // `ARRAY(subquery)`.
+        ("\\dp", "customers_identities"),
+        ("\\z stores", "Column privileges"),
+        ("\\du", "Role name"),
+        // ARRAY(subquery) in a user's query too.
+        (
+            "SELECT cardinality(ARRAY(SELECT store_id FROM stores ORDER BY 1)) AS n",
+            "40",
+        ),
     ] {
         let out = server.psql(&["-c", command]);
         assert!(out.status.success(), "{command}: {}", stderr_of(&out));

@@ -17,6 +17,12 @@
 //! its parameters (`$n IS NULL`), so that the numbering of the others does not shift.
 //! psql's `\d+` joins storage options (`reloptions`) that no c360 relation has: the empty
 //! string PostgreSQL prints for them. `pg_get_viewdef(oid)` becomes a lookup in `pg_views`.
+//!
+//! `ARRAY(subquery)`, which DataFusion does not know, becomes `(SELECT array_agg(…) …)`: psql's
+//! `\du` lists a role's memberships so, and `\dp` a relation's column privileges and policies
+//! (of which c360 has none, nor per-relation privileges: `relacl` reads NULL, and a lookup in
+//! `pg_policy` a NULL list). Over no rows
+//! it is NULL where PostgreSQL gives an empty array, which psql prints alike.
 
 use std::ops::ControlFlow;
 
@@ -120,6 +126,10 @@ fn figure_column_name(expr: &Expr) -> Option<String> {
 pub fn catalog_subqueries(statement: &mut Statement) -> bool {
     let mut changed = false;
     let _ = visit_expressions_mut(statement, |expr| {
+        if let Some(aggregated) = array_of_subquery(expr) {
+            *expr = aggregated;
+            changed = true;
+        }
         if call_of(expr, "pg_get_serial_sequence").is_some() {
             *expr = null_keeping_parameters(expr);
             changed = true;
@@ -163,6 +173,15 @@ pub fn catalog_subqueries(statement: &mut Statement) -> bool {
             *expr = privileges.clone();
             changed = true;
         }
+        // pg_policy is always empty in c360 (no row security): psql's `\dp` lists a
+        // relation's policies from it, which is a list of none.
+        if let Expr::Subquery(query) = expr
+            && reads_relation(query, "pg_policy")
+            && let Ok(none) = parse_expr("CAST(NULL AS TEXT[])")
+        {
+            *expr = none;
+            changed = true;
+        }
         // pg_sequence is always empty in c360, so any lookup in it is NULL.
         if let Expr::Subquery(query) = expr
             && reads_relation(query, "pg_sequence")
@@ -181,9 +200,16 @@ pub fn catalog_subqueries(statement: &mut Statement) -> bool {
                 Expr::CompoundIdentifier(parts) => parts.last(),
                 _ => None,
             };
-            let is_options =
-                name.is_some_and(|ident| ident.value.eq_ignore_ascii_case("reloptions"));
-            if is_options && let Ok(null) = parse_expr("CAST(NULL AS TEXT[])") {
+            let is_named =
+                |column: &str| name.is_some_and(|ident| ident.value.eq_ignore_ascii_case(column));
+            let null = if is_named("reloptions") {
+                parse_expr("CAST(NULL AS TEXT[])").ok()
+            } else if is_named("relacl") {
+                parse_expr("CAST(NULL AS TEXT)").ok()
+            } else {
+                None
+            };
+            if let Some(null) = null {
                 *expr = null;
                 changed = true;
             }
@@ -206,6 +232,58 @@ pub fn catalog_subqueries(statement: &mut Statement) -> bool {
         ControlFlow::<()>::Continue(())
     });
     changed
+}
+
+/// `ARRAY(SELECT x FROM … [ORDER BY …])` as `(SELECT array_agg(x [ORDER BY …]) FROM …)`, a
+/// scalar subquery that DataFusion can decorrelate; `ORDER BY 1` orders by `x`. `None` for
+/// anything else, and for a subquery that groups, is DISTINCT or has a LIMIT.
+fn array_of_subquery(expr: &Expr) -> Option<Expr> {
+    use datafusion::sql::sqlparser::ast::{FunctionArguments, OrderByKind, Value};
+    let Expr::Function(function) = expr else {
+        return None;
+    };
+    let FunctionArguments::Subquery(query) = &function.args else {
+        return None;
+    };
+    if !function.name.to_string().eq_ignore_ascii_case("array")
+        || query.limit_clause.is_some()
+        || query.fetch.is_some()
+        || query.with.is_some()
+    {
+        return None;
+    }
+    let mut query = query.clone();
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return None;
+    };
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(by, _) if by.is_empty());
+    if grouped || select.distinct.is_some() || select.having.is_some() {
+        return None;
+    }
+    let [item] = select.projection.as_slice() else {
+        return None;
+    };
+    let element = match item {
+        SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => expr.clone(),
+        _ => return None,
+    };
+    let order = match query.order_by.take().map(|order| order.kind) {
+        None => String::new(),
+        Some(OrderByKind::Expressions(mut by)) => {
+            for key in &mut by {
+                if matches!(&key.expr, Expr::Value(v) if v.value == Value::Number("1".into(), false))
+                {
+                    key.expr = element.clone();
+                }
+            }
+            let by: Vec<String> = by.iter().map(ToString::to_string).collect();
+            format!(" ORDER BY {}", by.join(", "))
+        }
+        Some(OrderByKind::All(_)) => return None,
+    };
+    let aggregated = parse_expr(&format!("array_agg({element}{order})")).ok()?;
+    select.projection = vec![SelectItem::UnnamedExpr(aggregated)];
+    Some(Expr::Subquery(query))
 }
 
 fn reads_pg_class(statement: &Statement) -> bool {
@@ -586,6 +664,32 @@ mod tests {
         let other = "SELECT array_to_string(make_array('a', 'b'), ', ')";
         let parsed = Parser::parse_sql(&PostgreSqlDialect {}, other).unwrap();
         assert_eq!(rewritten(other), parsed[0].to_string());
+    }
+
+    #[test]
+    fn array_of_a_subquery_is_aggregated() {
+        assert_eq!(
+            rewritten(
+                "SELECT r.rolname, ARRAY(SELECT b.rolname FROM pg_catalog.pg_auth_members m \
+                 JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid) \
+                 AS memberof FROM pg_catalog.pg_roles r"
+            ),
+            "SELECT r.rolname, (SELECT array_agg(b.rolname) FROM pg_catalog.pg_auth_members m \
+             JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid) \
+             AS memberof FROM pg_catalog.pg_roles r"
+        );
+        assert_eq!(
+            rewritten("SELECT ARRAY(SELECT name FROM t ORDER BY 1 DESC)"),
+            "SELECT (SELECT array_agg(name ORDER BY name DESC) FROM t)"
+        );
+        // A limit or a grouping would change what is aggregated: left as written.
+        for sql in [
+            "SELECT ARRAY(SELECT name FROM t LIMIT 2)",
+            "SELECT ARRAY(SELECT name FROM t GROUP BY name)",
+        ] {
+            let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
+            assert_eq!(rewritten(sql), parsed[0].to_string(), "{sql}");
+        }
     }
 
     #[test]
