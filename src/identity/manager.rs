@@ -1320,6 +1320,15 @@ mod tests {
 
     /// A new storage root (its folder lives as long as the `TempDir`), its location, and a
     /// context whose source holds `FIRST_ROWS`.
+    /// [`definition`] with a lookback of a minute.
+    fn looking_back_a_minute() -> IdentityGraphDefinition {
+        let mut definition = definition();
+        definition
+            .options
+            .insert("lookback".into(), "1 minute".into());
+        definition
+    }
+
     async fn fresh_root() -> (tempfile::TempDir, String, Storage, SessionContext) {
         let dir = tempfile::tempdir().unwrap();
         let location = dir.path().to_str().unwrap().to_string();
@@ -1460,11 +1469,10 @@ mod tests {
     async fn a_refresh_applies_late_rows_within_the_lookback() {
         let (_dir, _location, storage, ctx) = fresh_root().await;
         let graphs = IdentityGraphs::new(storage);
-        let mut looking_back = definition();
-        looking_back
-            .options
-            .insert("lookback".into(), "1 minute".into());
-        graphs.create(&ctx, looking_back, false).await.unwrap();
+        graphs
+            .create(&ctx, looking_back_a_minute(), false)
+            .await
+            .unwrap();
         let mut without = definition();
         without.name = "h".into();
         graphs.create(&ctx, without, false).await.unwrap();
@@ -1513,8 +1521,7 @@ mod tests {
         rows.push(("late", "anonymous_id", "d-late", newest - 30_000_000));
         set_source(&ctx, &rows);
 
-        let mut changed = definition();
-        changed.options.insert("lookback".into(), "1 minute".into());
+        let mut changed = looking_back_a_minute();
         changed.every = Some(Duration::from_secs(600));
         changed.or_replace = true;
         let report = graphs.create(&ctx, changed, false).await.unwrap();
@@ -1602,11 +1609,10 @@ mod tests {
     async fn a_refresh_logs_what_changes_the_graph_not_the_window_read_again() {
         let (_dir, location, storage, ctx) = fresh_root().await;
         let graphs = IdentityGraphs::new(storage.clone());
-        let mut looking_back = definition();
-        looking_back
-            .options
-            .insert("lookback".into(), "1 minute".into());
-        graphs.create(&ctx, looking_back, false).await.unwrap();
+        graphs
+            .create(&ctx, looking_back_a_minute(), false)
+            .await
+            .unwrap();
         // A new record, and the known contact c1 seen with w1's device: c1 changes, w1 not.
         let mut rows = FIRST_ROWS.to_vec();
         rows.extend([
@@ -1650,11 +1656,10 @@ mod tests {
     async fn a_refresh_that_only_moves_a_first_seen_publishes_and_logs_it() {
         let (_dir, location, storage, ctx) = fresh_root().await;
         let graphs = IdentityGraphs::new(storage.clone());
-        let mut looking_back = definition();
-        looking_back
-            .options
-            .insert("lookback".into(), "1 minute".into());
-        graphs.create(&ctx, looking_back, false).await.unwrap();
+        graphs
+            .create(&ctx, looking_back_a_minute(), false)
+            .await
+            .unwrap();
         let built = tables(&ctx).await;
         let mut rows = FIRST_ROWS.to_vec();
         rows.push(("w1", "anonymous_id", "d1", 5));
