@@ -967,9 +967,9 @@ async fn read_into(
         ))))?;
     }
     // Batches are interned a group at a time as they arrive and then dropped, so the source is
-    // never held whole. A task of its own reads up to two groups ahead: a feed keeps both
-    // cores busy only while the record and value sides have equal work, and the core that
-    // waits for the other reads meanwhile. DataFusion alone buffers a batch or two per
+    // never held whole. Reader tasks (see `read_ahead`) fill up to two groups ahead: a feed
+    // keeps both cores busy only while the record and value sides have equal work, and the
+    // core that waits for the other reads meanwhile. DataFusion alone buffers a batch or two per
     // partition, and a source of few partitions (a landed table) then left a core idle for a
     // fifth of the load.
     let mut batches = read_ahead(
