@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod delete;
 pub mod delta;
+mod direct;
 pub mod index;
 pub mod index_join;
 pub mod landed;
@@ -519,16 +520,15 @@ impl Storage {
 }
 
 /// [`Storage::put_arrow_stream`] on a local root: encoded straight into the file, written
-/// aside and renamed. Going through the object store's multipart upload copied every byte
-/// twice more, into an encoding buffer and then into fresh 16 MiB chunks whose pages the
-/// kernel had to zero: at a million customers, 1.2 GB of identity state took longer to write
-/// than the tables built beside it.
+/// aside and renamed, large files past the page cache (see `direct.rs`). Going through the
+/// object store's multipart upload copied every byte twice more, into an encoding buffer and
+/// then into fresh 16 MiB chunks whose pages the kernel had to zero: at a million customers,
+/// 1.2 GB of identity state took longer to write than the tables built beside it.
 fn write_arrow_file(
     path: &FsPath,
     schema: &SchemaRef,
     batches: impl Iterator<Item = Result<RecordBatch>>,
 ) -> std::result::Result<(), String> {
-    use std::io::Write;
     // The whole name and a suffix, so that no two objects share a file aside.
     let mut aside = path.as_os_str().to_owned();
     aside.push(".partial");
@@ -538,16 +538,16 @@ fn write_arrow_file(
             std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
         }
         let file = std::fs::File::create(&aside).map_err(|e| e.to_string())?;
-        // Large buffers go past the buffer to the file whole; it gathers the small ones.
-        let buffered = std::io::BufWriter::with_capacity(1 << 20, file);
-        let mut writer = FileWriter::try_new(buffered, schema).map_err(|e| e.to_string())?;
+        let mut writer = FileWriter::try_new(direct::DirectWriter::new(file), schema)
+            .map_err(|e| e.to_string())?;
         for batch in batches {
             writer
                 .write(&batch.map_err(|e| e.to_string())?)
                 .map_err(|e| e.to_string())?;
         }
         writer.finish().map_err(|e| e.to_string())?;
-        writer.get_mut().flush().map_err(|e| e.to_string())?;
+        let file = writer.into_inner().map_err(|e| e.to_string())?;
+        file.finish().map_err(|e| e.to_string())?;
         std::fs::rename(&aside, path).map_err(|e| e.to_string())
     })();
     if written.is_err() {
