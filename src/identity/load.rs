@@ -262,11 +262,16 @@ impl IdentityGraph {
         };
         let mut moved = 0u64;
         let mut intern_values = |ids: &mut Vec<u32>| {
+            // A set's matching state comes from a pool whose owner, the first thread to match,
+            // takes it without a lock; every other thread locks it per match. Each round runs
+            // on a new thread, so each takes a clone of its own (a clone has its own pool):
+            // the shared set's lock was a percent of a full build's time.
+            let blocked_set = rules.blocked_set.clone();
             intern_staged(values, kept.len(), value_key, ids, |k, _| {
                 let (i, t) = kept[k];
                 let row = &rows[i];
                 // Patterns are matched once per distinct value, not per row.
-                let blocked = !rules.blocked.is_empty() && rules.blocked_set.is_match(row.id_value);
+                let blocked = !rules.blocked.is_empty() && blocked_set.is_match(row.id_value);
                 v_meta.push(if blocked { t | BLOCKED } else { t });
                 v_profile.push(NONE);
                 v_seen.push((row.seen_at, row.seen_at));
@@ -552,20 +557,33 @@ fn intern_staged<'k>(
 }
 
 /// The one-byte key prefix of type index `t` (an ASCII control character, so keys stay
-/// UTF-8), without building it per row.
+/// UTF-8), from a table built at compile time: it is asked for twice per row.
 pub(super) fn type_prefix(t: u8) -> &'static str {
-    const TYPES: [u8; 64] = {
-        let mut types = [0u8; 64];
+    const PREFIXES: [&str; 64] = {
+        const TYPES: [u8; 64] = {
+            let mut types = [0u8; 64];
+            let mut t = 0;
+            while t < 64 {
+                types[t] = t as u8;
+                t += 1;
+            }
+            types
+        };
+        let mut prefixes = [""; 64];
         let mut t = 0;
         while t < 64 {
-            types[t] = t as u8;
+            let (_, from_t) = TYPES.split_at(t);
+            let (byte, _) = from_t.split_at(1);
+            // Bytes below 0x80 are each a character of their own.
+            prefixes[t] = match std::str::from_utf8(byte) {
+                Ok(prefix) => prefix,
+                Err(_) => panic!("an ASCII byte is UTF-8"),
+            };
             t += 1;
         }
-        types
+        prefixes
     };
-    let t = usize::from(t & TYPE_MASK);
-    // Bytes below 0x80 are each a character of their own.
-    std::str::from_utf8(&TYPES[t..=t]).unwrap_or_default()
+    PREFIXES[usize::from(t & TYPE_MASK)]
 }
 
 /// The unknown-type interner's key body for `value`, after its type name: a separator the
