@@ -1650,6 +1650,56 @@ mod tests {
         assert_eq!(after, before);
     }
 
+    /// A refresh whose log cannot be written still publishes its rows, and leaves them to the
+    /// next refresh: that one logs them though they change nothing by then (the graph holds
+    /// them already), and commits, so that a restart shows them (see `uncommitted`).
+    #[tokio::test]
+    async fn rows_whose_log_failed_are_logged_and_committed_by_the_next_refresh() {
+        let (dir, location, storage, ctx) = fresh_root().await;
+        let graphs = IdentityGraphs::new(storage.clone());
+        graphs
+            .create(&ctx, looking_back_a_minute(), false)
+            .await
+            .unwrap();
+        let manifest = graphs.read_manifest("g").await.unwrap().unwrap();
+        // A directory where the log is written aside: creating the file fails, even as root.
+        let obstacle = dir
+            .path()
+            .join(version_folder("g", manifest.version))
+            .join("log-000001.arrow.partial");
+        std::fs::create_dir_all(&obstacle).unwrap();
+        // A new record, and a late row (before the watermark) that gives c1 w1's device.
+        let mut rows = FIRST_ROWS.to_vec();
+        rows.extend([
+            ("w2", "anonymous_id", "d2", 30),
+            ("c1", "anonymous_id", "d1", 15),
+        ]);
+        set_source(&ctx, &rows);
+        assert!(
+            graphs.refresh(&ctx, "g").await.is_err(),
+            "the log cannot be written"
+        );
+        let published = tables(&ctx).await;
+        assert!(
+            format!("{published:?}").contains("w2"),
+            "published regardless"
+        );
+        std::fs::remove_dir(&obstacle).unwrap();
+
+        let again = graphs.refresh(&ctx, "g").await.unwrap();
+        assert_eq!(again.summary.records, 0, "the graph holds the rows already");
+        // By now c1's late row repeats what the graph holds: only the failure says it must
+        // be logged.
+        assert_eq!(again.rows_logged, 6, "every row read again");
+        let manifest = graphs.read_manifest("g").await.unwrap().unwrap();
+        assert_eq!(manifest.log.len(), 1);
+        assert_eq!(tables(&ctx).await, published);
+
+        drop((graphs, storage));
+        let (_, after) = restarted(&location, &rows).await;
+        assert_eq!(after, published);
+    }
+
     /// A row that only moves an identifier's first seen (a known record landed late, with an
     /// earlier time) is published and logged: a restart shows the same first seen.
     #[tokio::test]
