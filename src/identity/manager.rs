@@ -1329,6 +1329,32 @@ mod tests {
         definition
     }
 
+    /// A fresh root with graph `g` built on `FIRST_ROWS`, its refreshes reading a minute back.
+    struct LookingBack {
+        /// Holds the root's directory for the test's life.
+        _dir: tempfile::TempDir,
+        location: String,
+        storage: Storage,
+        ctx: SessionContext,
+        graphs: IdentityGraphs,
+    }
+
+    async fn built_looking_back_a_minute() -> LookingBack {
+        let (dir, location, storage, ctx) = fresh_root().await;
+        let graphs = IdentityGraphs::new(storage.clone());
+        graphs
+            .create(&ctx, looking_back_a_minute(), false)
+            .await
+            .unwrap();
+        LookingBack {
+            _dir: dir,
+            location,
+            storage,
+            ctx,
+            graphs,
+        }
+    }
+
     async fn fresh_root() -> (tempfile::TempDir, String, Storage, SessionContext) {
         let dir = tempfile::tempdir().unwrap();
         let location = dir.path().to_str().unwrap().to_string();
@@ -1467,12 +1493,9 @@ mod tests {
     /// within the graph's lookback, and left for a rebuild when older or without one.
     #[tokio::test]
     async fn a_refresh_applies_late_rows_within_the_lookback() {
-        let (_dir, _location, storage, ctx) = fresh_root().await;
-        let graphs = IdentityGraphs::new(storage);
-        graphs
-            .create(&ctx, looking_back_a_minute(), false)
-            .await
-            .unwrap();
+        let LookingBack {
+            _dir, ctx, graphs, ..
+        } = built_looking_back_a_minute().await;
         let mut without = definition();
         without.name = "h".into();
         graphs.create(&ctx, without, false).await.unwrap();
@@ -1607,12 +1630,13 @@ mod tests {
     /// but not rows repeating what the graph holds; a restart replays it to the same tables.
     #[tokio::test]
     async fn a_refresh_logs_what_changes_the_graph_not_the_window_read_again() {
-        let (_dir, location, storage, ctx) = fresh_root().await;
-        let graphs = IdentityGraphs::new(storage.clone());
-        graphs
-            .create(&ctx, looking_back_a_minute(), false)
-            .await
-            .unwrap();
+        let LookingBack {
+            _dir,
+            location,
+            storage,
+            ctx,
+            graphs,
+        } = built_looking_back_a_minute().await;
         // A new record, and the known contact c1 seen with w1's device: c1 changes, w1 not.
         let mut rows = FIRST_ROWS.to_vec();
         rows.extend([
@@ -1655,12 +1679,13 @@ mod tests {
     /// them already), and commits, so that a restart shows them (see `uncommitted`).
     #[tokio::test]
     async fn rows_whose_log_failed_are_logged_and_committed_by_the_next_refresh() {
-        let (dir, location, storage, ctx) = fresh_root().await;
-        let graphs = IdentityGraphs::new(storage.clone());
-        graphs
-            .create(&ctx, looking_back_a_minute(), false)
-            .await
-            .unwrap();
+        let LookingBack {
+            _dir: dir,
+            location,
+            storage,
+            ctx,
+            graphs,
+        } = built_looking_back_a_minute().await;
         let manifest = graphs.read_manifest("g").await.unwrap().unwrap();
         // A directory where the log is written aside: creating the file fails, even as root.
         let obstacle = dir
@@ -1704,12 +1729,13 @@ mod tests {
     /// earlier time) is published and logged: a restart shows the same first seen.
     #[tokio::test]
     async fn a_refresh_that_only_moves_a_first_seen_publishes_and_logs_it() {
-        let (_dir, location, storage, ctx) = fresh_root().await;
-        let graphs = IdentityGraphs::new(storage.clone());
-        graphs
-            .create(&ctx, looking_back_a_minute(), false)
-            .await
-            .unwrap();
+        let LookingBack {
+            _dir,
+            location,
+            storage,
+            ctx,
+            graphs,
+        } = built_looking_back_a_minute().await;
         let built = tables(&ctx).await;
         let mut rows = FIRST_ROWS.to_vec();
         rows.push(("w1", "anonymous_id", "d1", 5));
