@@ -151,14 +151,19 @@ impl Storage {
 
     /// Writes `bytes` at `relative` only if nothing is there yet: `Ok(false)` when another
     /// writer got there first. This is the one primitive a commit log needs on every store.
+    /// Durable on return, as [`Storage::put`] is.
     pub async fn put_if_absent(&self, relative: &str, bytes: Vec<u8>) -> Result<bool> {
         let options = object_store::PutOptions::from(object_store::PutMode::Create);
+        let written = self.written_path(relative);
         match self
             .store
             .put_opts(&self.path(relative), PutPayload::from(bytes), options)
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                self.make_durable(written).await?;
+                Ok(true)
+            }
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(C360Error::StorageUrl {
                 url: format!("{}{relative}", self.url),
@@ -191,31 +196,33 @@ impl Storage {
             .map_err(|e| C360Error::io(&written, e))
     }
 
-    /// Makes `relative` and its directory entry durable on a local root (no-op elsewhere).
-    pub async fn sync(&self, relative: &str) -> Result<()> {
-        let Some(dir) = &self.local_dir else {
+    /// What a write of `relative` must fsync on a local root (`None` elsewhere), found before
+    /// the write: only then can it tell which directories the write creates.
+    fn written_path(&self, relative: &str) -> Option<WrittenPath> {
+        self.local_dir
+            .as_ref()
+            .map(|dir| WrittenPath::before_writing(dir.join(relative)))
+    }
+
+    /// Makes a write durable once it is done (see [`WrittenPath`]). The file and its
+    /// directories are independent: both are fsync'd at once, which halves the wait on disks
+    /// that serve them in parallel (every group commit waits on this).
+    async fn make_durable(&self, written: Option<WrittenPath>) -> Result<()> {
+        let Some(written) = written else {
             return Ok(());
         };
-        let file = dir.join(relative);
-        let parent = file.parent().map(FsPath::to_path_buf);
-        // The file's contents and its directory entry are independent: fsync both at once,
-        // which halves the wait on disks that serve them in parallel.
-        let sync = |path: PathBuf| {
-            tokio::task::spawn_blocking(move || {
-                std::fs::File::open(&path)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| C360Error::io(&path, e))
-            })
-        };
-        let file_synced = sync(file);
-        if let Some(parent) = parent {
-            sync(parent)
-                .await
-                .map_err(|e| C360Error::io("fsync task", std::io::Error::other(e)))??;
-        }
-        file_synced
+        let task_failed =
+            |e: tokio::task::JoinError| C360Error::io("fsync task", std::io::Error::other(e));
+        let file = written.file.clone();
+        let file_synced = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| C360Error::io(&file, e))
+        });
+        tokio::task::spawn_blocking(move || written.sync_directories())
             .await
-            .map_err(|e| C360Error::io("fsync task", std::io::Error::other(e)))?
+            .map_err(task_failed)??;
+        file_synced.await.map_err(task_failed)?
     }
 
     /// The objects directly under `prefix`: (name, size, last modified in ms since the epoch).
@@ -394,15 +401,20 @@ impl Storage {
         Ok((schema, batches))
     }
 
+    /// Writes `bytes` at `relative`, whole or not at all, and durably: on a local root the
+    /// file and the directory entries leading to it are fsync'd before this returns (a local
+    /// put alone only reaches the page cache), as an object store's completed PUT is durable.
+    /// So whatever a commit names has reached the disk before the commit does.
     pub async fn put(&self, relative: &str, bytes: Vec<u8>) -> Result<()> {
+        let written = self.written_path(relative);
         self.store
             .put(&self.path(relative), PutPayload::from(bytes))
             .await
-            .map(|_| ())
             .map_err(|e| C360Error::StorageUrl {
                 url: format!("{}{relative}", self.url),
                 message: e.to_string(),
-            })
+            })?;
+        self.make_durable(written).await
     }
 
     /// Writes `value` as one pretty-printed JSON object (a manifest), whole or not at all.
@@ -534,6 +546,7 @@ fn write_arrow_file(
     aside.push(".partial");
     let aside = std::path::PathBuf::from(aside);
     let written = (|| -> std::result::Result<(), String> {
+        let durable = WrittenPath::before_writing(path.to_path_buf());
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
         }
@@ -547,8 +560,12 @@ fn write_arrow_file(
         }
         writer.finish().map_err(|e| e.to_string())?;
         let file = writer.into_inner().map_err(|e| e.to_string())?;
-        file.finish().map_err(|e| e.to_string())?;
-        std::fs::rename(&aside, path).map_err(|e| e.to_string())
+        // Durable before it takes its name, so that the name never points at a torn file.
+        file.finish()
+            .and_then(|file| file.sync_all())
+            .map_err(|e| e.to_string())?;
+        std::fs::rename(&aside, path).map_err(|e| e.to_string())?;
+        durable.sync_directories().map_err(|e| e.to_string())
     })();
     if written.is_err() {
         // The failure to report is the write's; a file left aside is named by nothing.
@@ -562,6 +579,7 @@ fn write_arrow_file(
 fn write_paced(path: &FsPath, bytes: &[u8], bytes_per_sec: u64) -> std::io::Result<()> {
     use std::io::Write;
     const CHUNK: usize = 1 << 20;
+    let durable = WrittenPath::before_writing(path.to_path_buf());
     let mut file = std::fs::File::create(path)?;
     let started = std::time::Instant::now();
     let mut offset = 0usize;
@@ -588,10 +606,44 @@ fn write_paced(path: &FsPath, bytes: &[u8], bytes_per_sec: u64) -> std::io::Resu
         }
     }
     file.sync_all()?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
+    durable
+        .sync_directories()
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// A file about to be written under a local root, and the directories whose entries must be
+/// fsync'd for it to survive a power cut: its own directory (which gains its name) and, for
+/// each directory the write creates on the way, the one above it. Renames and creates only
+/// reach the page cache until then, and a commit that names a file its directory lost names
+/// nothing.
+struct WrittenPath {
+    file: PathBuf,
+    /// From the file's directory up to the first one that existed before the write.
+    directories: Vec<PathBuf>,
+}
+
+impl WrittenPath {
+    fn before_writing(file: PathBuf) -> WrittenPath {
+        let mut directories = Vec::new();
+        let mut next = file.parent();
+        while let Some(dir) = next {
+            directories.push(dir.to_path_buf());
+            if dir.exists() {
+                break;
+            }
+            next = dir.parent();
+        }
+        WrittenPath { file, directories }
     }
-    Ok(())
+
+    fn sync_directories(&self) -> Result<()> {
+        for dir in &self.directories {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| C360Error::io(dir, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// Takes the exclusive lock of a local root, or says which root is busy.
@@ -644,6 +696,43 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("lock")]);
+    }
+
+    /// A write that creates directories on its way syncs the entry of each in the directory
+    /// above, up to the first that existed: the file's own directory alone would leave a new
+    /// version folder (and so everything in it) to a power cut.
+    #[tokio::test]
+    async fn writes_sync_every_directory_they_create() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = Storage::open(tmp.path().to_str().unwrap(), &BTreeMap::new())
+            .await
+            .unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let written = storage.written_path("identity/g/v1/part.arrow").unwrap();
+        assert_eq!(written.file, root.join("identity/g/v1/part.arrow"));
+        assert_eq!(
+            written.directories,
+            [
+                root.join("identity/g/v1"),
+                root.join("identity/g"),
+                root.join("identity"),
+                root.clone(),
+            ]
+        );
+        storage
+            .put("identity/g/v1/part.arrow", b"x".to_vec())
+            .await
+            .unwrap();
+        // Once they exist, the next file's own directory is all there is to sync.
+        let next = storage.written_path("identity/g/v1/log.arrow").unwrap();
+        assert_eq!(next.directories, [root.join("identity/g/v1")]);
+        // The IPC writer, which creates its directories itself, finds them the same way.
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
+        storage
+            .put_arrow_stream("identity/h/v2/part.arrow", schema, std::iter::empty())
+            .await
+            .unwrap();
+        assert!(root.join("identity/h/v2/part.arrow").is_file());
     }
 
     /// A paced write lands whole and durable, and takes as long as its rate says: a

@@ -109,7 +109,6 @@ impl LandedTable {
         {
             return Err(C360Error::AlreadyExists(format!("landed table {name}")));
         }
-        storage.sync(&log).await?;
         let snapshot = Snapshot::from_first_commit(&delta::commit_name(0), actions)?;
         Ok(LandedTable::new(storage, name, snapshot))
     }
@@ -330,7 +329,6 @@ impl LandedTable {
                 .put_if_absent(&log, delta::encode_commit(&all)?)
                 .await?
             {
-                self.storage.sync(&log).await?;
                 let mut next = (*snapshot).clone();
                 next.apply(version, all)?;
                 let published = self.publish(next);
@@ -516,7 +514,7 @@ pub(crate) fn data_file_properties() -> datafusion::parquet::file::properties::W
         .build()
 }
 
-/// Stores the encoded data file `file` of table `name` durably (fsync'd on a local root) and
+/// Stores the encoded data file `file` of table `name` durably (see `Storage::put`) and
 /// describes it for a commit.
 async fn put_data_file(
     storage: &Storage,
@@ -528,7 +526,6 @@ async fn put_data_file(
     let relative = format!("{TABLES_DIR}/{name}/{file}");
     let size = buffer.len() as u64;
     storage.put(&relative, buffer).await?;
-    storage.sync(&relative).await?;
     Ok(Add {
         path: file,
         partition_values: Default::default(),
