@@ -502,17 +502,51 @@ impl Interner {
         }
     }
 
+    /// Doubles the table where it lies. Homes are the top bits of `tag × K`, so doubling adds
+    /// one bit: an entry's new home is `2h` or `2h + 1`, `h` its old one. Walking the old slots
+    /// from the top down, an entry whose new home is above its old slot moves up into the part
+    /// already rebuilt, never across an entry still to move; the few others (near the start:
+    /// wrapped round, or further from their home than its index) are set aside and inserted
+    /// last. Rehashing into a second table instead touched twice the memory, at random: a
+    /// large table grows by `mremap` (see `allocator.rs`), so only the new half is fresh, and
+    /// this walk streams through it.
     fn grow(&mut self) {
-        let size = self.table.len() * 2;
-        let old = std::mem::replace(&mut self.table, vec![0; size]);
+        let old_len = self.table.len();
+        let old_shift = self.shift;
+        self.table.resize(old_len * 2, 0);
         self.shift -= 1;
-        let mask = self.table.len() - 1;
-        for entry in old.into_iter().filter(|&e| e != 0) {
-            let mut slot = self.home((entry >> 32) as u32);
-            while self.table[slot] != 0 {
-                slot = (slot + 1) & mask;
+        let len = self.table.len();
+        let mut set_aside = Vec::new();
+        for slot in (0..old_len).rev() {
+            let entry = std::mem::take(&mut self.table[slot]);
+            if entry == 0 {
+                continue;
             }
-            self.table[slot] = entry;
+            let tag = (entry >> 32) as u32;
+            let old_home = (u64::from(tag).wrapping_mul(K) >> old_shift) as usize;
+            let mut at = self.home(tag);
+            if old_home > slot || at <= slot {
+                set_aside.push(entry);
+                continue;
+            }
+            while at < len && self.table[at] != 0 {
+                at += 1;
+            }
+            // Wrapping round would cross slots still to move, but the walk never gets there:
+            // the entries with new homes in `at..len` came from old homes of at least `at / 2`,
+            // so there are fewer of them than slots. Setting aside costs nothing if it did.
+            if at == len {
+                set_aside.push(entry);
+                continue;
+            }
+            self.table[at] = entry;
+        }
+        for entry in set_aside {
+            let mut at = self.home((entry >> 32) as u32);
+            while self.table[at] != 0 {
+                at = (at + 1) & (len - 1);
+            }
+            self.table[at] = entry;
         }
     }
 }
@@ -608,6 +642,57 @@ mod tests {
         // The whole key, prefix included, when nothing is skipped.
         let whole = interner.key_views(&[short], 0).unwrap();
         assert_eq!(whole.value(0), "\u{7}tiny");
+    }
+
+    /// Growing keeps every entry, each reachable from its new home without crossing an empty
+    /// slot. Small tables filled at random, to the limit and past it (`grow` takes any load),
+    /// have among them every awkward case: clusters wrapping round the end, entries far from
+    /// homes near the start, new homes crowding the end.
+    #[test]
+    fn tables_grown_in_place_keep_every_entry_reachable() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut random_tag = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u32
+        };
+        for bits in [3u32, 4, 5, 6] {
+            for round in 0..4000 {
+                let mut interner = Interner::new();
+                interner.table = vec![0; 1 << bits];
+                interner.shift = 64 - bits;
+                let mask = interner.table.len() - 1;
+                let count = match round % 2 {
+                    0 => interner.table.len() * 7 / 10,
+                    _ => interner.table.len() - 1,
+                };
+                for id in 0..count as u64 {
+                    let tag = random_tag();
+                    let mut at = interner.home(tag);
+                    while interner.table[at] != 0 {
+                        at = (at + 1) & mask;
+                    }
+                    interner.table[at] = (u64::from(tag) << 32) | (id + 1);
+                }
+                let mut before: Vec<u64> =
+                    interner.table.iter().copied().filter(|&e| e != 0).collect();
+                interner.grow();
+                let table = &interner.table;
+                let mut after: Vec<u64> = table.iter().copied().filter(|&e| e != 0).collect();
+                before.sort_unstable();
+                after.sort_unstable();
+                assert_eq!(after, before);
+                let mask = table.len() - 1;
+                for (slot, &entry) in table.iter().enumerate().filter(|(_, e)| **e != 0) {
+                    let mut at = interner.home((entry >> 32) as u32);
+                    while at != slot {
+                        assert_ne!(table[at], 0, "a hole between home {at} and slot {slot}");
+                        at = (at + 1) & mask;
+                    }
+                }
+            }
+        }
     }
 
     #[test]
