@@ -26,6 +26,8 @@ pub mod storage;
 pub mod system_tables;
 pub mod workspace;
 
+use std::sync::Arc;
+
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::SessionStateBuilder;
@@ -75,7 +77,7 @@ pub struct Engine {
     storage: Storage,
     settings: Settings,
     workspace: workspace::Applied,
-    identity: identity::manager::IdentityGraphs,
+    identity: Arc<identity::manager::IdentityGraphs>,
     refresh: refresh::RefreshEngine,
     landed: storage::landed::LandedTables,
 }
@@ -113,11 +115,13 @@ impl Engine {
         // workspace, which may read them.
         let refresh =
             refresh::RefreshEngine::open(&ctx, storage.clone(), settings.actions.clone()).await?;
+        let identity = Arc::new(identity::manager::IdentityGraphs::new(storage.clone()));
+        system_tables::register_identity_graphs(&ctx, Arc::clone(&identity))?;
         Ok(Engine {
             ctx,
             landed,
             refresh,
-            identity: identity::manager::IdentityGraphs::new(storage.clone()),
+            identity,
             storage,
             settings,
             workspace: workspace::Applied::default(),

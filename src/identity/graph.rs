@@ -442,6 +442,21 @@ impl IdentityGraph {
         self.records.len()
     }
 
+    /// Number of distinct identifiers (type and value) of a type in priority.
+    pub fn identifier_count(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Rows of the merges table.
+    pub fn merge_count(&self) -> usize {
+        self.merges.len()
+    }
+
+    /// Rows of the refused table.
+    pub fn refusal_count(&self) -> usize {
+        self.refusals.len()
+    }
+
     /// Where the graph's sealed key blocks are, which the output tables' text columns point
     /// into rather than copy (see `Interner::key_views`): for memory accounting that counts
     /// each buffer once.

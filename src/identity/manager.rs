@@ -83,6 +83,35 @@ impl RefreshReport {
     }
 }
 
+/// One graph as the `identity_graphs` system table shows it: its size now, and how its last
+/// build or refresh went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphStatus {
+    pub name: String,
+    pub source: String,
+    /// `EVERY '…'`, if refreshed on a schedule.
+    pub schedule: Option<String>,
+    pub profiles: u64,
+    pub records: u64,
+    pub identifiers: u64,
+    pub merges: u64,
+    pub refused: u64,
+    /// Heap the graph holds, its published tables aside.
+    pub graph_bytes: u64,
+    /// The committed state's version, and the rows logged since it was written.
+    pub state_version: u64,
+    pub log_rows: u64,
+    /// Newest `seen_at` applied (µs since the epoch): the next refresh reads from there.
+    pub watermark: Option<i64>,
+    /// When the last build or refresh that succeeded ended (µs since the epoch), how long it
+    /// took and how many source rows it read.
+    pub last_refresh: Option<i64>,
+    pub last_duration_ms: Option<u64>,
+    pub last_rows_read: Option<u64>,
+    /// Why the last attempt failed, until one succeeds.
+    pub last_error: Option<String>,
+}
+
 /// Times consecutive phases of a build or refresh.
 struct Phases {
     last: Instant,
@@ -145,6 +174,8 @@ struct Managed {
 pub struct IdentityGraphs {
     storage: Storage,
     graphs: Mutex<BTreeMap<String, Arc<Mutex<Managed>>>>,
+    /// Kept apart from the graphs, so that reading them never waits for a refresh.
+    statuses: std::sync::Mutex<BTreeMap<String, GraphStatus>>,
     /// The least number of rows a log may hold (`LOG_ROWS`; smaller in tests).
     log_rows: u64,
 }
@@ -154,6 +185,7 @@ impl IdentityGraphs {
         IdentityGraphs {
             storage,
             graphs: Mutex::new(BTreeMap::new()),
+            statuses: std::sync::Mutex::new(BTreeMap::new()),
             log_rows: LOG_ROWS,
         }
     }
@@ -240,8 +272,8 @@ impl IdentityGraphs {
         self.install_built(ctx, definition, graph, committed, outputs, batches)
             .await?;
         phases.mark("publish and index");
-        Ok(RefreshReport {
-            graph: name,
+        let report = RefreshReport {
+            graph: name.clone(),
             full_build: true,
             rows_read,
             rows_logged: 0,
@@ -249,7 +281,62 @@ impl IdentityGraphs {
             profiles,
             duration: started.elapsed(),
             phases: phases.done,
-        })
+        };
+        let managed = self.managed(&name).await?;
+        self.note(&name, &*managed.lock().await, Ok(&report));
+        Ok(report)
+    }
+
+    /// Every graph's status, by name.
+    pub fn statuses(&self) -> Vec<GraphStatus> {
+        self.statuses
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Records how a build or refresh of `name` went, and the graph's size after it.
+    fn note(
+        &self,
+        name: &str,
+        managed: &Managed,
+        outcome: std::result::Result<&RefreshReport, &C360Error>,
+    ) {
+        let graph = &managed.graph;
+        let mut statuses = self
+            .statuses
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = statuses.remove(name);
+        let mut status = GraphStatus {
+            name: name.to_string(),
+            source: managed.definition.source.clone(),
+            schedule: managed.definition.every.map(every_text),
+            profiles: graph.profile_count() as u64,
+            records: graph.record_count() as u64,
+            identifiers: graph.identifier_count() as u64,
+            merges: graph.merge_count() as u64,
+            refused: graph.refusal_count() as u64,
+            graph_bytes: graph.heap_bytes() as u64,
+            state_version: managed.version,
+            log_rows: managed.log.iter().map(|entry| entry.rows).sum(),
+            watermark: managed.watermark,
+            last_refresh: before.as_ref().and_then(|b| b.last_refresh),
+            last_duration_ms: before.as_ref().and_then(|b| b.last_duration_ms),
+            last_rows_read: before.as_ref().and_then(|b| b.last_rows_read),
+            last_error: None,
+        };
+        match outcome {
+            Ok(report) => {
+                status.last_refresh = Some(chrono::Utc::now().timestamp_micros());
+                status.last_duration_ms = Some(report.duration.as_millis() as u64);
+                status.last_rows_read = Some(report.rows_read);
+            }
+            Err(e) => status.last_error = Some(e.to_string()),
+        }
+        statuses.insert(name.to_string(), status);
     }
 
     async fn managed(&self, name: &str) -> Result<Arc<Mutex<Managed>>> {
@@ -266,6 +353,17 @@ impl IdentityGraphs {
         let managed = self.managed(name).await?;
         // Held for the whole refresh: two refreshes of one graph never run at once.
         let mut managed = managed.lock().await;
+        let refreshed = self.refresh_locked(ctx, name, &mut managed).await;
+        self.note(name, &managed, refreshed.as_ref());
+        refreshed
+    }
+
+    async fn refresh_locked(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+        managed: &mut Managed,
+    ) -> Result<RefreshReport> {
         let started = Instant::now();
         let mut phases = Phases::start();
         // Counted from the attempt, so that a failing source is retried once a period.
@@ -277,7 +375,6 @@ impl IdentityGraphs {
         let lookback = lookback_micros(&definition)?;
         let read_from = watermark.map(|at| at.saturating_sub(lookback));
         let logged: u64 = managed.log.iter().map(|entry| entry.rows).sum();
-        let managed = &mut *managed;
         let (version, log_files) = (managed.version, managed.log.len());
         let limit = log_limit(&managed.graph, self.log_rows);
         let repeats_until = if managed.uncommitted { None } else { watermark };
@@ -368,6 +465,17 @@ impl IdentityGraphs {
     pub async fn rebuild(&self, ctx: &SessionContext, name: &str) -> Result<RefreshReport> {
         let managed = self.managed(name).await?;
         let mut managed = managed.lock().await;
+        let rebuilt = self.rebuild_locked(ctx, name, &mut managed).await;
+        self.note(name, &managed, rebuilt.as_ref());
+        rebuilt
+    }
+
+    async fn rebuild_locked(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+        managed: &mut Managed,
+    ) -> Result<RefreshReport> {
         let started = Instant::now();
         let mut phases = Phases::start();
         let definition = managed.definition.clone();
@@ -408,6 +516,10 @@ impl IdentityGraphs {
         if_exists: bool,
     ) -> Result<()> {
         let removed = self.graphs.lock().await.remove(name);
+        self.statuses
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(name);
         if removed.is_none() && !if_exists {
             return Err(C360Error::NotFound(format!("identity graph {name}")));
         }
@@ -737,6 +849,19 @@ pub async fn write_state(storage: &Storage, folder: &str, graph: &IdentityGraph)
             .await?;
     }
     Ok(())
+}
+
+/// A refresh period as `EVERY '…'` reads it, in the largest whole unit.
+fn every_text(every: Duration) -> String {
+    let seconds = every.as_secs();
+    let (count, unit) = [(86_400, "day"), (3_600, "hour"), (60, "minute")]
+        .into_iter()
+        .find(|(unit_seconds, _)| seconds >= *unit_seconds && seconds % unit_seconds == 0)
+        .map_or((seconds, "second"), |(unit_seconds, unit)| {
+            (seconds / unit_seconds, unit)
+        });
+    let plural = if count == 1 { "" } else { "s" };
+    format!("EVERY '{count} {unit}{plural}'")
 }
 
 /// Rows the log of `graph` may hold: a tenth of its records, at least `floor` (see the module
@@ -1394,6 +1519,62 @@ mod tests {
         ("c1", "email", "a@x.com", 20),
         ("c1", "user_id", "u1", 20),
     ];
+
+    /// What `identity_graphs` shows: the graph's counts after each run, a failed refresh's
+    /// error (the graph and its last success kept) until a refresh succeeds, nothing once
+    /// dropped.
+    #[tokio::test]
+    async fn statuses_follow_builds_failures_and_drops() {
+        let (_dir, _, storage, ctx) = fresh_root().await;
+        let graphs = IdentityGraphs::new(storage.clone());
+        let mut definition = definition();
+        definition.every = Some(Duration::from_secs(300));
+        let built = graphs.create(&ctx, definition, false).await.unwrap();
+        let [status] = graphs.statuses().try_into().unwrap();
+        assert_eq!((status.name.as_str(), status.source.as_str()), ("g", "ids"));
+        assert_eq!(status.schedule.as_deref(), Some("EVERY '5 minutes'"));
+        // w1 and c1 share u1: one profile of two records and three identifiers.
+        assert_eq!(
+            (status.profiles, status.records, status.identifiers),
+            (1, 2, 3)
+        );
+        assert_eq!((status.merges, status.refused, status.log_rows), (0, 0, 0));
+        assert_eq!(status.watermark, Some(20));
+        assert_eq!(status.last_rows_read, Some(built.rows_read));
+        assert!(status.last_refresh.is_some() && status.graph_bytes > 0);
+        assert_eq!(status.last_error, None);
+
+        ctx.deregister_table("ids").unwrap();
+        let failed = graphs.refresh(&ctx, "g").await.unwrap_err().to_string();
+        let [after_failure] = graphs.statuses().try_into().unwrap();
+        assert_eq!(after_failure.last_error.as_deref(), Some(failed.as_str()));
+        assert_eq!(
+            (after_failure.profiles, after_failure.last_refresh),
+            (1, status.last_refresh)
+        );
+
+        let mut rows = FIRST_ROWS.to_vec();
+        rows.push(("w2", "anonymous_id", "d2", 30));
+        set_source(&ctx, &rows);
+        graphs.refresh(&ctx, "g").await.unwrap();
+        let [recovered] = graphs.statuses().try_into().unwrap();
+        assert_eq!(recovered.last_error, None);
+        assert_eq!((recovered.profiles, recovered.records), (2, 3));
+        assert_eq!((recovered.log_rows, recovered.watermark), (1, Some(30)));
+
+        graphs.drop_graph(&ctx, "g", false).await.unwrap();
+        assert!(graphs.statuses().is_empty());
+    }
+
+    #[test]
+    fn schedules_read_in_their_largest_whole_unit() {
+        let text = |seconds| every_text(Duration::from_secs(seconds));
+        assert_eq!(text(300), "EVERY '5 minutes'");
+        assert_eq!(text(90), "EVERY '90 seconds'");
+        assert_eq!(text(3_600), "EVERY '1 hour'");
+        assert_eq!(text(172_800), "EVERY '2 days'");
+        assert_eq!(text(1), "EVERY '1 second'");
+    }
 
     #[tokio::test]
     async fn state_that_cannot_be_loaded_is_built_again_from_the_source() {

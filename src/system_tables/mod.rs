@@ -4,6 +4,7 @@
 //! consistent snapshot.
 
 mod actions;
+mod identity_graphs;
 mod named_queries;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::actions::{Queue, RunOutcome};
 use crate::error::Result;
+use crate::identity::manager::IdentityGraphs;
 use crate::refresh::{Status, segments};
 use crate::storage::published::PublishedTable;
 
@@ -88,6 +90,15 @@ impl Tables {
         self.segment_changes.publish(changes)?;
         Ok(())
     }
+}
+
+/// Registers `identity_graphs`, read from `graphs` at each scan.
+pub fn register_identity_graphs(ctx: &SessionContext, graphs: Arc<IdentityGraphs>) -> Result<()> {
+    ctx.register_table(
+        "identity_graphs",
+        Arc::new(identity_graphs::IdentityGraphsTable::new(graphs)),
+    )?;
+    Ok(())
 }
 
 /// The rows of `EXPLAIN TRIGGER`.
