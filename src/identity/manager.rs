@@ -314,7 +314,9 @@ impl IdentityGraphs {
             name: name.to_string(),
             source: managed.definition.source.clone(),
             schedule: managed.definition.every.map(every_text),
-            profiles: graph.profile_count() as u64,
+            // A report counted them already; counting is a pass over every profile slot.
+            profiles: outcome.map_or_else(|_| graph.profile_count(), |report| report.profiles)
+                as u64,
             records: graph.record_count() as u64,
             identifiers: graph.identifier_count() as u64,
             merges: graph.merge_count() as u64,
@@ -350,12 +352,20 @@ impl IdentityGraphs {
 
     /// `REFRESH IDENTITY GRAPH`: applies the rows seen at or after the watermark.
     pub async fn refresh(&self, ctx: &SessionContext, name: &str) -> Result<RefreshReport> {
+        self.run(ctx, name, Run::Refresh).await
+    }
+
+    /// A refresh or rebuild of `name`, noted in its status however it ends.
+    async fn run(&self, ctx: &SessionContext, name: &str, run: Run) -> Result<RefreshReport> {
         let managed = self.managed(name).await?;
-        // Held for the whole refresh: two refreshes of one graph never run at once.
+        // Held for the whole run: two runs on one graph never overlap.
         let mut managed = managed.lock().await;
-        let refreshed = self.refresh_locked(ctx, name, &mut managed).await;
-        self.note(name, &managed, refreshed.as_ref());
-        refreshed
+        let ran = match run {
+            Run::Refresh => self.refresh_locked(ctx, name, &mut managed).await,
+            Run::Rebuild => self.rebuild_locked(ctx, name, &mut managed).await,
+        };
+        self.note(name, &managed, ran.as_ref());
+        ran
     }
 
     async fn refresh_locked(
@@ -463,11 +473,7 @@ impl IdentityGraphs {
     /// merges and refusals. Other people keep their ids: an id is the hash of its founding
     /// identifier, the same in any build.
     pub async fn rebuild(&self, ctx: &SessionContext, name: &str) -> Result<RefreshReport> {
-        let managed = self.managed(name).await?;
-        let mut managed = managed.lock().await;
-        let rebuilt = self.rebuild_locked(ctx, name, &mut managed).await;
-        self.note(name, &managed, rebuilt.as_ref());
-        rebuilt
+        self.run(ctx, name, Run::Rebuild).await
     }
 
     async fn rebuild_locked(
@@ -825,6 +831,12 @@ impl IdentityGraphs {
         }
         Ok(())
     }
+}
+
+/// What [`IdentityGraphs::run`] does to a graph.
+enum Run {
+    Refresh,
+    Rebuild,
 }
 
 /// What CURRENT says of a graph's state.
