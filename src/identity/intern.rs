@@ -12,6 +12,7 @@
 //! identifiers cannot be chosen to collide. The stable hash behind profile ids lives in
 //! `graph.rs` and is a different, fixed function.
 
+use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
@@ -146,6 +147,18 @@ impl Interner {
     pub(super) fn key(&self, id: u32) -> &[u8] {
         let i = id as usize;
         self.slice(self.start(i), self.ends[i] as usize)
+    }
+
+    /// The key of `id` less its first `skip` bytes (a type prefix), as text. Keys are UTF-8
+    /// (see `Interner`), so only where the text starts needs checking; text starting inside
+    /// a character (a `skip` no caller passes) comes out lossily rather than unchecked.
+    pub(super) fn key_text(&self, id: u32, skip: usize) -> Cow<'_, str> {
+        let rest = self.key(id).get(skip..).unwrap_or_default();
+        match rest.first() {
+            Some(&b) if b & 0xC0 == 0x80 => String::from_utf8_lossy(rest),
+            // Safety: a whole key is UTF-8, and `rest` is its end from a character's start.
+            _ => Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(rest) }),
+        }
     }
 
     /// Positions `start..end`, which lie in one block.
@@ -695,6 +708,17 @@ mod tests {
         }
     }
 
+    /// Text skipping into the middle of a character comes out lossily, never unchecked.
+    #[test]
+    fn key_text_is_checked_only_where_it_starts() {
+        let mut interner = Interner::new();
+        let (id, _) = interner.intern("", "été").unwrap();
+        assert_eq!(interner.key_text(id, 0), "été");
+        assert_eq!(interner.key_text(id, 2), "té");
+        assert_eq!(interner.key_text(id, 1), "\u{FFFD}té");
+        assert_eq!(interner.key_text(id, 9), "");
+    }
+
     #[test]
     fn interns_densely_and_finds_again() {
         let mut interner = Interner::new();
@@ -712,6 +736,7 @@ mod tests {
             assert_eq!(interner.intern("\u{1}", &body), Some((i, false)));
             assert_eq!(interner.get(&[2], body.as_bytes()), None);
             assert_eq!(&interner.key(i)[1..], body.as_bytes());
+            assert_eq!(interner.key_text(i, 1), body);
         }
     }
 }
