@@ -148,7 +148,7 @@ impl Engine {
         &self.workspace
     }
 
-    pub fn identity_graphs(&self) -> &identity::manager::IdentityGraphs {
+    pub fn identity_graphs(&self) -> &Arc<identity::manager::IdentityGraphs> {
         &self.identity
     }
 

@@ -29,8 +29,27 @@ pub fn labelled<V: std::fmt::Display>(
 ) {
     let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
     for (value_of_label, value) in samples {
+        let value_of_label = escaped(&value_of_label);
         let _ = writeln!(out, "{name}{{{label}=\"{value_of_label}\"}} {value}");
     }
+}
+
+/// A label value as the format quotes it: names come from SQL, where a quoted identifier may
+/// hold a quote, a backslash or a line break, any of which would end the sample early.
+fn escaped(label_value: &str) -> std::borrow::Cow<'_, str> {
+    if !label_value.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(label_value);
+    }
+    let mut out = String::with_capacity(label_value.len() + 2);
+    for c in label_value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// A latency histogram with fixed buckets, updated without locks.
@@ -85,5 +104,30 @@ mod tests {
         assert!(out.contains("x_seconds_bucket{le=\"0.005\"} 1\n"), "{out}");
         assert!(out.contains("x_seconds_bucket{le=\"2.5\"} 2\n"), "{out}");
         assert!(out.contains("x_seconds_count 2\n"), "{out}");
+    }
+
+    /// A label value holding the format's own quote, backslash or line break stays one sample.
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        let names = ["plain", "a\"b", "c\\d", "e\nf"].map(String::from);
+        labelled(
+            &mut out,
+            "x",
+            "Test.",
+            "gauge",
+            "graph",
+            names.map(|n| (n, 1)),
+        );
+        let samples: Vec<&str> = out.lines().skip(2).collect();
+        assert_eq!(
+            samples,
+            [
+                "x{graph=\"plain\"} 1",
+                "x{graph=\"a\\\"b\"} 1",
+                "x{graph=\"c\\\\d\"} 1",
+                "x{graph=\"e\\nf\"} 1",
+            ]
+        );
     }
 }

@@ -123,6 +123,25 @@ fn every_call_type_lands_and_reaches_sql_and_the_identity_graph() {
     );
     let metrics = get(addr, "/metrics");
     assert_eq!(metrics.status, 200);
+    // The identity graph's gauges agree with its system table, and its refresh succeeded.
+    let profiles = sql(
+        &server,
+        "SELECT profiles FROM identity_graphs WHERE name = 'customers' AND last_error IS NULL",
+    );
+    assert!(
+        metrics.body.contains(&format!(
+            "c360_identity_profiles{{graph=\"customers\"}} {profiles}\n"
+        )),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics
+            .body
+            .contains("c360_identity_refresh_failing{graph=\"customers\"} 0\n"),
+        "{}",
+        metrics.body
+    );
     assert!(
         metrics
             .body

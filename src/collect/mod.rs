@@ -50,6 +50,7 @@ struct Health {
     queue: Arc<crate::actions::Queue>,
     upkeep: Arc<crate::storage::landed::UpkeepStats>,
     events: Arc<LandedTable>,
+    identity: Arc<crate::identity::manager::IdentityGraphs>,
 }
 
 #[derive(Serialize)]
@@ -97,6 +98,7 @@ impl HttpServer {
             queue: engine.refresh_engine().queue(),
             upkeep: engine.landed().stats(),
             events: Arc::clone(&events),
+            identity: Arc::clone(engine.identity_graphs()),
         };
         let collector = api::Collector {
             ingest: Arc::clone(&ingest),
@@ -225,6 +227,7 @@ async fn metrics_handler(State(health): State<Health>) -> impl axum::response::I
         "gauge",
         health.events.snapshot().files.len(),
     );
+    health.identity.render_metrics(&mut text);
     (
         [(
             axum::http::header::CONTENT_TYPE,
