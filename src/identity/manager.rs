@@ -300,8 +300,44 @@ impl IdentityGraphs {
     /// Appends each graph's gauges for `GET /metrics`: its size, and its last run, so that
     /// a refresh failing on schedule (which only logs) or a graph gone stale can be alerted on.
     pub fn render_metrics(&self, out: &mut String) {
+        type Gauge = (&'static str, &'static str, fn(&GraphStatus) -> f64);
+        const GAUGES: [Gauge; 7] = [
+            ("c360_identity_profiles", "Profiles in the graph.", |s| {
+                s.profiles as f64
+            }),
+            (
+                "c360_identity_records",
+                "Source records that carried identifiers.",
+                |s| s.records as f64,
+            ),
+            (
+                "c360_identity_graph_bytes",
+                "Heap the graph holds, its published tables aside.",
+                |s| s.graph_bytes as f64,
+            ),
+            (
+                "c360_identity_log_rows",
+                "Rows logged since the graph's last snapshot (replayed at start-up).",
+                |s| s.log_rows as f64,
+            ),
+            (
+                "c360_identity_last_success_timestamp_seconds",
+                "When the last build or refresh that succeeded ended (Unix time; 0 before one).",
+                |s| s.last_refresh.unwrap_or(0) as f64 / 1e6,
+            ),
+            (
+                "c360_identity_last_duration_seconds",
+                "How long the last build or refresh that succeeded took.",
+                |s| s.last_duration_ms.unwrap_or(0) as f64 / 1e3,
+            ),
+            (
+                "c360_identity_refresh_failing",
+                "1 while the graph's last build or refresh failed (see identity_graphs.last_error).",
+                |s| f64::from(u8::from(s.last_error.is_some())),
+            ),
+        ];
         let statuses = self.statuses();
-        let gauge = |out: &mut String, name: &str, help: &str, of: fn(&GraphStatus) -> f64| {
+        for (name, help, of) in GAUGES {
             crate::prometheus::labelled(
                 out,
                 name,
@@ -310,49 +346,7 @@ impl IdentityGraphs {
                 "graph",
                 statuses.iter().map(|s| (s.name.clone(), of(s))),
             );
-        };
-        gauge(
-            out,
-            "c360_identity_profiles",
-            "Profiles in the graph.",
-            |s| s.profiles as f64,
-        );
-        gauge(
-            out,
-            "c360_identity_records",
-            "Source records that carried identifiers.",
-            |s| s.records as f64,
-        );
-        gauge(
-            out,
-            "c360_identity_graph_bytes",
-            "Heap the graph holds, its published tables aside.",
-            |s| s.graph_bytes as f64,
-        );
-        gauge(
-            out,
-            "c360_identity_log_rows",
-            "Rows logged since the graph's last snapshot (replayed at start-up).",
-            |s| s.log_rows as f64,
-        );
-        gauge(
-            out,
-            "c360_identity_last_success_timestamp_seconds",
-            "When the last build or refresh that succeeded ended (Unix time; 0 before one).",
-            |s| s.last_refresh.unwrap_or(0) as f64 / 1e6,
-        );
-        gauge(
-            out,
-            "c360_identity_last_duration_seconds",
-            "How long the last build or refresh that succeeded took.",
-            |s| s.last_duration_ms.unwrap_or(0) as f64 / 1e3,
-        );
-        gauge(
-            out,
-            "c360_identity_refresh_failing",
-            "1 while the graph's last build or refresh failed (see identity_graphs.last_error).",
-            |s| f64::from(u8::from(s.last_error.is_some())),
-        );
+        }
     }
 
     /// Records how a build or refresh of `name` went, and the graph's size after it.
