@@ -47,9 +47,9 @@ pub struct Storage {
     /// Held open for the life of the process: the OS lock on it keeps a second c360 from
     /// committing into the same local root (object stores have no such lock yet).
     _lock: Option<Arc<std::fs::File>>,
-    /// The directory of a local root: commits fsync what they wrote there, because a local
-    /// put only reaches the page cache (an object store's completed PUT is already durable).
-    local_dir: Option<PathBuf>,
+    /// A local root: commits fsync what they wrote there, because a local put only reaches
+    /// the page cache (an object store's completed PUT is already durable).
+    local: Option<LocalRoot>,
 }
 
 /// The URL under which the root's store is registered for scans of landed tables: one fixed
@@ -88,7 +88,25 @@ impl Storage {
             path: dir.to_path_buf(),
             source,
         };
+        // The directories this creates, outermost last: each one's entry is fsync'd in the
+        // directory above, so that a power cut cannot take the root from under what it holds.
+        let created: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .map(FsPath::to_path_buf)
+            .collect();
         std::fs::create_dir_all(dir).map_err(not_writable)?;
+        for made in &created {
+            let above = std::fs::canonicalize(made)
+                .map_err(not_writable)?
+                .parent()
+                .map(FsPath::to_path_buf);
+            if let Some(above) = above {
+                std::fs::File::open(&above)
+                    .and_then(|d| d.sync_all())
+                    .map_err(not_writable)?;
+            }
+        }
         let absolute: PathBuf = std::fs::canonicalize(dir).map_err(not_writable)?;
         let url = Url::from_directory_path(&absolute).map_err(|()| C360Error::StorageUrl {
             url: absolute.display().to_string(),
@@ -102,7 +120,7 @@ impl Storage {
             store: Arc::new(store),
             root: Path::default(),
             _lock: Some(Arc::new(lock)),
-            local_dir: Some(absolute),
+            local: Some(LocalRoot::new(absolute)),
         })
     }
 
@@ -118,7 +136,7 @@ impl Storage {
             store: Arc::from(store),
             root,
             _lock: None,
-            local_dir: None,
+            local: None,
         })
     }
 
@@ -185,12 +203,13 @@ impl Storage {
         bytes: Vec<u8>,
         bytes_per_sec: u64,
     ) -> Result<()> {
-        let Some(dir) = &self.local_dir else {
+        let Some(local) = &self.local else {
             return self.put(relative, bytes).await;
         };
-        let path = dir.join(relative);
+        let local = local.clone();
+        let path = local.dir.join(relative);
         let written = path.clone();
-        tokio::task::spawn_blocking(move || write_paced(&path, &bytes, bytes_per_sec))
+        tokio::task::spawn_blocking(move || write_paced(&local, &path, &bytes, bytes_per_sec))
             .await
             .map_err(|e| C360Error::io(&written, std::io::Error::other(e)))?
             .map_err(|e| C360Error::io(&written, e))
@@ -199,9 +218,9 @@ impl Storage {
     /// What a write of `relative` must fsync on a local root (`None` elsewhere), found before
     /// the write: only then can it tell which directories the write creates.
     fn written_path(&self, relative: &str) -> Option<WrittenPath> {
-        self.local_dir
+        self.local
             .as_ref()
-            .map(|dir| WrittenPath::before_writing(dir.join(relative)))
+            .map(|local| local.before_writing(local.dir.join(relative)))
     }
 
     /// Makes a write durable once it is done (see [`WrittenPath`]). The file and its
@@ -219,9 +238,13 @@ impl Storage {
                 .and_then(|f| f.sync_all())
                 .map_err(|e| C360Error::io(&file, e))
         });
-        tokio::task::spawn_blocking(move || written.sync_directories())
-            .await
-            .map_err(task_failed)??;
+        let local = self.local.clone();
+        tokio::task::spawn_blocking(move || match local {
+            Some(local) => local.sync_directories(&written),
+            None => Ok(()),
+        })
+        .await
+        .map_err(task_failed)??;
         file_synced.await.map_err(task_failed)?
     }
 
@@ -292,8 +315,8 @@ impl Storage {
         schema: SchemaRef,
         batches: impl Iterator<Item = Result<RecordBatch>>,
     ) -> Result<()> {
-        if let Some(dir) = &self.local_dir {
-            return write_arrow_file(&dir.join(relative), &schema, batches)
+        if let Some(local) = &self.local {
+            return write_arrow_file(local, &local.dir.join(relative), &schema, batches)
                 .map_err(|message| self.failed(relative, message));
         }
         let upload = self
@@ -537,6 +560,7 @@ impl Storage {
 /// then into fresh 16 MiB chunks whose pages the kernel had to zero: at a million customers,
 /// 1.2 GB of identity state took longer to write than the tables built beside it.
 fn write_arrow_file(
+    local: &LocalRoot,
     path: &FsPath,
     schema: &SchemaRef,
     batches: impl Iterator<Item = Result<RecordBatch>>,
@@ -546,7 +570,7 @@ fn write_arrow_file(
     aside.push(".partial");
     let aside = std::path::PathBuf::from(aside);
     let written = (|| -> std::result::Result<(), String> {
-        let durable = WrittenPath::before_writing(path.to_path_buf());
+        let durable = local.before_writing(path.to_path_buf());
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
         }
@@ -565,7 +589,7 @@ fn write_arrow_file(
             .and_then(|file| file.sync_all())
             .map_err(|e| e.to_string())?;
         std::fs::rename(&aside, path).map_err(|e| e.to_string())?;
-        durable.sync_directories().map_err(|e| e.to_string())
+        local.sync_directories(&durable).map_err(|e| e.to_string())
     })();
     if written.is_err() {
         // The failure to report is the write's; a file left aside is named by nothing.
@@ -576,10 +600,15 @@ fn write_arrow_file(
 
 /// See [`Storage::put_paced`]: chunks of 1 MiB, each handed to writeback at once
 /// (`sync_file_range`), the next one not before the rate allows.
-fn write_paced(path: &FsPath, bytes: &[u8], bytes_per_sec: u64) -> std::io::Result<()> {
+fn write_paced(
+    local: &LocalRoot,
+    path: &FsPath,
+    bytes: &[u8],
+    bytes_per_sec: u64,
+) -> std::io::Result<()> {
     use std::io::Write;
     const CHUNK: usize = 1 << 20;
-    let durable = WrittenPath::before_writing(path.to_path_buf());
+    let durable = local.before_writing(path.to_path_buf());
     let mut file = std::fs::File::create(path)?;
     let started = std::time::Instant::now();
     let mut offset = 0usize;
@@ -606,29 +635,58 @@ fn write_paced(path: &FsPath, bytes: &[u8], bytes_per_sec: u64) -> std::io::Resu
         }
     }
     file.sync_all()?;
-    durable
-        .sync_directories()
+    local
+        .sync_directories(&durable)
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// A file about to be written under a local root, and the directories whose entries must be
 /// fsync'd for it to survive a power cut: its own directory (which gains its name) and, for
-/// each directory the write creates on the way, the one above it. Renames and creates only
+/// each directory on the way not yet known durable, the one above it. Renames and creates only
 /// reach the page cache until then, and a commit that names a file its directory lost names
 /// nothing.
 struct WrittenPath {
     file: PathBuf,
-    /// From the file's directory up to the first one that existed before the write.
+    /// From the file's directory up to the first one known durable, or the root.
     directories: Vec<PathBuf>,
 }
 
-impl WrittenPath {
-    fn before_writing(file: PathBuf) -> WrittenPath {
+/// A local root's directory, and the directories under it whose own entries are known to be
+/// on disk. Whether a directory exists says nothing of that: another write may have just
+/// created it and not yet fsync'd its parent, and a write that stopped there would return
+/// durable with its path hanging on an entry a power cut can lose. Nothing c360 does removes
+/// a directory, so a directory once known durable stays so.
+#[derive(Debug, Clone)]
+struct LocalRoot {
+    dir: PathBuf,
+    durable: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
+}
+
+/// Directories remembered as durable before the set is emptied and learnt again (each then
+/// costs one more fsync of its parent): it grows by a folder per version of a refreshed item.
+const DURABLE_DIRECTORIES_KEPT: usize = 4096;
+
+impl LocalRoot {
+    fn new(dir: PathBuf) -> LocalRoot {
+        LocalRoot {
+            dir,
+            durable: Arc::default(),
+        }
+    }
+
+    fn known_durable(&self, dir: &FsPath) -> bool {
+        self.durable
+            .lock()
+            .map(|durable| durable.contains(dir))
+            .unwrap_or(false)
+    }
+
+    fn before_writing(&self, file: PathBuf) -> WrittenPath {
         let mut directories = Vec::new();
         let mut next = file.parent();
         while let Some(dir) = next {
             directories.push(dir.to_path_buf());
-            if dir.exists() {
+            if dir == self.dir || !dir.starts_with(&self.dir) || self.known_durable(dir) {
                 break;
             }
             next = dir.parent();
@@ -636,11 +694,22 @@ impl WrittenPath {
         WrittenPath { file, directories }
     }
 
-    fn sync_directories(&self) -> Result<()> {
-        for dir in &self.directories {
+    /// Fsyncs the written path's directories, then remembers those whose entries that made
+    /// durable: all but the last, which was durable already (or is the root).
+    fn sync_directories(&self, written: &WrittenPath) -> Result<()> {
+        for dir in &written.directories {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(|e| C360Error::io(dir, e))?;
+        }
+        let below_last = written.directories.len().saturating_sub(1);
+        if below_last > 0
+            && let Ok(mut durable) = self.durable.lock()
+        {
+            if durable.len() + below_last > DURABLE_DIRECTORIES_KEPT {
+                durable.clear();
+            }
+            durable.extend(written.directories[..below_last].iter().cloned());
         }
         Ok(())
     }
@@ -723,9 +792,17 @@ mod tests {
             .put("identity/g/v1/part.arrow", b"x".to_vec())
             .await
             .unwrap();
-        // Once they exist, the next file's own directory is all there is to sync.
+        // Once synced, the next file's own directory is all there is to sync.
         let next = storage.written_path("identity/g/v1/log.arrow").unwrap();
         assert_eq!(next.directories, [root.join("identity/g/v1")]);
+        // A directory another writer created but has not synced yet is not taken as durable:
+        // this write syncs its entry too.
+        std::fs::create_dir_all(root.join("identity/g/v2")).unwrap();
+        let racing = storage.written_path("identity/g/v2/part.arrow").unwrap();
+        assert_eq!(
+            racing.directories,
+            [root.join("identity/g/v2"), root.join("identity/g")]
+        );
         // The IPC writer, which creates its directories itself, finds them the same way.
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
         storage
