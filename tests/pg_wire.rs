@@ -456,6 +456,11 @@ fn psql_meta_commands_describe_the_catalog() {
             "SELECT cardinality(ARRAY(SELECT store_id FROM stores ORDER BY 1)) AS n",
             "40",
         ),
+        // Over no rows, an empty array as PostgreSQL gives, not NULL.
+        (
+            "SELECT ARRAY(SELECT store_id FROM stores WHERE store_id = 'none') AS none",
+            " {}\n",
+        ),
     ] {
         let out = server.psql(&["-c", command]);
         assert!(out.status.success(), "{command}: {}", stderr_of(&out));

@@ -21,8 +21,7 @@
 //! `ARRAY(subquery)`, which DataFusion does not know, becomes `(SELECT array_agg(…) …)`: psql's
 //! `\du` lists a role's memberships so, and `\dp` a relation's column privileges and policies
 //! (of which c360 has none, nor per-relation privileges: `relacl` reads NULL, and a lookup in
-//! `pg_policy` a NULL list). Over no rows
-//! it is NULL where PostgreSQL gives an empty array, which psql prints alike.
+//! `pg_policy` a NULL list). Over no rows it is an empty array, as in PostgreSQL.
 
 use std::ops::ControlFlow;
 
@@ -126,6 +125,14 @@ fn figure_column_name(expr: &Expr) -> Option<String> {
 pub fn catalog_subqueries(statement: &mut Statement) -> bool {
     let mut changed = false;
     let _ = visit_expressions_mut(statement, |expr| {
+        // pg_policy is always empty in c360 (no row security): psql's `\dp` lists a
+        // relation's policies from it (as an `ARRAY(subquery)`), which is a list of none.
+        if subquery_of(expr).is_some_and(|query| reads_relation(query, "pg_policy"))
+            && let Ok(none) = parse_expr("CAST(NULL AS TEXT[])")
+        {
+            *expr = none;
+            changed = true;
+        }
         if let Some(aggregated) = array_of_subquery(expr) {
             *expr = aggregated;
             changed = true;
@@ -171,15 +178,6 @@ pub fn catalog_subqueries(statement: &mut Statement) -> bool {
             && privileges.to_string().to_ascii_lowercase().ends_with("acl")
         {
             *expr = privileges.clone();
-            changed = true;
-        }
-        // pg_policy is always empty in c360 (no row security): psql's `\dp` lists a
-        // relation's policies from it, which is a list of none.
-        if let Expr::Subquery(query) = expr
-            && reads_relation(query, "pg_policy")
-            && let Ok(none) = parse_expr("CAST(NULL AS TEXT[])")
-        {
-            *expr = none;
             changed = true;
         }
         // pg_sequence is always empty in c360, so any lookup in it is NULL.
@@ -234,8 +232,8 @@ pub fn catalog_subqueries(statement: &mut Statement) -> bool {
     changed
 }
 
-/// `ARRAY(SELECT x FROM … [ORDER BY …])` as `(SELECT array_agg(x [ORDER BY …]) FROM …)`, a
-/// scalar subquery that DataFusion can decorrelate; `ORDER BY 1` orders by `x`. `None` for
+/// `ARRAY(SELECT x FROM … [ORDER BY …])` as
+/// `coalesce((SELECT array_agg(x [ORDER BY …]) FROM …), make_array())`, a scalar subquery that DataFusion can decorrelate; `ORDER BY 1` orders by `x`. `None` for
 /// anything else, and for a subquery that groups, is DISTINCT or has a LIMIT.
 fn array_of_subquery(expr: &Expr) -> Option<Expr> {
     use datafusion::sql::sqlparser::ast::{FunctionArguments, OrderByKind, Value};
@@ -283,7 +281,20 @@ fn array_of_subquery(expr: &Expr) -> Option<Expr> {
     };
     let aggregated = parse_expr(&format!("array_agg({element}{order})")).ok()?;
     select.projection = vec![SelectItem::UnnamedExpr(aggregated)];
-    Some(Expr::Subquery(query))
+    // array_agg over no rows is NULL; ARRAY() over none is an empty array.
+    parse_expr(&format!("coalesce(({query}), make_array())")).ok()
+}
+
+/// The query of a scalar subquery or of an `ARRAY(subquery)`.
+fn subquery_of(expr: &Expr) -> Option<&Query> {
+    match expr {
+        Expr::Subquery(query) => Some(query),
+        Expr::Function(function) => match &function.args {
+            datafusion::sql::sqlparser::ast::FunctionArguments::Subquery(query) => Some(query),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn reads_pg_class(statement: &Statement) -> bool {
@@ -674,13 +685,13 @@ mod tests {
                  JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid) \
                  AS memberof FROM pg_catalog.pg_roles r"
             ),
-            "SELECT r.rolname, (SELECT array_agg(b.rolname) FROM pg_catalog.pg_auth_members m \
-             JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid) \
-             AS memberof FROM pg_catalog.pg_roles r"
+            "SELECT r.rolname, coalesce((SELECT array_agg(b.rolname) FROM \
+             pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) \
+             WHERE m.member = r.oid), make_array()) AS memberof FROM pg_catalog.pg_roles r"
         );
         assert_eq!(
             rewritten("SELECT ARRAY(SELECT name FROM t ORDER BY 1 DESC)"),
-            "SELECT (SELECT array_agg(name ORDER BY name DESC) FROM t)"
+            "SELECT coalesce((SELECT array_agg(name ORDER BY name DESC) FROM t), make_array())"
         );
         // A limit or a grouping would change what is aggregated: left as written.
         for sql in [
