@@ -156,9 +156,12 @@ impl RssSamples {
         RssSamples { samples, stop }
     }
 
+    fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The largest RSS sampled between `from_ms` and `to_ms` of the bench clock.
     fn peak_between(&self, from_ms: u128, to_ms: u128) -> u64 {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.samples
             .lock()
             .unwrap()
@@ -168,6 +171,23 @@ impl RssSamples {
             .max()
             .unwrap_or(0)
     }
+}
+
+/// "read and stitch 2.10 GB, …": the peak RSS of each phase of a report's `phases_text`
+/// ("read and stitch 1.234 s, …"), laid end to end from `start_ms` of the bench clock.
+fn phase_peaks(samples: &RssSamples, start_ms: u128, phases_text: &str) -> String {
+    let mut from = start_ms;
+    phases_text
+        .split(", ")
+        .filter_map(|phase| {
+            let (name, took) = phase.strip_suffix(" s")?.rsplit_once(' ')?;
+            let to = from + (took.parse::<f64>().ok()? * 1000.0) as u128;
+            let peak = samples.peak_between(from, to);
+            from = to;
+            Some(format!("{name} {:.2} GB", gb(peak)))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn field_u64(fields: &HashMap<String, String>, name: &str) -> u64 {
@@ -911,10 +931,9 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
         .ok_or("the workspace did not report building the customers graph")?;
     let build_seconds = field_u64(&build, "ms") as f64 / 1000.0;
     let build_end = u128::from(field_u64(&build, "at_ms"));
-    let build_peak_rss = rss_samples.peak_between(
-        build_end.saturating_sub(u128::from(field_u64(&build, "ms"))),
-        build_end,
-    );
+    let build_start = build_end.saturating_sub(u128::from(field_u64(&build, "ms")));
+    rss_samples.stop();
+    let build_peak_rss = rss_samples.peak_between(build_start, build_end);
     println!(
         "full build: engine open {open_seconds:.2} s, graph build {build_seconds:.2} s: {} rows read, \
          {} records, {} merges, {} refused, {} profiles; peak RSS during the graph build {:.2} GB; \
@@ -933,6 +952,12 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
         },
         gb(rss_after),
     );
+    if let Some(phases) = build.get("phases") {
+        println!(
+            "full build: peak RSS by phase: {}",
+            phase_peaks(&rss_samples, build_start, phases)
+        );
+    }
 
     // ---- where the time goes
     let started = Instant::now();
