@@ -316,6 +316,11 @@ impl<'g> Applying<'g> {
             .log_need(self.loader.old_records(), row, repeats_until)
     }
 
+    /// Heap the graph and the rows fed so far hold (capacity, not bytes written).
+    pub fn heap_bytes(&self) -> usize {
+        self.graph.heap_bytes() + self.loader.heap_bytes()
+    }
+
     /// Stitches everything fed, in processing order.
     pub fn finish(self) -> Result<ApplySummary, GraphError> {
         self.stitch_fed().map(|(summary, _)| summary)
@@ -348,6 +353,7 @@ impl<'g> Applying<'g> {
             observe_ms = (observed - laid_out).as_millis() as u64,
             stitch_ms = (stitched - observed).as_millis() as u64,
             flatten_ms = (started.elapsed() - stitched).as_millis() as u64,
+            heap_mb = graph.heap_bytes() >> 20,
             "identity batch stitched"
         );
         Ok((summary, graph))

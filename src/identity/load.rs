@@ -67,6 +67,18 @@ impl Loader {
     pub(super) fn old_records(&self) -> u32 {
         self.old_records
     }
+
+    /// Heap held for the rows loaded so far, besides what they added to the graph.
+    pub(super) fn heap_bytes(&self) -> usize {
+        fn vec<T>(v: &Vec<T>) -> usize {
+            v.capacity() * std::mem::size_of::<T>()
+        }
+        vec(&self.new_seen)
+            + vec(&self.old_seen)
+            + vec(&self.pairs)
+            + vec(&self.unknown)
+            + self.old_local.capacity() * std::mem::size_of::<(u32, u32)>()
+    }
 }
 
 impl Batch {

@@ -1208,6 +1208,7 @@ async fn read_into(
         rows = rows_read,
         waited_ms = waited.as_millis() as u64,
         fed_ms = fed.as_millis() as u64,
+        heap_mb = applying.heap_bytes() >> 20,
         "identity source read"
     );
     Ok(SourceRead {
