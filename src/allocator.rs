@@ -11,7 +11,7 @@
 //! `vec![0; n]` costs nothing until written (mimalloc would `memset` reused memory).
 //!
 //! Below the threshold everything is mimalloc's, whose small-object speed is why it is used
-//! at all (see [`return_freed_memory`]). The threshold is far above anything allocated per row or
+//! at all (see [`tune_mimalloc`]). The threshold is far above anything allocated per row or
 //! per request, so the extra system calls are a handful per large build.
 
 use std::alloc::{GlobalAlloc, Layout};
@@ -242,15 +242,18 @@ unsafe impl GlobalAlloc for C360Allocator {
 const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Hands memory mimalloc no longer uses back to the kernel within `PURGE_DELAY_MS`.
+/// Sets how mimalloc takes memory from the kernel and gives it back.
 ///
-/// By default mimalloc (v3) commits its 1 GiB arenas eagerly and purges freed pages a second
-/// after the free. A build streams gigabytes of source batches through it, freed within
-/// milliseconds of their allocation, so the pages they used stayed resident: at 1M customers
-/// the identity build's peak RSS held a gigabyte more than the graph, its loader and its
-/// tables together. Backing mimalloc with 2 MiB pages, as c360 did before its large blocks
-/// were mapped directly (see the top of this file), also implies eager commit.
-pub(crate) fn return_freed_memory() {
+/// - Freed pages go back within `PURGE_DELAY_MS`, and arenas are committed as they are used.
+///   By default mimalloc (v3) commits its 1 GiB arenas eagerly and purges freed pages a
+///   second after the free. A build streams gigabytes of source batches through it, each
+///   freed milliseconds after it was made, so their pages stayed resident: at 1M customers
+///   the identity build's peak RSS held a gigabyte more than the graph and its loader.
+///   Purging at once (a delay of 0) saved another 0.4 GB but made the build 15-25% slower.
+/// - Its own large allocations are backed by 2 MiB pages (transparent huge pages, where the
+///   kernel allows them on request). Measured on the 1M-customer identity bench before
+///   blocks were mapped directly: the build 42.6 → 38.9 s.
+pub(crate) fn tune_mimalloc() {
     const PURGE_DELAY_MS: std::ffi::c_long = 50;
     static ONCE: std::sync::Once = std::sync::Once::new();
     // Safety: sets process-wide options; mimalloc reads them atomically each time it uses

@@ -42,7 +42,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 #[global_allocator]
 static ALLOCATOR: allocator::C360Allocator = allocator::C360Allocator;
 
-use allocator::return_freed_memory;
+use allocator::tune_mimalloc;
 
 pub use config::Settings;
 pub use error::{C360Error, Result};
@@ -100,7 +100,7 @@ impl Engine {
     /// Opens the storage root and its landed tables only: what a bulk load needs, without
     /// the cost of applying the workspace (and refreshing its identity graphs).
     pub async fn open_without_workspace(settings: Settings) -> Result<Engine> {
-        return_freed_memory();
+        tune_mimalloc();
         allocator::start_prefaulting();
         let storage = Storage::open(&settings.data, &settings.storage_options).await?;
         let ctx = new_session(&settings.pg.database)?;
