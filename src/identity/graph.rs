@@ -65,7 +65,7 @@
 use std::borrow::Cow;
 
 use super::bits::Bits;
-use super::intern::{FastSet, Interner, trim};
+use super::intern::{FastSet, Interner, heap_of, trim};
 use super::load::{Batch, Loader};
 pub use super::output::{identities_schema, merges_schema, records_schema, refused_schema};
 pub use super::rules::{DEFAULT_HUB_THRESHOLD, MAX_HUB_THRESHOLD, MAX_TYPES, Rules};
@@ -474,9 +474,6 @@ impl IdentityGraph {
 
     /// Approximate bytes of heap the graph holds (for logs and system tables).
     pub fn heap_bytes(&self) -> usize {
-        fn vec<T>(v: &Vec<T>) -> usize {
-            v.capacity() * std::mem::size_of::<T>()
-        }
         let details: usize = self
             .refusals
             .iter()
@@ -485,23 +482,23 @@ impl IdentityGraph {
         self.values.heap_bytes()
             + self.records.heap_bytes()
             + self.unknown.heap_bytes()
-            + vec(&self.v_meta)
-            + vec(&self.v_profile)
-            + vec(&self.v_seen)
-            + vec(&self.v_co)
-            + vec(&self.co_pool)
-            + vec(&self.linked)
-            + vec(&self.r)
-            + vec(&self.multi)
-            + vec(&self.r_ids)
-            + vec(&self.record_order)
-            + vec(&self.p_parent)
-            + vec(&self.p_founder)
-            + vec(&self.p_born)
-            + vec(&self.p_hash)
-            + vec(&self.p_counts)
-            + vec(&self.merges)
-            + vec(&self.refusals)
+            + heap_of(&self.v_meta)
+            + heap_of(&self.v_profile)
+            + heap_of(&self.v_seen)
+            + heap_of(&self.v_co)
+            + heap_of(&self.co_pool)
+            + heap_of(&self.linked)
+            + heap_of(&self.r)
+            + heap_of(&self.multi)
+            + heap_of(&self.r_ids)
+            + heap_of(&self.record_order)
+            + heap_of(&self.p_parent)
+            + heap_of(&self.p_founder)
+            + heap_of(&self.p_born)
+            + heap_of(&self.p_hash)
+            + heap_of(&self.p_counts)
+            + heap_of(&self.merges)
+            + heap_of(&self.refusals)
             + details
             + self.unknown_seen.capacity() * 16
     }

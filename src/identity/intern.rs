@@ -585,6 +585,11 @@ pub(super) fn trim<T>(v: &mut Vec<T>) {
     }
 }
 
+/// Bytes a vector holds on the heap: its capacity, not its length, as the process pays.
+pub(super) fn heap_of<T>(v: &Vec<T>) -> usize {
+    v.capacity() * std::mem::size_of::<T>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

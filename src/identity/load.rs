@@ -5,7 +5,7 @@ use super::graph::{
     ApplySummary, BLOCKED, GraphError, IdentityGraph, IdentityRow, LogNeed, NONE, REFUSED_BIT,
     TYPE_MASK,
 };
-use super::intern::{FastMap, Interner};
+use super::intern::{FastMap, Interner, heap_of};
 use crate::prefetch::{AHEAD, prefetch};
 
 /// Rows hashed and looked up together, so that their cache misses overlap (see `Interner`).
@@ -70,13 +70,10 @@ impl Loader {
 
     /// Heap held for the rows loaded so far, besides what they added to the graph.
     pub(super) fn heap_bytes(&self) -> usize {
-        fn vec<T>(v: &Vec<T>) -> usize {
-            v.capacity() * std::mem::size_of::<T>()
-        }
-        vec(&self.new_seen)
-            + vec(&self.old_seen)
-            + vec(&self.pairs)
-            + vec(&self.unknown)
+        heap_of(&self.new_seen)
+            + heap_of(&self.old_seen)
+            + heap_of(&self.pairs)
+            + heap_of(&self.unknown)
             + self.old_local.capacity() * std::mem::size_of::<(u32, u32)>()
     }
 }
