@@ -18,7 +18,7 @@
 //! psql's `\d+` joins storage options (`reloptions`) that no c360 relation has: the empty
 //! string PostgreSQL prints for them. `pg_get_viewdef(oid)` becomes a lookup in `pg_views`.
 //!
-//! `ARRAY(subquery)`, which DataFusion does not know, becomes `(SELECT array_agg(…) …)`: psql's
+//! `ARRAY(subquery)`, which DataFusion does not know, becomes an `array_agg` subquery: psql's
 //! `\du` lists a role's memberships so, and `\dp` a relation's column privileges and policies
 //! (of which c360 has none, nor per-relation privileges: `relacl` reads NULL, and a lookup in
 //! `pg_policy` a NULL list). Over no rows it is an empty array, as in PostgreSQL.
@@ -28,8 +28,8 @@ use std::ops::ControlFlow;
 use std::collections::HashSet;
 
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, Expr, GroupByExpr, Query, SelectItem, SetExpr, Statement, TableFactor,
-    visit_expressions, visit_expressions_mut, visit_relations,
+    BinaryOperator, Expr, FunctionArguments, GroupByExpr, Query, SelectItem, SetExpr, Statement,
+    TableFactor, visit_expressions, visit_expressions_mut, visit_relations,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -233,10 +233,11 @@ pub fn catalog_subqueries(statement: &mut Statement) -> bool {
 }
 
 /// `ARRAY(SELECT x FROM … [ORDER BY …])` as
-/// `coalesce((SELECT array_agg(x [ORDER BY …]) FROM …), make_array())`, a scalar subquery that DataFusion can decorrelate; `ORDER BY 1` orders by `x`. `None` for
-/// anything else, and for a subquery that groups, is DISTINCT or has a LIMIT.
+/// `coalesce((SELECT array_agg(x [ORDER BY …]) FROM …), make_array())`: a scalar subquery,
+/// which DataFusion can decorrelate; `ORDER BY 1` orders by `x`. `None` for anything else,
+/// and for a subquery that groups, is DISTINCT or has a LIMIT.
 fn array_of_subquery(expr: &Expr) -> Option<Expr> {
-    use datafusion::sql::sqlparser::ast::{FunctionArguments, OrderByKind, Value};
+    use datafusion::sql::sqlparser::ast::{OrderByKind, Value};
     let Expr::Function(function) = expr else {
         return None;
     };
@@ -290,7 +291,7 @@ fn subquery_of(expr: &Expr) -> Option<&Query> {
     match expr {
         Expr::Subquery(query) => Some(query),
         Expr::Function(function) => match &function.args {
-            datafusion::sql::sqlparser::ast::FunctionArguments::Subquery(query) => Some(query),
+            FunctionArguments::Subquery(query) => Some(query),
             _ => None,
         },
         _ => None,
@@ -333,7 +334,7 @@ fn call_of<'e>(
 
 /// A function call's first positional argument.
 fn first_argument(function: &datafusion::sql::sqlparser::ast::Function) -> Option<&Expr> {
-    use datafusion::sql::sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+    use datafusion::sql::sqlparser::ast::{FunctionArg, FunctionArgExpr};
     let FunctionArguments::List(list) = &function.args else {
         return None;
     };
