@@ -14,7 +14,6 @@
 //! `refresh/<name>/changes/c<id>.parquet`. Objects no manifest names are left by a crash and
 //! deleted by the item's next commit.
 
-pub mod inputs;
 pub mod one_row;
 pub mod schedule;
 pub mod segments;
@@ -41,6 +40,7 @@ use crate::ddl::{QueryDefinition, QueryKind};
 use crate::error::{C360Error, Result};
 use crate::storage::Storage;
 use crate::storage::index::KeyKind;
+use crate::storage::inputs;
 use crate::storage::published::PublishedTable;
 use crate::system_tables;
 use one_row::OneRowCache;

@@ -30,7 +30,7 @@ use datafusion::logical_expr::{Expr, Filter, JoinType, LogicalPlan, Projection, 
 use datafusion::prelude::SessionContext;
 use tokio::sync::Mutex;
 
-use super::inputs;
+use crate::storage::inputs;
 
 /// Values of one-row subqueries computed during one tick, by plan and input versions.
 #[derive(Default)]

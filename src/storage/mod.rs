@@ -12,6 +12,7 @@ pub mod delta;
 mod direct;
 pub mod index;
 pub mod index_join;
+pub mod inputs;
 pub mod landed;
 pub mod maintenance;
 pub mod provider;

@@ -22,8 +22,8 @@ use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 
-use crate::storage::provider::LandedProvider;
-use crate::storage::published::PublishedTable;
+use super::provider::LandedProvider;
+use super::published::PublishedTable;
 
 /// The tables and views a query reads.
 pub struct Inputs {
