@@ -160,7 +160,7 @@ impl Engine {
     /// materialized views (inputs before their readers). A failure is logged and keeps the
     /// last result; the schedule tries again at its next time.
     pub async fn refresh_due(&self) {
-        for name in self.identity.due().await {
+        for name in self.identity.due(&self.ctx).await {
             let statement = ddl::Statement::RefreshIdentityGraph { name: name.clone() };
             if let Err(e) = self.execute_c360(statement, false).await {
                 tracing::warn!(graph = %name, error = %e, "scheduled identity refresh failed");

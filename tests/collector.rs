@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::http::{self, get, gzip, post_json, request};
 use common::{Server, stderr_of, stdout_of};
 
@@ -27,6 +29,33 @@ fn sql(server: &Server, query: &str) -> String {
     let out = server.psql(&["-At", "-c", query]);
     assert!(out.status.success(), "{query}: {}", stderr_of(&out));
     stdout_of(&out).trim().to_string()
+}
+
+/// An identify call reaches the identity graph by itself, once the graph's `on_new_data`
+/// check (every ten seconds by default) sees the landed table's new version: no `REFRESH`,
+/// and no wait for the demo graph's `EVERY '5 minutes'`.
+#[test]
+fn landed_events_reach_the_identity_graph_without_a_refresh() {
+    let server = start(None);
+    let body = r#"{"userId":"c360-auto-1","messageId":"auto-i1","traits":{"email":"auto.person@example.org"}}"#;
+    let response = post_json(&server.http_addr, "/v1/identify", KEY, body);
+    assert_eq!(response.status, 200, "{}", response.body);
+    let linked = "SELECT count(*) FROM customers_identities a JOIN customers_identities b \
+                  ON a.profile_id = b.profile_id \
+                  WHERE a.id_type = 'email' AND a.id_value = 'auto.person@example.org' \
+                  AND b.id_type = 'user_id' AND b.id_value = 'c360-auto-1'";
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while sql(&server, linked) != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "the graph never took the call in: {}",
+            sql(
+                &server,
+                "SELECT last_refresh, last_error FROM identity_graphs"
+            )
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]

@@ -44,13 +44,27 @@ use crate::ddl::IdentityGraphDefinition;
 use crate::error::{C360Error, Result};
 use crate::storage::Storage;
 use crate::storage::index::Changes;
+use crate::storage::inputs;
 use crate::storage::published::PublishedTable;
 
 /// The columns a graph's source must have.
 pub const SOURCE_COLUMNS: [&str; 4] = ["record_key", "id_type", "id_value", "seen_at"];
-const OPTIONS: [&str; 5] = ["priority", "limits", "blocked", "hub_threshold", LOOKBACK];
+const OPTIONS: [&str; 6] = [
+    "priority",
+    "limits",
+    "blocked",
+    "hub_threshold",
+    LOOKBACK,
+    ON_NEW_DATA,
+];
 /// The option that widens what refreshes read (see [`lookback_micros`]), not what is built.
 const LOOKBACK: &str = "lookback";
+/// The option that says how soon new source data is refreshed into the graph (see
+/// [`new_data_period`]), not what is built.
+const ON_NEW_DATA: &str = "on_new_data";
+/// How often, by default, a graph's source is checked for new data: a collector lands events
+/// all the time, and a refresh each second would spend a core on republishing the tables.
+const DEFAULT_NEW_DATA_PERIOD: Duration = Duration::from_secs(10);
 const STATE_ROOT: &str = "identity";
 /// Rows a graph's log may hold before a refresh writes a whole snapshot instead, however small
 /// the graph: replaying them at start-up takes about a second.
@@ -165,6 +179,11 @@ struct Managed {
     /// graph's repeats are those very rows) and commits even if it changes nothing.
     uncommitted: bool,
     last_refresh: Instant,
+    /// The versions of what the source read when the last build or refresh that succeeded
+    /// started (see [`source_version`]): new data shows as a different one.
+    source_version: Option<u64>,
+    /// When the source was last checked for new data.
+    source_checked: Instant,
     /// The graph's tables as last published, updated in place by each refresh.
     outputs: GraphTables,
     tables: [Arc<PublishedTable>; 4],
@@ -255,6 +274,7 @@ impl IdentityGraphs {
 
         let started = Instant::now();
         let mut phases = Phases::start();
+        let source = source_version(ctx, &definition).await;
         let mut graph = IdentityGraph::new(rules);
         let (rows_read, watermark, summary) = read_and_apply(ctx, &definition, &mut graph).await?;
         phases.mark("read and stitch");
@@ -283,7 +303,9 @@ impl IdentityGraphs {
             phases: phases.done,
         };
         let managed = self.managed(&name).await?;
-        self.note(&name, &*managed.lock().await, Ok(&report));
+        let mut managed = managed.lock().await;
+        managed.source_version = source;
+        self.note(&name, &managed, Ok(&report));
         Ok(report)
     }
 
@@ -431,6 +453,9 @@ impl IdentityGraphs {
         // Counted from the attempt, so that a failing source is retried once a period.
         managed.last_refresh = started;
         let definition = managed.definition.clone();
+        // Taken before reading, so that rows landing during the read make the next check
+        // see new data.
+        let source = source_version(ctx, &definition).await;
         let watermark = managed.watermark;
         // Rows that landed late, with a `seen_at` the watermark has passed, are read again
         // within the lookback; re-reading rows already applied changes nothing.
@@ -506,6 +531,7 @@ impl IdentityGraphs {
             }
             None => {}
         }
+        managed.source_version = source;
         Ok(RefreshReport {
             graph: name.to_string(),
             full_build: false,
@@ -537,6 +563,7 @@ impl IdentityGraphs {
         let started = Instant::now();
         let mut phases = Phases::start();
         let definition = managed.definition.clone();
+        let source = source_version(ctx, &definition).await;
         let mut graph = IdentityGraph::new(rules_from_options(&definition)?);
         let (rows_read, watermark, summary) = read_and_apply(ctx, &definition, &mut graph).await?;
         phases.mark("read and stitch");
@@ -554,6 +581,7 @@ impl IdentityGraphs {
         managed.log.clear();
         managed.uncommitted = false;
         managed.last_refresh = started;
+        managed.source_version = source;
         Ok(RefreshReport {
             graph: name.to_string(),
             full_build: true,
@@ -594,8 +622,14 @@ impl IdentityGraphs {
         self.graphs.lock().await.keys().cloned().collect()
     }
 
-    /// Graphs whose `EVERY` period has passed since their last refresh.
-    pub async fn due(&self) -> Vec<String> {
+    /// Graphs due for a refresh: their `EVERY` period has passed since their last refresh, or
+    /// new data has reached their source since (rows landed, files added or changed), which
+    /// is checked once per `on_new_data` period.
+    pub async fn due(&self, ctx: &SessionContext) -> Vec<String> {
+        self.due_at(ctx, Instant::now()).await
+    }
+
+    async fn due_at(&self, ctx: &SessionContext, now: Instant) -> Vec<String> {
         let graphs: Vec<(String, Arc<Mutex<Managed>>)> = self
             .graphs
             .lock()
@@ -606,10 +640,29 @@ impl IdentityGraphs {
         let mut due = Vec::new();
         for (name, managed) in graphs {
             // A graph being refreshed is not due: skip it rather than wait for it.
-            if let Ok(managed) = managed.try_lock()
-                && let Some(every) = managed.definition.every
-                && managed.last_refresh.elapsed() >= every
+            let Ok(mut managed) = managed.try_lock() else {
+                continue;
+            };
+            let since_refresh = now.saturating_duration_since(managed.last_refresh);
+            if managed
+                .definition
+                .every
+                .is_some_and(|every| since_refresh >= every)
             {
+                due.push(name);
+                continue;
+            }
+            // Checked at create, so a definition here has a valid period.
+            let Ok(Some(period)) = new_data_period(&managed.definition) else {
+                continue;
+            };
+            let last_look = managed.last_refresh.max(managed.source_checked);
+            if now.saturating_duration_since(last_look) < period {
+                continue;
+            }
+            managed.source_checked = now;
+            let source = source_version(ctx, &managed.definition).await;
+            if source.is_some() && source != managed.source_version {
                 due.push(name);
             }
         }
@@ -670,6 +723,8 @@ impl IdentityGraphs {
             log: committed.log,
             uncommitted: false,
             last_refresh: Instant::now(),
+            source_version: None,
+            source_checked: Instant::now(),
             outputs,
             tables,
         };
@@ -977,14 +1032,15 @@ fn same_definition(a: &IdentityGraphDefinition, b: &IdentityGraphDefinition) -> 
     a.name == b.name && a.source == b.source && a.options == b.options && a.every == b.every
 }
 
-/// Whether two definitions build the same graph: they may differ in when (`EVERY`) and how
-/// far back (`lookback`) refreshes read, which change nothing already built.
+/// Whether two definitions build the same graph: they may differ in when (`EVERY`,
+/// `on_new_data`) and how far back (`lookback`) refreshes read, which change nothing already
+/// built.
 fn same_graph(a: &IdentityGraphDefinition, b: &IdentityGraphDefinition) -> bool {
     let shaping = |definition: &IdentityGraphDefinition| {
         definition
             .options
             .iter()
-            .filter(|(option, _)| option.as_str() != LOOKBACK)
+            .filter(|(option, _)| ![LOOKBACK, ON_NEW_DATA].contains(&option.as_str()))
             .map(|(option, value)| (option.clone(), value.clone()))
             .collect::<BTreeMap<_, _>>()
     };
@@ -1052,6 +1108,7 @@ pub fn rules_from_options(definition: &IdentityGraphDefinition) -> Result<Rules>
         None => DEFAULT_HUB_THRESHOLD,
     };
     lookback_micros(definition)?;
+    new_data_period(definition)?;
     Rules::new(priority, limits, blocked, hub_threshold).map_err(|e| invalid(e.to_string()))
 }
 
@@ -1070,6 +1127,38 @@ pub fn lookback_micros(definition: &IdentityGraphDefinition) -> Result<i64> {
         ))
     })?;
     Ok(i64::try_from(interval.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// The `on_new_data` option: how often the source is checked for data that arrived since the
+/// last refresh, which then runs at once; `None` for `'off'` (refreshes then wait for `EVERY`
+/// or `REFRESH`). Ten seconds when not set.
+pub fn new_data_period(definition: &IdentityGraphDefinition) -> Result<Option<Duration>> {
+    let Some(text) = definition.options.get(ON_NEW_DATA) else {
+        return Ok(Some(DEFAULT_NEW_DATA_PERIOD));
+    };
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    crate::ddl::parse_interval(text).map(Some).map_err(|e| {
+        C360Error::Identity(format!(
+            "identity graph {}: on_new_data: {} (or 'off')",
+            definition.name, e.0
+        ))
+    })
+}
+
+/// The versions of everything the graph's source reads (see [`inputs::fingerprint`]), the
+/// graph's own tables aside, or `None` when some of it has no version to compare (an
+/// in-memory table, a view calling `now()`) or the source cannot be planned: such a graph
+/// refreshes on `EVERY` and `REFRESH` only. A source that fails to plan fails its refresh,
+/// which reports it; here it only means "no new data seen".
+async fn source_version(ctx: &SessionContext, definition: &IdentityGraphDefinition) -> Option<u64> {
+    let frame = ctx.table(definition.source.as_str()).await.ok()?;
+    let mut reads = inputs::inputs_of(frame.logical_plan()).ok()?;
+    for own in table_names(&definition.name) {
+        reads.tables.remove(&own);
+    }
+    inputs::fingerprint(ctx, &reads).await.ok().flatten()
 }
 
 /// Checks at `CREATE` time that the source exists and has the four columns, with types that
@@ -1429,7 +1518,7 @@ pub(super) fn indexed_rows_of_batch(
 mod tests {
     use super::*;
     use datafusion::arrow::array::{StringArray, TimestampMicrosecondArray};
-    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
     use datafusion::datasource::MemTable;
 
     /// Registers `ids` as the graph's source: `(record_key, id_type, id_value, seen_at)`.
@@ -1443,7 +1532,27 @@ mod tests {
         rows: &[(&str, &str, &str, i64)],
         batch_rows: usize,
     ) {
-        let schema = Arc::new(Schema::new(vec![
+        let table =
+            MemTable::try_new(source_schema(), vec![source_batches(rows, batch_rows)]).unwrap();
+        ctx.deregister_table("ids").unwrap();
+        ctx.register_table("ids", Arc::new(table)).unwrap();
+    }
+
+    /// Makes the source a published table holding `rows`: a table with versions, as landed
+    /// and c360-built tables are, so that new rows in it show as new data.
+    fn publish_source(
+        ctx: &SessionContext,
+        rows: &[(&str, &str, &str, i64)],
+    ) -> Arc<PublishedTable> {
+        let table =
+            Arc::new(PublishedTable::new(source_schema(), source_batches(rows, 1024)).unwrap());
+        ctx.deregister_table("ids").unwrap();
+        ctx.register_table("ids", Arc::clone(&table) as _).unwrap();
+        table
+    }
+
+    fn source_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
             Field::new("record_key", DataType::Utf8, false),
             Field::new("id_type", DataType::Utf8, false),
             Field::new("id_value", DataType::Utf8, false),
@@ -1452,13 +1561,17 @@ mod tests {
                 DataType::Timestamp(TimeUnit::Microsecond, None),
                 false,
             ),
-        ]));
+        ]))
+    }
+
+    /// `rows` as batches of `batch_rows` rows of [`source_schema`].
+    fn source_batches(rows: &[(&str, &str, &str, i64)], batch_rows: usize) -> Vec<RecordBatch> {
         let batch = |rows: &[(&str, &str, &str, i64)]| {
             let column = |i: usize| -> Vec<&str> {
                 rows.iter().map(|row| [row.0, row.1, row.2][i]).collect()
             };
             RecordBatch::try_new(
-                schema.clone(),
+                source_schema(),
                 vec![
                     Arc::new(StringArray::from(column(0))),
                     Arc::new(StringArray::from(column(1))),
@@ -1470,10 +1583,7 @@ mod tests {
             )
             .unwrap()
         };
-        let batches = rows.chunks(batch_rows).map(batch).collect();
-        let table = MemTable::try_new(schema.clone(), vec![batches]).unwrap();
-        ctx.deregister_table("ids").unwrap();
-        ctx.register_table("ids", Arc::new(table)).unwrap();
+        rows.chunks(batch_rows).map(batch).collect()
     }
 
     fn definition() -> IdentityGraphDefinition {
@@ -1810,6 +1920,91 @@ mod tests {
         assert!(
             after[1].iter().any(|row| row.contains("| late ")),
             "{after:?}"
+        );
+    }
+
+    /// Rows landing in a source with versions make the graph due within `on_new_data`, with
+    /// no `EVERY`; once refreshed, it is not due again until more rows land.
+    #[tokio::test]
+    async fn new_data_in_the_source_makes_the_graph_due() {
+        let (_dir, _location, storage, ctx) = fresh_root().await;
+        let source = publish_source(&ctx, &FIRST_ROWS);
+        let graphs = IdentityGraphs::new(storage);
+        graphs.create(&ctx, definition(), false).await.unwrap();
+        let start = Instant::now();
+        let period = DEFAULT_NEW_DATA_PERIOD;
+        assert!(graphs.due_at(&ctx, start + period).await.is_empty());
+
+        let mut rows = FIRST_ROWS.to_vec();
+        rows.push(("c2", "email", "b@x.com", 30));
+        source.publish(source_batches(&rows, 1024)).unwrap();
+        assert!(
+            graphs
+                .due_at(&ctx, start + period + period / 2)
+                .await
+                .is_empty(),
+            "the source is looked at once per period"
+        );
+        assert_eq!(graphs.due_at(&ctx, start + 2 * period).await, ["g"]);
+        let report = graphs.refresh(&ctx, "g").await.unwrap();
+        assert_eq!(report.summary.records, 1);
+        assert!(
+            graphs
+                .due_at(&ctx, Instant::now() + 4 * period)
+                .await
+                .is_empty(),
+            "the refresh took the new rows in"
+        );
+    }
+
+    /// Where new data cannot be seen (a table without versions) or is not wanted
+    /// (`on_new_data = 'off'`), only `EVERY` and `REFRESH` refresh the graph.
+    #[tokio::test]
+    async fn without_versions_or_with_on_new_data_off_only_the_schedule_refreshes() {
+        let later = Instant::now() + 10 * DEFAULT_NEW_DATA_PERIOD;
+        let mut rows = FIRST_ROWS.to_vec();
+        rows.push(("c2", "email", "b@x.com", 30));
+
+        let (_dir, _location, storage, ctx) = fresh_root().await;
+        let graphs = IdentityGraphs::new(storage);
+        graphs.create(&ctx, definition(), false).await.unwrap();
+        set_source(&ctx, &rows);
+        assert!(graphs.due_at(&ctx, later).await.is_empty());
+
+        let (_dir, _location, storage, ctx) = fresh_root().await;
+        let source = publish_source(&ctx, &FIRST_ROWS);
+        let graphs = IdentityGraphs::new(storage);
+        let mut off = definition();
+        off.options.insert("on_new_data".into(), "off".into());
+        graphs.create(&ctx, off, false).await.unwrap();
+        source.publish(source_batches(&rows, 1024)).unwrap();
+        assert!(graphs.due_at(&ctx, later).await.is_empty());
+
+        // A new period alone keeps the graph built.
+        let mut soon = definition();
+        soon.options.insert("on_new_data".into(), "1 second".into());
+        soon.or_replace = true;
+        let report = graphs.create(&ctx, soon, false).await.unwrap();
+        assert!(!report.full_build);
+    }
+
+    #[tokio::test]
+    async fn an_on_new_data_that_is_not_an_interval_fails_at_create() {
+        let (_dir, _location, storage, ctx) = fresh_root().await;
+        let mut definition = definition();
+        definition
+            .options
+            .insert("on_new_data".into(), "sometimes".into());
+        let error = IdentityGraphs::new(storage)
+            .create(&ctx, definition, false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("on_new_data")
+                && error.contains("'sometimes'")
+                && error.contains("'off'"),
+            "{error}"
         );
     }
 
