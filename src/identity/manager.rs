@@ -105,6 +105,8 @@ pub struct GraphStatus {
     pub source: String,
     /// `EVERY '…'`, if refreshed on a schedule.
     pub schedule: Option<String>,
+    /// How often the source is checked for new data (`10 seconds`), unless `'off'`.
+    pub on_new_data: Option<String>,
     pub profiles: u64,
     pub records: u64,
     pub identifiers: u64,
@@ -388,6 +390,11 @@ impl IdentityGraphs {
             name: name.to_string(),
             source: managed.definition.source.clone(),
             schedule: managed.definition.every.map(every_text),
+            // Checked at create, so a definition here has a valid period.
+            on_new_data: new_data_period(&managed.definition)
+                .ok()
+                .flatten()
+                .map(interval_text),
             // A report counted them already; counting is a pass over every profile slot.
             profiles: outcome.map_or_else(|_| graph.profile_count(), |report| report.profiles)
                 as u64,
@@ -972,7 +979,12 @@ pub async fn write_state(storage: &Storage, folder: &str, graph: &IdentityGraph)
 
 /// A refresh period as `EVERY '…'` reads it, in the largest whole unit.
 fn every_text(every: Duration) -> String {
-    let seconds = every.as_secs();
+    format!("EVERY '{}'", interval_text(every))
+}
+
+/// A period in its largest whole unit: `5 minutes`, `90 seconds`.
+fn interval_text(period: Duration) -> String {
+    let seconds = period.as_secs();
     let (count, unit) = [(86_400, "day"), (3_600, "hour"), (60, "minute")]
         .into_iter()
         .find(|(unit_seconds, _)| seconds >= *unit_seconds && seconds % unit_seconds == 0)
@@ -980,7 +992,7 @@ fn every_text(every: Duration) -> String {
             (seconds / unit_seconds, unit)
         });
     let plural = if count == 1 { "" } else { "s" };
-    format!("EVERY '{count} {unit}{plural}'")
+    format!("{count} {unit}{plural}")
 }
 
 /// Rows the log of `graph` may hold: a tenth of its records, at least `floor` (see the module
@@ -1708,6 +1720,7 @@ mod tests {
         let [status] = graphs.statuses().try_into().unwrap();
         assert_eq!((status.name.as_str(), status.source.as_str()), ("g", "ids"));
         assert_eq!(status.schedule.as_deref(), Some("EVERY '5 minutes'"));
+        assert_eq!(status.on_new_data.as_deref(), Some("10 seconds"));
         // w1 and c1 share u1: one profile of two records and three identifiers.
         assert_eq!(
             (status.profiles, status.records, status.identifiers),

@@ -46,6 +46,7 @@ pub fn schema() -> SchemaRef {
         Field::new("name", DataType::Utf8, false),
         Field::new("source", DataType::Utf8, false),
         Field::new("schedule", DataType::Utf8, true),
+        Field::new("on_new_data", DataType::Utf8, true),
         count("profiles"),
         count("records"),
         count("identifiers"),
@@ -79,6 +80,9 @@ pub fn batch(statuses: &[GraphStatus]) -> DfResult<RecordBatch> {
         )),
         Arc::new(StringArray::from_iter(
             statuses.iter().map(|s| s.schedule.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter(
+            statuses.iter().map(|s| s.on_new_data.as_deref()),
         )),
         count(|s| s.profiles),
         count(|s| s.records),
