@@ -501,10 +501,10 @@ impl Interner {
     /// Bytes of heap held.
     pub(super) fn heap_bytes(&self) -> usize {
         self.sealed.iter().map(Buffer::capacity).sum::<usize>()
-            + self.open.capacity()
-            + self.sealed.capacity() * std::mem::size_of::<Buffer>()
-            + self.ends.capacity() * 4
-            + self.table.capacity() * 8
+            + heap_of(&self.open)
+            + heap_of(&self.sealed)
+            + heap_of(&self.ends)
+            + heap_of(&self.table)
     }
 
     /// Makes room for `additional` more keys without growing the table on the way.
