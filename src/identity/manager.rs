@@ -2001,38 +2001,30 @@ mod tests {
         assert!(!report.full_build);
     }
 
-    #[tokio::test]
-    async fn an_on_new_data_that_is_not_an_interval_fails_at_create() {
+    /// The error of creating `g` with `option = value`.
+    async fn create_error(option: &str, value: &str) -> String {
         let (_dir, _location, storage, ctx) = fresh_root().await;
         let mut definition = definition();
-        definition
-            .options
-            .insert("on_new_data".into(), "sometimes".into());
-        let error = IdentityGraphs::new(storage)
+        definition.options.insert(option.into(), value.into());
+        IdentityGraphs::new(storage)
             .create(&ctx, definition, false)
             .await
             .unwrap_err()
-            .to_string();
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn periods_that_are_not_intervals_fail_at_create() {
+        let error = create_error("lookback", "soon").await;
+        assert!(
+            error.contains("lookback") && error.contains("'soon'"),
+            "{error}"
+        );
+        let error = create_error("on_new_data", "sometimes").await;
         assert!(
             error.contains("on_new_data")
                 && error.contains("'sometimes'")
                 && error.contains("'off'"),
-            "{error}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_lookback_that_is_not_an_interval_fails_at_create() {
-        let (_dir, _location, storage, ctx) = fresh_root().await;
-        let mut definition = definition();
-        definition.options.insert("lookback".into(), "soon".into());
-        let error = IdentityGraphs::new(storage)
-            .create(&ctx, definition, false)
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains("lookback") && error.contains("'soon'"),
             "{error}"
         );
     }
