@@ -1,12 +1,15 @@
-//! What a named query reads, and whether any of it changed since the last refresh.
+//! What a query reads, and whether any of it changed since it last ran: a named query's
+//! refresh is skipped when nothing changed, and an identity graph refreshes when its source
+//! did.
 //!
 //! The query's logical plan (views expanded, subqueries included) names its base tables. Each
 //! gets a version token where one can be known cheaply: a c360-published table (identity
 //! graph outputs, segments, materialized views) counts its publications; a landed table gives
-//! its Delta log version; a file-backed table hashes its files' names, sizes and times. The fingerprint of a refresh is the
-//! hash of all tokens; when it matches the last one, nothing the query reads has changed and
-//! the refresh is skipped. A query that reads a table of unknown version (an in-memory table)
-//! or calls a time-dependent function (`now()`, `random()`) has no fingerprint: it always runs.
+//! its Delta log version; a file-backed table hashes its files' names, sizes and times. The
+//! fingerprint of the query is the hash of all tokens; when it matches the last one, nothing
+//! the query reads has changed. A query that reads a table of unknown version (an in-memory
+//! table) or calls a time-dependent function (`now()`, `random()`) has no fingerprint: it
+//! counts as changed every time.
 
 use std::any::Any;
 use std::collections::BTreeMap;
