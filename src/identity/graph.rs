@@ -247,7 +247,8 @@ pub struct IdentityGraph {
     /// Identifier lists of `multi` records, each id flagged with `REFUSED_BIT` if the record's
     /// link through it was refused.
     pub(super) r_ids: Vec<u32>,
-    /// Records in the order first stitched: the row order of `records`.
+    /// Records stitched, in batches in the order applied and by id within one (so ascending):
+    /// the row order of `records`.
     pub(super) record_order: Vec<u32>,
     pub(super) p_parent: Vec<u32>,
     pub(super) p_founder: Vec<u32>,
@@ -405,7 +406,7 @@ impl IdentityGraph {
             v_co: Vec::new(),
             co_pool: Vec::new(),
             linked: Vec::new(),
-            records: Interner::new(),
+            records: Interner::spilling(),
             r: Vec::new(),
             multi: Vec::new(),
             r_ids: Vec::new(),
@@ -465,7 +466,7 @@ impl IdentityGraph {
 
     /// Where the graph's sealed key blocks are, which the output tables' text columns point
     /// into rather than copy (see `Interner::key_views`): for memory accounting that counts
-    /// each buffer once.
+    /// each buffer once (and spilled blocks, page cache, as no heap at all).
     pub fn shared_block_addresses(&self) -> Vec<usize> {
         let mut addresses = self.records.sealed_addresses();
         addresses.extend(self.values.sealed_addresses());
@@ -611,6 +612,7 @@ impl IdentityGraph {
         let mut unknown_at = 0;
         let mut candidates: Vec<u32> = Vec::new();
         let mut additions: Vec<u32> = Vec::new();
+        let mut new_stitched = Bits::new(self.records.len());
         for (position, &(seen_at, record)) in batch.order.iter().enumerate() {
             // The records ahead: their values' flags and profiles now, and the profiles'
             // parents once those profile ids have arrived, half as far ahead.
@@ -660,7 +662,7 @@ impl IdentityGraph {
             }
             summary.records += 1;
             if record >= batch.old_records {
-                self.record_order.push(record);
+                new_stitched.set(record);
             }
             candidates.clear();
             additions.clear();
@@ -716,6 +718,11 @@ impl IdentityGraph {
                 self.restitched.push(record);
             }
         }
+        // New rows in id order, which is the order of the spilled keys in their file: the
+        // records table then reads them in one pass (see `Interner::key_views`).
+        self.record_order.extend(
+            (batch.old_records..self.records.len() as u32).filter(|&r| new_stitched.get(r)),
+        );
     }
 
     /// Links `value` into `profile` (merging its own profile in if limits allow); on refusal,

@@ -11,15 +11,22 @@
 //! (keys are re-interned in id order), and the hash is seeded per process so that crafted
 //! identifiers cannot be chosen to collide. The stable hash behind profile ids lives in
 //! `graph.rs` and is a different, fixed function.
+//!
+//! An interner made with [`Interner::spilling`] writes its full blocks to a scratch file and
+//! maps them back: for keys that are read again only to build output columns and state
+//! (record keys, most of a graph's text), the text then lives in the page cache, which the
+//! kernel can drop and write back, instead of the heap.
 
 use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
-use datafusion::arrow::array::{StringArray, StringViewArray, StringViewBuilder};
+use datafusion::arrow::array::builder::make_view;
+use datafusion::arrow::array::{StringArray, StringViewArray};
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::error::ArrowError;
 
+use super::spill::Spill;
 use crate::prefetch::{AHEAD, prefetch};
 
 const K: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -33,7 +40,7 @@ fn fold_mul(a: u64, b: u64) -> u64 {
 }
 
 #[inline]
-fn hash_bytes(seed: u64, parts: [&[u8]; 2]) -> u64 {
+pub(super) fn hash_bytes(seed: u64, parts: [&[u8]; 2]) -> u64 {
     let mut h = seed ^ (parts[0].len() as u64).wrapping_add((parts[1].len() as u64) << 32);
     for bytes in parts {
         let mut chunks = bytes.chunks_exact(8);
@@ -96,7 +103,11 @@ pub(super) type FastSet<K> = std::collections::HashSet<K, BuildHasherDefault<Fas
 /// reports itself full), and identifiers are never that long. A full block is sealed: it
 /// never changes again, so output columns can point into it instead of copying its keys
 /// (see [`Interner::key_views`]).
-const BLOCK_SHIFT: u32 = 26;
+#[cfg(not(test))]
+pub(super) const BLOCK_SHIFT: u32 = 26;
+/// Unit tests use small blocks, so that graphs of a few thousand keys seal and spill some.
+#[cfg(test)]
+pub(super) const BLOCK_SHIFT: u32 = 16;
 const BLOCK: usize = 1 << BLOCK_SHIFT;
 
 /// Largest id an interner hands out. Ids stay below 2^30 because the graph keeps flags in
@@ -124,6 +135,8 @@ pub(super) struct Interner {
     table: Vec<u64>,
     /// `64 - log2(table.len())`: slots are the top bits of `tag × K` (Fibonacci hashing).
     shift: u32,
+    /// Set for a spilling interner (see [`Interner::spilling`]).
+    spill: Option<Spill>,
 }
 
 impl Interner {
@@ -135,6 +148,19 @@ impl Interner {
             ends: Vec::new(),
             table: vec![0; 1024],
             shift: 64 - 10,
+            spill: None,
+        }
+    }
+
+    /// An interner whose full blocks go to an unlinked scratch file in the temporary
+    /// directory (`TMPDIR`) and are mapped back. Interning compares a 64-bit check per key
+    /// instead of its bytes, so building never reads a spilled key; output columns point into
+    /// the mappings; state and views read the file in order instead. Falls back to the heap
+    /// (with a warning) when the file cannot be created or written.
+    pub(super) fn spilling() -> Self {
+        Interner {
+            spill: Some(Spill::new()),
+            ..Interner::new()
         }
     }
 
@@ -217,10 +243,16 @@ impl Interner {
     /// Keys `first..end` (a run from [`Interner::run_end`]) as Arrow's variable-width layout:
     /// offsets from 0 and their bytes. The bytes of a run in a sealed block are a slice of it,
     /// not a copy (persisting a full build's keys copied hundreds of megabytes into fresh
-    /// pages); a run in the open block, which still grows, is copied.
-    pub(super) fn key_run(&self, first: usize, end: usize) -> (Vec<i32>, Buffer) {
+    /// pages); a run in the open block, which still grows, is copied. A run in a spilled
+    /// block is read from the file: through the mapping, its pages would stay in the
+    /// process's memory for as long as the mapping lives.
+    pub(super) fn key_run(
+        &self,
+        first: usize,
+        end: usize,
+    ) -> Result<(Vec<i32>, Buffer), ArrowError> {
         if end == first {
-            return (vec![0], Buffer::from_vec(Vec::<u8>::new()));
+            return Ok((vec![0], Buffer::from_vec(Vec::<u8>::new())));
         }
         let base = self.start(first);
         let last = self.ends[end - 1] as usize;
@@ -233,23 +265,33 @@ impl Interner {
         );
         // A run lies in one block (see `run_end`): the block of its last byte.
         let block = last.saturating_sub(1) >> BLOCK_SHIFT;
-        let bytes = match self.sealed.get(block) {
-            Some(sealed) if last > base => {
+        let bytes = match (self.spilled(block), self.sealed.get(block)) {
+            (Some(spill), _) => {
+                let mut bytes = vec![0u8; last - base];
+                spill.read(base, &mut bytes)?;
+                Buffer::from_vec(bytes)
+            }
+            (None, Some(sealed)) if last > base => {
                 sealed.slice_with_length(base - (block << BLOCK_SHIFT), last - base)
             }
             _ => Buffer::from_slice_ref(self.slice(base, last)),
         };
-        (offsets, bytes)
+        Ok((offsets, bytes))
+    }
+
+    /// The spill, if block `index` is one of its blocks on file.
+    fn spilled(&self, index: usize) -> Option<&Spill> {
+        self.spill.as_ref().filter(|spill| index < spill.on_file)
     }
 
     /// [`Interner::key_run`] as a string column, for keys without a prefix (record keys).
-    pub(super) fn key_run_text(&self, first: usize, end: usize) -> StringArray {
-        let (offsets, bytes) = self.key_run(first, end);
+    pub(super) fn key_run_text(&self, first: usize, end: usize) -> Result<StringArray, ArrowError> {
+        let (offsets, bytes) = self.key_run(first, end)?;
         // Offsets from `key_run` start at 0 and never decrease.
         let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
         // Safety: the offsets cut `bytes` into whole keys, each UTF-8 (see `Interner`), and
         // lie within it. Checking again cost as much as writing the state's keys.
-        unsafe { StringArray::new_unchecked(offsets, bytes, None) }
+        Ok(unsafe { StringArray::new_unchecked(offsets, bytes, None) })
     }
 
     #[inline]
@@ -267,6 +309,7 @@ impl Interner {
     fn probe(&self, tag: u32, prefix: &[u8], body: &[u8]) -> Result<u32, usize> {
         let mask = self.table.len() - 1;
         let mut slot = self.home(tag);
+        let mut check = None;
         loop {
             let entry = self.table[slot];
             if entry == 0 {
@@ -274,15 +317,29 @@ impl Interner {
             }
             if (entry >> 32) as u32 == tag {
                 let id = entry as u32 - 1;
-                let key = self.key(id);
-                if key.len() == prefix.len() + body.len()
-                    && &key[..prefix.len()] == prefix
-                    && &key[prefix.len()..] == body
-                {
+                if self.is_key(id, prefix, body, &mut check) {
                     return Ok(id);
                 }
             }
             slot = (slot + 1) & mask;
+        }
+    }
+
+    /// Whether key `id` is `prefix ++ body`: by its bytes, or in a spilling interner by its
+    /// length and check (`check` keeps the probed key's check from one candidate to the next).
+    #[inline]
+    fn is_key(&self, id: u32, prefix: &[u8], body: &[u8], check: &mut Option<u64>) -> bool {
+        let len = prefix.len() + body.len();
+        match &self.spill {
+            None => {
+                let key = self.key(id);
+                key.len() == len && &key[..prefix.len()] == prefix && &key[prefix.len()..] == body
+            }
+            Some(spill) => {
+                let i = id as usize;
+                self.ends[i] as usize - self.start(i) == len
+                    && spill.checks[i] == *check.get_or_insert_with(|| spill.check(prefix, body))
+            }
         }
     }
 
@@ -329,22 +386,28 @@ impl Interner {
             .fold(0, |touched, &tag| touched ^ self.touch_slot(tag))
     }
 
-    /// Stage 2: loads the end offset of the entry found in stage 1; returns it for stage 3.
+    /// Stage 2: loads the end offset of the entry found in stage 1 (and, in a spilling
+    /// interner, its check, which is what gets compared); returns a token for stage 3.
     #[inline]
     pub(super) fn touch_end(&self, entry: u64) -> u32 {
         if entry == 0 {
-            0
-        } else {
-            self.ends
-                .get((entry as u32 - 1) as usize)
-                .copied()
-                .unwrap_or(0)
+            return 0;
+        }
+        let i = (entry as u32 - 1) as usize;
+        let end = self.ends.get(i).copied().unwrap_or(0);
+        match &self.spill {
+            Some(spill) => end ^ spill.checks.get(i).map_or(0, |&check| check as u32),
+            None => end,
         }
     }
 
-    /// Stage 3: loads the last byte of that entry's key.
+    /// Stage 3: loads the last byte of that entry's key. Nothing in a spilling interner, whose
+    /// keys are never read back to be compared (the token is then passed through).
     #[inline]
     pub(super) fn touch_bytes(&self, end: u32) -> u8 {
+        if self.spill.is_some() {
+            return end as u8;
+        }
         let last = (end as usize).wrapping_sub(1);
         let index = last >> BLOCK_SHIFT;
         if index > self.sealed.len() {
@@ -373,6 +436,9 @@ impl Interner {
             .filter(|id| *id <= MAX_ID)?;
         let end = u32::try_from(self.append(prefix, body)?).ok()?;
         self.ends.push(end);
+        if let Some(spill) = &mut self.spill {
+            spill.checks.push(spill.check(prefix, body));
+        }
         self.table[slot] = (u64::from(tag) << 32) | u64::from(id + 1);
         if self.ends.len() * 10 > self.table.len() * 7 {
             self.grow();
@@ -389,9 +455,7 @@ impl Interner {
             return None;
         }
         if self.open.len() + len > BLOCK {
-            // Blocks after the first are whole from the start, so nothing large is copied.
-            let full = std::mem::replace(&mut self.open, Vec::with_capacity(BLOCK));
-            self.sealed.push(Buffer::from_vec(full));
+            self.seal();
         }
         let open = &mut self.open;
         // Only the first block grows, from small: graphs of a few keys stay small.
@@ -406,24 +470,83 @@ impl Interner {
         Some((self.sealed.len() << BLOCK_SHIFT) + open.len())
     }
 
+    /// The keys of `ids` as a string column of copies, read in id order (from the file, for
+    /// spilled keys, through [`Heads`]): for the refused table, whose hundreds of thousands of
+    /// records, read at random through the mappings, touched most of their pages.
+    pub(super) fn key_texts(&self, ids: &[u32]) -> Result<StringArray, ArrowError> {
+        let mut offsets = Vec::with_capacity(ids.len() + 1);
+        offsets.push(0i32);
+        let mut total = 0usize;
+        for &id in ids {
+            let i = id as usize;
+            total += self.ends[i] as usize - self.start(i);
+            let offset =
+                i32::try_from(total).map_err(|_| ArrowError::OffsetOverflowError(total))?;
+            offsets.push(offset);
+        }
+        let mut by_id: Vec<u32> = (0..ids.len() as u32).collect();
+        by_id.sort_unstable_by_key(|&row| ids[row as usize]);
+        let mut heads = Heads {
+            interner: self,
+            windowed: true,
+            window: Vec::new(),
+            window_start: 0,
+        };
+        let mut bytes = vec![0u8; total];
+        for row in by_id {
+            let row = row as usize;
+            let (at, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+            let start = self.start(ids[row] as usize);
+            bytes[at..end].copy_from_slice(heads.read(start, end - at)?);
+        }
+        let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
+        // Safety: the offsets ascend from 0 to the bytes' end, each range a whole key, and
+        // keys are UTF-8 (see `Interner`).
+        Ok(unsafe { StringArray::new_unchecked(offsets, Buffer::from_vec(bytes), None) })
+    }
+
+    /// Seals the open block: onto the scratch file in a spilling interner, which then reuses
+    /// the open block's memory, else onto the heap as it is.
+    fn seal(&mut self) {
+        let index = self.sealed.len();
+        let spilled = match &mut self.spill {
+            Some(spill) => spill.store(index, &self.open),
+            None => None,
+        };
+        let block = match spilled {
+            Some(mapped) => {
+                self.open.clear();
+                mapped
+            }
+            // Blocks after the first are whole from the start, so nothing large is copied.
+            None => Buffer::from_vec(std::mem::replace(&mut self.open, Vec::with_capacity(BLOCK))),
+        };
+        self.sealed.push(block);
+    }
+
     /// The keys of `ids`, less their first `skip` bytes (a type prefix), as a string-view
     /// column. Keys in sealed blocks are not copied: the column points into the blocks, which
     /// it then shares with the interner (a full build's records table is tens of millions of
     /// keys, hundreds of megabytes held twice otherwise). Keys in the open block, which still
-    /// grows, are copied. Fails when skipping `skip` bytes would split a character.
+    /// grows, are copied. A view also holds its key's first bytes (all of a short key); those
+    /// of spilled keys are read from the file (see [`Heads`]). Fails when skipping `skip`
+    /// bytes would split a character.
     pub(super) fn key_views(
         &self,
         ids: &[u32],
         skip: usize,
     ) -> Result<StringViewArray, ArrowError> {
-        /// Where a key's text is: inline in its view, in a sealed block, or in the copy.
-        enum Place {
-            Inline,
-            Sealed(usize),
-            Copied,
-        }
-        let mut places = Vec::with_capacity(ids.len());
-        let mut used = vec![false; self.sealed.len()];
+        let mut heads = Heads {
+            interner: self,
+            windowed: ids.is_sorted(),
+            window: Vec::new(),
+            window_start: 0,
+        };
+        let mut views = Vec::with_capacity(ids.len());
+        // The column's buffers, each sealed block and the copy taking an index as first used.
+        let mut buffers: Vec<Buffer> = Vec::new();
+        let mut block_index: Vec<Option<u32>> = vec![None; self.sealed.len()];
+        let mut copy_index = None;
         let mut copied: Vec<u8> = Vec::new();
         for (k, &id) in ids.iter().enumerate() {
             // Keys are read at random: the end offsets of the ones ahead are asked for now.
@@ -432,62 +555,50 @@ impl Interner {
             }
             let (start, end) = (self.start(id as usize), self.ends[id as usize] as usize);
             let start = (start + skip).min(end);
-            let len = (end - start) as u32;
-            // Views hold up to 12 bytes themselves (Arrow's layout).
-            if len <= 12 {
-                places.push((Place::Inline, start, len));
+            let len = end - start;
+            let head = heads.read(start, len.min(INLINE))?;
+            if len <= INLINE {
+                // Short keys are copied into their views: checked as they are, cheaply.
+                std::str::from_utf8(head)
+                    .map_err(|e| ArrowError::InvalidArgumentError(e.to_string()))?;
+                views.push(make_view(head, 0, 0));
                 continue;
             }
+            check_boundary(head)?;
             let block = (end - 1) >> BLOCK_SHIFT;
-            if block < self.sealed.len() {
-                used[block] = true;
-                places.push((Place::Sealed(block), start - (block << BLOCK_SHIFT), len));
+            let (buffer, offset) = if block < self.sealed.len() {
+                let index = *block_index[block].get_or_insert_with(|| {
+                    buffers.push(self.sealed[block].clone());
+                    buffers.len() as u32 - 1
+                });
+                (index, start - (block << BLOCK_SHIFT))
             } else {
-                places.push((Place::Copied, copied.len(), len));
+                let index = *copy_index.get_or_insert_with(|| {
+                    // Filled in with the copy once it is whole.
+                    buffers.push(Buffer::from_vec(Vec::<u8>::new()));
+                    buffers.len() as u32 - 1
+                });
                 copied.extend_from_slice(self.slice(start, end));
-            }
+                (index, copied.len() - len)
+            };
+            views.push(long_view(len, head, buffer, offset));
         }
-        let mut views = StringViewBuilder::with_capacity(ids.len());
-        let mut block_ids = vec![0u32; self.sealed.len()];
-        for (block, _) in used.iter().enumerate().filter(|(_, used)| **used) {
-            block_ids[block] = views.append_block(self.sealed[block].clone());
+        if let Some(index) = copy_index {
+            buffers[index as usize] = Buffer::from_vec(copied);
         }
-        let copied = Buffer::from_vec(copied);
-        let copy_id = if copied.is_empty() {
-            0
-        } else {
-            views.append_block(copied.clone())
-        };
-        for (place, at, len) in places {
-            match place {
-                Place::Inline => {
-                    // Short keys are copied into their views: checked as they are, cheaply.
-                    let text = std::str::from_utf8(self.slice(at, at + len as usize))
-                        .map_err(|e| ArrowError::InvalidArgumentError(e.to_string()))?;
-                    views.append_value(text);
-                }
-                Place::Sealed(block) => {
-                    let bytes = self.sealed[block].as_slice();
-                    check_boundary(bytes, at)?;
-                    // Safety: the block was appended above and holds `at..at + len`, the end
-                    // of one key; keys are UTF-8 (see `Interner`) and the range starts on a
-                    // character (checked above), so it is UTF-8 too.
-                    unsafe { views.append_view_unchecked(block_ids[block], at as u32, len) }
-                }
-                Place::Copied => {
-                    check_boundary(copied.as_slice(), at)?;
-                    // Safety: as above, in the copy of the open block's keys.
-                    unsafe { views.append_view_unchecked(copy_id, at as u32, len) }
-                }
-            }
-        }
-        Ok(views.finish())
+        // Safety: each view names a buffer above and a range in it that is the end of one key
+        // from a character's start (checked), and keys are UTF-8 (see `Interner`); short keys
+        // were checked whole.
+        Ok(unsafe { StringViewArray::new_unchecked(ScalarBuffer::from(views), buffers, None) })
     }
 
     /// Gives back arena space beyond a little headroom (see `IdentityGraph::trim`).
     pub(super) fn trim(&mut self) {
         trim(&mut self.open);
         trim(&mut self.ends);
+        if let Some(spill) = &mut self.spill {
+            trim(&mut spill.checks);
+        }
     }
 
     /// The addresses of the sealed blocks (see `IdentityGraph::shared_block_addresses`).
@@ -498,9 +609,18 @@ impl Interner {
             .collect()
     }
 
-    /// Bytes of heap held.
+    /// Bytes of heap held: spilled blocks are page cache, not heap.
     pub(super) fn heap_bytes(&self) -> usize {
-        self.sealed.iter().map(Buffer::capacity).sum::<usize>()
+        let on_file = self.spill.as_ref().map_or(0, |spill| spill.on_file);
+        let checks = self
+            .spill
+            .as_ref()
+            .map_or(0, |spill| heap_of(&spill.checks));
+        self.sealed[on_file..]
+            .iter()
+            .map(Buffer::capacity)
+            .sum::<usize>()
+            + checks
             + heap_of(&self.open)
             + heap_of(&self.sealed)
             + heap_of(&self.ends)
@@ -510,6 +630,9 @@ impl Interner {
     /// Makes room for `additional` more keys without growing the table on the way.
     pub(super) fn reserve(&mut self, additional: usize) {
         self.ends.reserve(additional);
+        if let Some(spill) = &mut self.spill {
+            spill.checks.reserve(additional);
+        }
         while (self.ends.len() + additional) * 10 > self.table.len() * 7 {
             self.grow();
         }
@@ -564,14 +687,63 @@ impl Interner {
     }
 }
 
-/// Fails unless byte `at` of `bytes` starts a character: where a key's view starts once
-/// a prefix is skipped. Reads the byte that building the view reads next anyway.
-fn check_boundary(bytes: &[u8], at: usize) -> Result<(), ArrowError> {
-    match bytes.get(at) {
+/// Bytes a string view holds itself (Arrow's layout); longer keys are pointed at.
+const INLINE: usize = 12;
+
+/// The view of a key longer than [`INLINE`] bytes, from its first bytes (`head`, at least 4),
+/// in Arrow's layout: length, 4-byte prefix, buffer index, offset.
+fn long_view(len: usize, head: &[u8], buffer: u32, offset: usize) -> u128 {
+    let prefix = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    u128::from(len as u32)
+        | (u128::from(prefix) << 32)
+        | (u128::from(buffer) << 64)
+        | (u128::from(offset as u32) << 96)
+}
+
+/// Fails unless `head` (a key's text once a prefix is skipped) starts on a character.
+fn check_boundary(head: &[u8]) -> Result<(), ArrowError> {
+    match head.first() {
         Some(&b) if b & 0xC0 != 0x80 => Ok(()),
         _ => Err(ArrowError::InvalidArgumentError(
             "an interned key's view does not start on a character".into(),
         )),
+    }
+}
+
+/// Spilled keys' first bytes are read from the file through a window of this many bytes.
+const WINDOW: usize = 256 << 10;
+
+/// Reads the first bytes of keys for their views (see [`Interner::key_views`]). Those of
+/// spilled keys come from the file: through the mappings, a full build's records table would
+/// bring every page of them back into the process's memory. Keys asked for in ascending
+/// order (the records table's) cost one read per window; others are read through the mapping.
+struct Heads<'i> {
+    interner: &'i Interner,
+    windowed: bool,
+    window: Vec<u8>,
+    /// The position of `window[0]`.
+    window_start: usize,
+}
+
+impl Heads<'_> {
+    /// Positions `start..start + len`, which lie in one block.
+    fn read(&mut self, start: usize, len: usize) -> Result<&[u8], ArrowError> {
+        let interner = self.interner;
+        let end = start + len;
+        let spill = match interner.spilled(start >> BLOCK_SHIFT) {
+            Some(spill) if self.windowed && len > 0 => spill,
+            _ => return Ok(interner.slice(start, end)),
+        };
+        let window_end = self.window_start + self.window.len();
+        if start < self.window_start || end > window_end {
+            let block = start >> BLOCK_SHIFT;
+            let block_end = (block << BLOCK_SHIFT) + interner.sealed[block].len();
+            self.window
+                .resize((start + WINDOW).min(block_end).max(end) - start, 0);
+            spill.read(start, &mut self.window)?;
+            self.window_start = start;
+        }
+        Ok(&self.window[start - self.window_start..end - self.window_start])
     }
 }
 
@@ -597,8 +769,8 @@ mod tests {
     #[test]
     fn keys_never_straddle_blocks_and_runs_stop_at_their_end() {
         let mut interner = Interner::new();
-        // 3 MiB keys: 21 fill a block with 1 MiB left, so the 22nd starts the next one.
-        let key = |i: u8| char::from(b'A' + i).to_string().repeat(3 << 20);
+        // Keys of 3/64 of a block: 21 fill a block with 1/64 left, so the 22nd starts the next.
+        let key = |i: u8| char::from(b'A' + i).to_string().repeat(3 * (BLOCK >> 6));
         let prefix = |i: u8| char::from(i).to_string();
         for i in 0..30u8 {
             assert_eq!(
@@ -609,19 +781,22 @@ mod tests {
         assert_eq!(interner.sealed.len(), 1);
         for i in 0..30u8 {
             let found = interner.key(u32::from(i));
-            assert_eq!((found[0], found.len()), (i, (3 << 20) + 1));
+            assert_eq!((found[0], found.len()), (i, 3 * (BLOCK >> 6) + 1));
             assert!(found[1..].iter().all(|&b| b == b'A' + i));
         }
         // A run from key 0 ends where the first block does, whatever the limits.
         let end = interner.run_end(0, 100, usize::MAX);
         assert_eq!(end, 21);
-        let (offsets, bytes) = interner.key_run(0, end);
-        assert_eq!(bytes.len(), 21 * ((3 << 20) + 1));
+        let (offsets, bytes) = interner.key_run(0, end).unwrap();
+        assert_eq!(bytes.len(), 21 * (3 * (BLOCK >> 6) + 1));
         // The sealed block's own bytes, not a copy.
         assert_eq!(bytes.as_ptr(), interner.sealed[0].as_ptr());
         assert_eq!(offsets.len(), 22);
         assert_eq!(interner.run_end(end, 100, usize::MAX), 30);
-        assert_eq!(interner.key_run(21, 30).0[9] as usize, 9 * ((3 << 20) + 1));
+        assert_eq!(
+            interner.key_run(21, 30).unwrap().0[9] as usize,
+            9 * (3 * (BLOCK >> 6) + 1)
+        );
         // Found again, with their ids.
         assert_eq!(interner.get(&[25], key(25).as_bytes()), Some(25));
         // Longer than a block: refused, not split.
@@ -633,8 +808,8 @@ mod tests {
     #[test]
     fn key_views_share_sealed_blocks_and_copy_the_open_one() {
         let mut interner = Interner::new();
-        // 3 MiB keys: 21 fill the first block, sealed when the 22nd arrives.
-        let big = |i: u8| format!("{i:02}{}", "k".repeat(3 << 20));
+        // Keys of 3/64 of a block: 21 fill the first block, sealed when the 22nd arrives.
+        let big = |i: u8| format!("{i:02}{}", "k".repeat(3 * (BLOCK >> 6)));
         for i in 0..25u8 {
             interner.intern("\u{7}", &big(i)).unwrap();
         }
@@ -743,5 +918,96 @@ mod tests {
             assert_eq!(&interner.key(i)[1..], body.as_bytes());
             assert_eq!(interner.key_text(i, 1), body);
         }
+    }
+
+    /// Keys of varied lengths (some short enough to sit inline in a view), a few blocks' worth.
+    fn record_keys() -> Vec<String> {
+        (0..20_000)
+            .map(|i| format!("r{i}-{}", "x".repeat(i % 41)))
+            .collect()
+    }
+
+    /// Every key of `keys` is found again under its id, read back whole, and comes out the
+    /// same from runs (the state) and views (the tables), in either order.
+    fn assert_reads_back(interner: &mut Interner, keys: &[String]) {
+        for (id, key) in keys.iter().enumerate() {
+            let id = id as u32;
+            assert_eq!(interner.get(b"", key.as_bytes()), Some(id));
+            assert_eq!(interner.intern("", key), Some((id, false)));
+            assert_eq!(interner.key_text(id, 0), key.as_str());
+            // Same length and one byte off, or one byte longer: other keys.
+            let mut near = key.clone().into_bytes();
+            near[0] = b's';
+            assert_eq!(interner.get(b"", &near), None);
+            assert_eq!(interner.get(b"", format!("{key}!").as_bytes()), None);
+        }
+        let mut from_runs = Vec::new();
+        let mut first = 0;
+        while first < interner.len() {
+            let end = interner.run_end(first, 3000, usize::MAX);
+            let run = interner.key_run_text(first, end).unwrap();
+            from_runs.extend(run.iter().map(|k| k.unwrap().to_string()));
+            first = end;
+        }
+        assert_eq!(from_runs, keys);
+        let ascending: Vec<u32> = (0..keys.len() as u32).collect();
+        let descending: Vec<u32> = ascending.iter().rev().copied().collect();
+        for ids in [ascending, descending] {
+            let views = interner.key_views(&ids, 0).unwrap();
+            let texts = interner.key_texts(&ids).unwrap();
+            for (row, &id) in ids.iter().enumerate() {
+                assert_eq!(views.value(row), keys[id as usize]);
+                assert_eq!(texts.value(row), keys[id as usize]);
+            }
+        }
+    }
+
+    /// A spilling interner's full blocks are on file, mapped, and off its heap; it finds keys
+    /// by their checks, and its runs and views read the same text back (runs as copies, so
+    /// that the state does not bring the mapped pages back into memory).
+    #[test]
+    fn a_spilling_interner_maps_its_full_blocks_and_reads_them_back() {
+        let keys = record_keys();
+        let mut spilling = Interner::spilling();
+        let mut plain = Interner::new();
+        for (id, key) in keys.iter().enumerate() {
+            assert_eq!(spilling.intern("", key), Some((id as u32, true)));
+            plain.intern("", key).unwrap();
+        }
+        let spill = spilling.spill.as_ref().unwrap();
+        assert!(spill.on_file >= 3, "{} blocks on file", spill.on_file);
+        assert_eq!(spill.on_file, spilling.sealed.len());
+        let on_file: usize = spilling.sealed.iter().map(Buffer::len).sum();
+        assert!(
+            plain.heap_bytes() + heap_of(&spill.checks) >= spilling.heap_bytes() + on_file,
+            "the blocks on file are not heap"
+        );
+        assert_reads_back(&mut spilling, &keys);
+        // Runs are copies; views of long keys point into the mappings themselves.
+        let (_, bytes) = spilling.key_run(0, 10).unwrap();
+        assert_ne!(bytes.as_ptr(), spilling.sealed[0].as_ptr());
+        let views = spilling.key_views(&[40, 41], 0).unwrap();
+        assert_eq!(
+            views.data_buffers()[0].as_ptr(),
+            spilling.sealed[0].as_ptr()
+        );
+    }
+
+    /// When the scratch file cannot be written, blocks stay on the heap and nothing is lost.
+    #[test]
+    fn a_spill_that_cannot_write_keeps_its_blocks_on_the_heap() {
+        let keys = record_keys();
+        let mut interner = Interner::spilling();
+        // Opened for reading only: every write fails.
+        let read_only = std::fs::File::open("/dev/null").unwrap();
+        interner.spill.as_mut().unwrap().file = Some(read_only);
+        for key in &keys {
+            interner.intern("", key).unwrap();
+        }
+        let spill = interner.spill.as_ref().unwrap();
+        assert!(spill.failed);
+        assert_eq!(spill.on_file, 0);
+        assert!(interner.sealed.len() >= 3);
+        assert_reads_back(&mut interner, &keys);
     }
 }

@@ -11,5 +11,6 @@ pub mod manager;
 pub mod normalize;
 mod output;
 mod rules;
+mod spill;
 pub mod state;
 pub mod tables;

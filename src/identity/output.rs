@@ -1,8 +1,10 @@
 //! The identity graph's four output tables (identities, records, merges, refused) as Arrow.
 //!
-//! Rows come out in the order the graph made them (values in the order they joined a profile,
-//! records in the order first stitched, merges and refusals as they happened), which depends
-//! only on the data, so the same rows always give byte-identical tables.
+//! Rows come out in the order the graph made them: values in the order they joined a profile,
+//! merges and refusals as they happened, which depend only on the data, so the same rows give
+//! byte-identical tables; records batch by batch in the order their keys were first read, the
+//! order of their text in the graph's scratch file (see `Interner::spilling`), so that the
+//! table is built in one pass over it.
 
 use std::sync::Arc;
 
@@ -143,8 +145,17 @@ impl IdentityGraph {
     /// The refused table from its row `start` on.
     pub(super) fn refused_from(&self, start: usize) -> Result<Vec<RecordBatch>, GraphError> {
         let mut out = TableWriter::new("refused", refused_schema(), OUTPUT_ROWS)?;
-        for refusal in self.refusals.get(start..).unwrap_or_default() {
-            out.str(0, &self.record_text(refusal.record));
+        let refusals = self.refusals.get(start..).unwrap_or_default();
+        let records: Vec<u32> = refusals.iter().map(|refusal| refusal.record).collect();
+        let record_keys = self
+            .records
+            .key_texts(&records)
+            .map_err(|e| GraphError::Arrow {
+                table: "refused".into(),
+                message: e.to_string(),
+            })?;
+        for (row, refusal) in refusals.iter().enumerate() {
+            out.str(0, record_keys.value(row));
             match refusal.what {
                 Refused::Value(value) => {
                     out.str(1, self.rules.type_name(self.type_of(value)));

@@ -110,6 +110,14 @@ fn some(x: u32) -> Option<u32> {
     (x != NONE).then_some(x)
 }
 
+/// A part's keys could not be read back (from a spilled block's scratch file).
+fn key_error(part: &str, e: datafusion::arrow::error::ArrowError) -> GraphError {
+    GraphError::State {
+        part: part.into(),
+        message: e.to_string(),
+    }
+}
+
 /// Inverts an order list into ranks by id.
 fn ranks(order: &[u32], len: usize) -> Vec<u32> {
     let mut rank = vec![NONE; len];
@@ -619,9 +627,12 @@ impl IdentityGraph {
                 linked_rank.get_or_insert_with(|| ranks(&self.linked, self.v_meta.len()));
             let end = self.values.run_end(first, STATE_ROWS, MAX_TEXT_BYTES);
             next = (end < self.values.len()).then_some(end);
-            let (offsets, bytes) = self.values.key_run(first, end);
             let rows = first..end;
             let columns = || -> Result<Vec<ArrayRef>, GraphError> {
+                let (offsets, bytes) = self
+                    .values
+                    .key_run(first, end)
+                    .map_err(|e| key_error("values", e))?;
                 Ok(vec![
                     byte_column::<BinaryType>(offsets, bytes)?,
                     Arc::new(UInt8Array::from_iter_values(
@@ -657,7 +668,11 @@ impl IdentityGraph {
             next = (end < self.records.len()).then_some(end);
             let columns = || -> Result<Vec<ArrayRef>, GraphError> {
                 Ok(vec![
-                    Arc::new(self.records.key_run_text(first, end)),
+                    Arc::new(
+                        self.records
+                            .key_run_text(first, end)
+                            .map_err(|e| key_error("records", e))?,
+                    ),
                     Arc::new(UInt32Array::from_iter(
                         (first..end).map(|r| some(self.record_profile(r as u32))),
                     )),

@@ -3,7 +3,7 @@
 //! A full rebuild of the tables copies every record key and formats every profile id: tens of
 //! millions of rows, seconds of work, for a refresh that added a few thousand. What a refresh
 //! can change is narrow:
-//! - rows are only ever added, at the end (records in the order first stitched, values in the
+//! - rows are only ever added, at the end (records batch by batch in id order, values in the
 //!   order they joined a profile, merges and refusals as they happen);
 //! - a row's profile changes only when its profile is merged into another, and then the row's
 //!   old root is one of the `from` slots of the new merges;
