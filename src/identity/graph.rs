@@ -124,6 +124,8 @@ pub enum GraphError {
     Capacity { what: &'static str },
     #[error("identity graph: building table {table}: {message}")]
     Arrow { table: String, message: String },
+    #[error("identity graph: reading record keys back from its scratch file: {0}")]
+    Spill(String),
 }
 
 /// Why an identifier was refused, as shown in the `reason` column of [`IdentityGraph::refused`].

@@ -161,7 +161,7 @@ impl IdentityGraph {
             }
         };
         order.extend(old_seen);
-        self.sort_into_processing_order(&mut order);
+        self.sort_into_processing_order(&mut order)?;
         let mut rank = vec![0u32; order.len()];
         for (position, &(_, record)) in order.iter().enumerate() {
             rank[local_of(record)] = position as u32;
@@ -394,20 +394,46 @@ impl IdentityGraph {
     }
 
     /// Sorts `(seen_at, record)` into processing order: by time, then record key.
-    fn sort_into_processing_order(&self, order: &mut [(i64, u32)]) {
+    fn sort_into_processing_order(&self, order: &mut [(i64, u32)]) -> Result<(), GraphError> {
         // Sort by time first (integers, fast); only records that share a time need their keys
         // compared, and record ids (which follow input order) must not decide.
         sort_on_all_cores(order);
+        let mut ties = Vec::new();
         let mut start = 0;
         while start < order.len() {
             let at = order[start].0;
             let end = start + order[start..].iter().take_while(|(t, _)| *t == at).count();
             if end - start > 1 {
-                order[start..end]
-                    .sort_unstable_by(|a, b| self.records.key(a.1).cmp(self.records.key(b.1)));
+                ties.push(start..end);
             }
             start = end;
         }
+        if ties.is_empty() {
+            return Ok(());
+        }
+        // The tied records' keys are read in one pass in file order, not one by one through
+        // the mappings: a source with many ties (an import stamped with one time) would bring
+        // most of the spilled keys back into the process's memory for good.
+        let tied: Vec<u32> = ties
+            .iter()
+            .flat_map(|run| order[run.clone()].iter().map(|&(_, record)| record))
+            .collect();
+        let keys = self
+            .records
+            .key_texts(&tied)
+            .map_err(|e| GraphError::Spill(e.to_string()))?;
+        let mut by_key: Vec<(&str, u32)> = Vec::new();
+        let mut first = 0;
+        for run in ties {
+            by_key.clear();
+            by_key.extend((first..first + run.len()).map(|i| (keys.value(i), tied[i])));
+            first += run.len();
+            by_key.sort_unstable();
+            for (slot, &(_, record)) in order[run].iter_mut().zip(&by_key) {
+                slot.1 = record;
+            }
+        }
+        Ok(())
     }
 }
 
