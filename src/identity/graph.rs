@@ -124,8 +124,15 @@ pub enum GraphError {
     Capacity { what: &'static str },
     #[error("identity graph: building table {table}: {message}")]
     Arrow { table: String, message: String },
-    #[error("identity graph: reading record keys back from its scratch file: {0}")]
+    #[error("identity graph: reading keys back from its scratch file: {0}")]
     Spill(String),
+}
+
+impl GraphError {
+    /// Keys could not be read back from a spilling interner's scratch file.
+    pub(super) fn spill(e: datafusion::arrow::error::ArrowError) -> GraphError {
+        GraphError::Spill(e.to_string())
+    }
 }
 
 /// Why an identifier was refused, as shown in the `reason` column of [`IdentityGraph::refused`].

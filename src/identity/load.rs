@@ -418,10 +418,7 @@ impl IdentityGraph {
             .iter()
             .flat_map(|run| order[run.clone()].iter().map(|&(_, record)| record))
             .collect();
-        let keys = self
-            .records
-            .key_texts(&tied)
-            .map_err(|e| GraphError::Spill(e.to_string()))?;
+        let keys = self.records.key_texts(&tied).map_err(GraphError::spill)?;
         let mut by_key: Vec<(&str, u32)> = Vec::new();
         let mut first = 0;
         for run in ties {

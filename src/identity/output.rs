@@ -150,10 +150,7 @@ impl IdentityGraph {
         let record_keys = self
             .records
             .key_texts(&records)
-            .map_err(|e| GraphError::Arrow {
-                table: "refused".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(GraphError::spill)?;
         for (row, refusal) in refusals.iter().enumerate() {
             out.str(0, record_keys.value(row));
             match refusal.what {

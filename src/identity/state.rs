@@ -110,14 +110,6 @@ fn some(x: u32) -> Option<u32> {
     (x != NONE).then_some(x)
 }
 
-/// A part's keys could not be read back (from a spilled block's scratch file).
-fn key_error(part: &str, e: datafusion::arrow::error::ArrowError) -> GraphError {
-    GraphError::State {
-        part: part.into(),
-        message: e.to_string(),
-    }
-}
-
 /// Inverts an order list into ranks by id.
 fn ranks(order: &[u32], len: usize) -> Vec<u32> {
     let mut rank = vec![NONE; len];
@@ -629,10 +621,8 @@ impl IdentityGraph {
             next = (end < self.values.len()).then_some(end);
             let rows = first..end;
             let columns = || -> Result<Vec<ArrayRef>, GraphError> {
-                let (offsets, bytes) = self
-                    .values
-                    .key_run(first, end)
-                    .map_err(|e| key_error("values", e))?;
+                let (offsets, bytes) =
+                    self.values.key_run(first, end).map_err(GraphError::spill)?;
                 Ok(vec![
                     byte_column::<BinaryType>(offsets, bytes)?,
                     Arc::new(UInt8Array::from_iter_values(
@@ -671,7 +661,7 @@ impl IdentityGraph {
                     Arc::new(
                         self.records
                             .key_run_text(first, end)
-                            .map_err(|e| key_error("records", e))?,
+                            .map_err(GraphError::spill)?,
                     ),
                     Arc::new(UInt32Array::from_iter(
                         (first..end).map(|r| some(self.record_profile(r as u32))),
