@@ -9,6 +9,10 @@
 /// for the line to arrive, and not so far that it is evicted before it is used.
 pub(crate) const AHEAD: usize = 8;
 
+/// How far ahead loops that do only a few nanoseconds of work per element prefetch (writing
+/// a graph's state: a row per record read at random): a miss then spans a few dozen of them.
+pub(crate) const AHEAD_FAST: usize = 32;
+
 /// Starts loading `items[index]` into the caches without waiting for it. Out-of-range indices
 /// are ignored: a prefetch is only a hint.
 #[inline(always)]

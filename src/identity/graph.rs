@@ -606,6 +606,45 @@ impl IdentityGraph {
         }
     }
 
+    /// Asks for what [`IdentityGraph::record_profile`] of `record` reads, some iterations
+    /// before a loop over records in id order gets to it (their entries are read at random).
+    pub(super) fn prefetch_record_profile(&self, record: usize) {
+        match self.r.get(record) {
+            Some(&entry) if entry != NONE && entry & MULTI != 0 => {
+                prefetch(&self.multi, (entry & !MULTI) as usize)
+            }
+            Some(&value) if value & SINGLE_REFUSED == 0 => {
+                prefetch(&self.v_profile, value as usize)
+            }
+            _ => {}
+        }
+    }
+
+    /// Asks for the `multi` entry of `record`, the first of two steps before
+    /// [`IdentityGraph::record_ids`] of it (see [`IdentityGraph::prefetch_record_ids`]).
+    pub(super) fn prefetch_multi_entry(&self, record: usize) {
+        if let Some(&entry) = self.r.get(record)
+            && entry != NONE
+            && entry & MULTI != 0
+        {
+            prefetch(&self.multi, (entry & !MULTI) as usize);
+        }
+    }
+
+    /// Asks for the identifier list of `record`: reads its `multi` entry, which
+    /// [`IdentityGraph::prefetch_multi_entry`] should have asked for some iterations before.
+    pub(super) fn prefetch_record_ids(&self, record: usize) {
+        if let Some(&entry) = self.r.get(record)
+            && entry != NONE
+            && entry & MULTI != 0
+        {
+            prefetch(
+                &self.r_ids,
+                self.multi[(entry & !MULTI) as usize].start as usize,
+            );
+        }
+    }
+
     /// The record's profile slot (follow `p_parent` for its current profile), or `NONE`.
     pub(super) fn record_profile(&self, record: u32) -> u32 {
         match self.r[record as usize] {

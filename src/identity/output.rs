@@ -13,6 +13,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 
 use super::batch::{OUTPUT_ROWS, TableWriter};
 use super::graph::{GraphError, IdentityGraph, NONE, Refused};
+use crate::prefetch::{AHEAD, prefetch};
 
 fn timestamp() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -125,7 +126,14 @@ impl IdentityGraph {
     pub(super) fn merges_from(&self, start: usize) -> Result<Vec<RecordBatch>, GraphError> {
         let mut out = TableWriter::new("merges", merges_schema(), OUTPUT_ROWS)?;
         let mut ids = IdFormatter::new();
-        for merge in self.merges.get(start..).unwrap_or_default() {
+        let merges = self.merges.get(start..).unwrap_or_default();
+        for (i, merge) in merges.iter().enumerate() {
+            // Profiles and values are read at random.
+            if let Some(ahead) = merges.get(i + AHEAD) {
+                prefetch(&self.p_hash, ahead.from as usize);
+                prefetch(&self.p_hash, ahead.into as usize);
+                prefetch(&self.v_meta, ahead.via as usize);
+            }
             out.str(0, ids.format(self.p_hash[merge.from as usize]));
             out.str(1, ids.format(self.p_hash[merge.into as usize]));
             out.i64(2, merge.at);

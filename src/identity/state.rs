@@ -20,6 +20,7 @@ use super::graph::{
 };
 use super::hubs::block_size;
 use super::load::{type_prefix, unknown_body};
+use crate::prefetch::{AHEAD_FAST, prefetch};
 
 /// Keys whose hash-table slots are loaded together on reload, so that the cache misses of
 /// inserting millions of keys overlap (see `Interner`).
@@ -137,6 +138,10 @@ impl IdentityGraph {
             built("profiles", || {
                 let mut out = writer("profiles")?;
                 for slot in 0..self.p_parent.len() {
+                    // Parents are read at random (most are roots, one step up).
+                    if let Some(&parent) = self.p_parent.get(slot + AHEAD_FAST) {
+                        prefetch(&self.p_parent, parent as usize);
+                    }
                     out.u32(0, Some(self.p_founder[slot]));
                     out.i64(1, self.p_born[slot]);
                     out.u32(2, Some(self.root(slot as u32)));
@@ -148,6 +153,10 @@ impl IdentityGraph {
             built("cooccur", || {
                 let mut out = writer("cooccur")?;
                 for (v, &(start, len)) in self.v_co.iter().enumerate() {
+                    // Each value's list is a block of the pool, at random.
+                    if let Some(&(ahead, _)) = self.v_co.get(v + AHEAD_FAST) {
+                        prefetch(&self.co_pool, ahead as usize);
+                    }
                     for &other in &self.co_pool[start as usize..(start + len) as usize] {
                         out.u32(0, Some(v as u32));
                         out.u32(1, Some(other));
@@ -663,9 +672,10 @@ impl IdentityGraph {
                             .key_run_text(first, end)
                             .map_err(GraphError::spill)?,
                     ),
-                    Arc::new(UInt32Array::from_iter(
-                        (first..end).map(|r| some(self.record_profile(r as u32))),
-                    )),
+                    Arc::new(UInt32Array::from_iter((first..end).map(|r| {
+                        self.prefetch_record_profile(r + AHEAD_FAST);
+                        some(self.record_profile(r as u32))
+                    }))),
                     Arc::new(UInt32Array::from_iter(
                         record_rank[first..end].iter().map(|&r| some(r)),
                     )),
@@ -684,6 +694,10 @@ impl IdentityGraph {
             let mut values: Vec<u32> = Vec::with_capacity(STATE_ROWS);
             let mut refused = BooleanBufferBuilder::new(STATE_ROWS);
             while r < self.r.len() && records.len() < STATE_ROWS {
+                // Lists of records with several identifiers are read at random, through
+                // their entries: each in two steps, the entry first.
+                self.prefetch_multi_entry(r + 2 * AHEAD_FAST);
+                self.prefetch_record_ids(r + AHEAD_FAST);
                 for id in self.record_ids(r as u32).iter() {
                     records.push(r as u32);
                     values.push(id & !REFUSED_BIT);

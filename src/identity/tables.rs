@@ -28,7 +28,7 @@ use super::batch::batch_of;
 use super::bits::Bits;
 use super::graph::{GraphError, IdentityGraph, NONE, SinceTables};
 use super::output::{identities_schema, records_schema};
-use crate::prefetch::{AHEAD, prefetch};
+use crate::prefetch::{AHEAD, AHEAD_FAST, prefetch};
 
 /// Positions per chunk: one output batch each.
 const CHUNK: usize = 65_536;
@@ -150,9 +150,10 @@ impl GraphTables {
             let records = &graph.record_order[first..end];
             let mut rows = Vec::with_capacity(records.len());
             for (i, &record) in records.iter().enumerate() {
-                // Records are read at random: the entries of the ones ahead are asked for now.
-                if let Some(&ahead) = records.get(i + AHEAD) {
-                    prefetch(&graph.r, ahead as usize);
+                // Records come in id order, but what their entries point to is read at
+                // random: asked for now for the ones ahead.
+                if let Some(&ahead) = records.get(i + AHEAD_FAST) {
+                    graph.prefetch_record_profile(ahead as usize);
                 }
                 if graph.record_profile(record) != NONE {
                     rows.push(record);
@@ -160,9 +161,9 @@ impl GraphTables {
             }
             rows
         };
-        let record_root = |record: u32| {
-            let profile = graph.record_profile(record);
-            (profile != NONE).then(|| graph.root(profile))
+        let record_profiles = Profiles {
+            slot: &|record| graph.record_profile(record),
+            ask: &|record| graph.prefetch_record_profile(record as usize),
         };
         let record_columns = |members: &[u32]| -> Result<Vec<ArrayRef>, GraphError> {
             let keys = graph.records.key_views(members, 0).map_err(arrow_error)?;
@@ -176,7 +177,7 @@ impl GraphTables {
             &moved,
             Some(&mut again),
             &record_rows,
-            &record_root,
+            &record_profiles,
             &record_columns,
         )?;
         // A re-stitched record not found among the rows had no profile and may have one now:
@@ -198,9 +199,13 @@ impl GraphTables {
                 .map(|(position, _)| position / self.chunk_rows)
                 .collect();
             stale.dedup();
-            let kept =
-                self.records
-                    .rebuild(graph, &stale, &record_rows, &record_root, &record_columns)?;
+            let kept = self.records.rebuild(
+                graph,
+                &stale,
+                &record_rows,
+                &record_profiles,
+                &record_columns,
+            )?;
             records.kept_rows = records.kept_rows.min(kept);
             for (_, rows) in &mut records.changed {
                 rows.retain(|&row| (row as usize) < kept);
@@ -208,7 +213,10 @@ impl GraphTables {
         }
 
         let value_rows = |first: usize, end: usize| graph.linked[first..end].to_vec();
-        let value_root = |value: u32| Some(graph.root(graph.v_profile[value as usize]));
+        let value_profiles = Profiles {
+            slot: &|value| graph.v_profile[value as usize],
+            ask: &|value| prefetch(&graph.v_profile, value as usize),
+        };
         let value_columns = |members: &[u32]| -> Result<Vec<ArrayRef>, GraphError> {
             let mut types = StringBuilder::with_capacity(members.len(), members.len() * 8);
             for &value in members {
@@ -226,7 +234,7 @@ impl GraphTables {
             &moved,
             None,
             &value_rows,
-            &value_root,
+            &value_profiles,
             &value_columns,
         )?;
 
@@ -387,7 +395,7 @@ impl Chunked {
         moved: &Bits,
         mut again: Option<&mut Bits>,
         rows: &Rows<'_>,
-        root_of: &RootOf<'_>,
+        profiles: &Profiles<'_>,
         columns: &Columns<'_>,
     ) -> Result<Changes, GraphError> {
         // Chunks are patched on as many threads as there are cores: a refresh touches nearly
@@ -408,7 +416,7 @@ impl Chunked {
             let mut row_base = row_base;
             for (offset, chunk) in part.iter_mut().enumerate() {
                 let (changed, lost) =
-                    chunk.reroot(graph, moved, flags, root_of, &mut patched.taken);
+                    chunk.reroot(graph, moved, flags, profiles, &mut patched.taken);
                 if lost {
                     patched.stale.push(first_index + offset);
                 } else if !changed.is_empty() {
@@ -457,7 +465,7 @@ impl Chunked {
                 }
             }
         }
-        let mut kept_rows = self.rebuild(graph, &stale, rows, root_of, columns)?;
+        let mut kept_rows = self.rebuild(graph, &stale, rows, profiles, columns)?;
         // A short last chunk is rebuilt with the new positions, so chunks stay full.
         if let Some(last) = self.chunks.last()
             && last.end - last.first < chunk_rows
@@ -473,7 +481,7 @@ impl Chunked {
             .map(|first| (first, (first + chunk_rows).min(len)))
             .collect();
         self.chunks
-            .extend(build_chunks(graph, &ranges, rows, root_of, columns)?);
+            .extend(build_chunks(graph, &ranges, rows, profiles, columns)?);
         self.covered = self.covered.max(len);
         changed_rows.retain(|&row| (row as usize) < kept_rows);
         Ok(Changes {
@@ -489,7 +497,7 @@ impl Chunked {
         graph: &IdentityGraph,
         indexes: &[usize],
         rows: &Rows<'_>,
-        root_of: &RootOf<'_>,
+        profiles: &Profiles<'_>,
         columns: &Columns<'_>,
     ) -> Result<usize, GraphError> {
         let kept = match indexes.first() {
@@ -501,7 +509,7 @@ impl Chunked {
         };
         for &index in indexes {
             if let Some(chunk) = self.chunks.get_mut(index) {
-                *chunk = build_chunk(graph, chunk.first, chunk.end, rows, root_of, columns)?;
+                *chunk = build_chunk(graph, chunk.first, chunk.end, rows, profiles, columns)?;
             }
         }
         Ok(kept)
@@ -526,7 +534,7 @@ impl Chunk {
         graph: &IdentityGraph,
         moved: &Bits,
         again: Option<&Bits>,
-        root_of: &RootOf<'_>,
+        profiles: &Profiles<'_>,
         taken: &mut Vec<u32>,
     ) -> (Vec<usize>, bool) {
         let mut changed = Vec::new();
@@ -534,13 +542,15 @@ impl Chunk {
         for (row, (root, &member)) in self.roots.iter_mut().zip(&self.members).enumerate() {
             if again.is_some_and(|bits| bits.get(member)) {
                 taken.push(member);
-                match root_of(member) {
-                    Some(now) if now != *root => {
-                        *root = now;
-                        changed.push(row);
+                match (profiles.slot)(member) {
+                    NONE => lost = true,
+                    slot => {
+                        let now = graph.root(slot);
+                        if now != *root {
+                            *root = now;
+                            changed.push(row);
+                        }
                     }
-                    Some(_) => {}
-                    None => lost = true,
                 }
             } else if moved.get(*root) {
                 *root = graph.root(*root);
@@ -564,8 +574,14 @@ impl Chunk {
 
 /// A table's rows for positions `first..end` of its order.
 type Rows<'a> = dyn Fn(usize, usize) -> Vec<u32> + Sync + 'a;
-/// A row's profile root, `None` if it has no profile.
-type RootOf<'a> = dyn Fn(u32) -> Option<u32> + Sync + 'a;
+/// Where a table's rows find their profiles.
+struct Profiles<'a> {
+    /// A row's profile slot (follow `p_parent` to its root), `NONE` if it has no profile.
+    slot: &'a (dyn Fn(u32) -> u32 + Sync),
+    /// Asks for what `slot` reads of a row, some rows before it is read: chunks read tens of
+    /// thousands of rows' slots at random, and then their slots' parents.
+    ask: &'a (dyn Fn(u32) + Sync),
+}
 /// The unchanging columns of rows.
 type Columns<'a> = dyn Fn(&[u32]) -> Result<Vec<ArrayRef>, GraphError> + Sync + 'a;
 
@@ -575,14 +591,14 @@ fn build_chunks(
     graph: &IdentityGraph,
     ranges: &[(usize, usize)],
     rows: &Rows<'_>,
-    root_of: &RootOf<'_>,
+    profiles: &Profiles<'_>,
     columns: &Columns<'_>,
 ) -> Result<Vec<Chunk>, GraphError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let build = |ranges: &[(usize, usize)]| {
         ranges
             .iter()
-            .map(|&(first, end)| build_chunk(graph, first, end, rows, root_of, columns))
+            .map(|&(first, end)| build_chunk(graph, first, end, rows, profiles, columns))
             .collect::<Result<Vec<Chunk>, GraphError>>()
     };
     if threads < 2 || ranges.len() < 4 {
@@ -612,13 +628,29 @@ fn build_chunk(
     first: usize,
     end: usize,
     rows: &Rows<'_>,
-    root_of: &RootOf<'_>,
+    profiles: &Profiles<'_>,
     columns: &Columns<'_>,
 ) -> Result<Chunk, GraphError> {
     let members = rows(first, end);
-    let roots: Vec<u32> = members
+    let slots: Vec<u32> = members
         .iter()
-        .map(|&m| root_of(m).unwrap_or(NONE))
+        .enumerate()
+        .map(|(i, &member)| {
+            if let Some(&ahead) = members.get(i + AHEAD_FAST) {
+                (profiles.ask)(ahead);
+            }
+            (profiles.slot)(member)
+        })
+        .collect();
+    let roots: Vec<u32> = slots
+        .iter()
+        .enumerate()
+        .map(|(i, &slot)| {
+            if let Some(&ahead) = slots.get(i + AHEAD_FAST) {
+                prefetch(&graph.p_parent, ahead as usize);
+            }
+            if slot == NONE { NONE } else { graph.root(slot) }
+        })
         .collect();
     Ok(Chunk {
         first,
