@@ -606,14 +606,20 @@ impl IdentityGraph {
         }
     }
 
+    /// Index in `multi` of a record with several identifiers (none past the last record).
+    fn multi_index(&self, record: usize) -> Option<usize> {
+        match self.r.get(record) {
+            Some(&entry) if entry != NONE && entry & MULTI != 0 => Some((entry & !MULTI) as usize),
+            _ => None,
+        }
+    }
+
     /// Asks for what [`IdentityGraph::record_profile`] of `record` reads, some iterations
     /// before a loop over records in id order gets to it (their entries are read at random).
     pub(super) fn prefetch_record_profile(&self, record: usize) {
-        match self.r.get(record) {
-            Some(&entry) if entry != NONE && entry & MULTI != 0 => {
-                prefetch(&self.multi, (entry & !MULTI) as usize)
-            }
-            Some(&value) if value & SINGLE_REFUSED == 0 => {
+        match (self.multi_index(record), self.r.get(record)) {
+            (Some(index), _) => prefetch(&self.multi, index),
+            (None, Some(&value)) if value & SINGLE_REFUSED == 0 => {
                 prefetch(&self.v_profile, value as usize)
             }
             _ => {}
@@ -623,25 +629,16 @@ impl IdentityGraph {
     /// Asks for the `multi` entry of `record`, the first of two steps before
     /// [`IdentityGraph::record_ids`] of it (see [`IdentityGraph::prefetch_record_ids`]).
     pub(super) fn prefetch_multi_entry(&self, record: usize) {
-        if let Some(&entry) = self.r.get(record)
-            && entry != NONE
-            && entry & MULTI != 0
-        {
-            prefetch(&self.multi, (entry & !MULTI) as usize);
+        if let Some(index) = self.multi_index(record) {
+            prefetch(&self.multi, index);
         }
     }
 
     /// Asks for the identifier list of `record`: reads its `multi` entry, which
     /// [`IdentityGraph::prefetch_multi_entry`] should have asked for some iterations before.
     pub(super) fn prefetch_record_ids(&self, record: usize) {
-        if let Some(&entry) = self.r.get(record)
-            && entry != NONE
-            && entry & MULTI != 0
-        {
-            prefetch(
-                &self.r_ids,
-                self.multi[(entry & !MULTI) as usize].start as usize,
-            );
+        if let Some(index) = self.multi_index(record) {
+            prefetch(&self.r_ids, self.multi[index].start as usize);
         }
     }
 
