@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BooleanArray, GenericByteArray, Int64Array,
-    Int64Builder, RecordBatch, StringArray, StringBuilder, StringViewBuilder,
-    TimestampMicrosecondBuilder, UInt8Array, UInt32Array, UInt32Builder,
+    Int64Builder, RecordBatch, StringArray, StringBuilder, StringDictionaryBuilder,
+    StringViewBuilder, TimestampMicrosecondBuilder, UInt8Array, UInt32Array, UInt32Builder,
 };
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::compute::cast;
@@ -30,6 +30,7 @@ pub(super) const MAX_TEXT_BYTES: usize = 256 << 20;
 enum Col {
     Str(StringBuilder),
     View(StringViewBuilder),
+    Dict(StringDictionaryBuilder<UInt32Type>),
     U32(UInt32Builder),
     I64(Int64Builder),
     Ts(TimestampMicrosecondBuilder),
@@ -80,6 +81,9 @@ impl TableWriter {
         match self.cols.get_mut(col) {
             Some(Col::Str(b)) => b.append_value(value),
             Some(Col::View(b)) => b.append_value(value),
+            Some(Col::Dict(b)) => {
+                b.append_value(value);
+            }
             _ => return,
         }
         self.text_bytes += value.len();
@@ -91,6 +95,7 @@ impl TableWriter {
             None => match self.cols.get_mut(col) {
                 Some(Col::Str(b)) => b.append_null(),
                 Some(Col::View(b)) => b.append_null(),
+                Some(Col::Dict(b)) => b.append_null(),
                 _ => {}
             },
         }
@@ -126,6 +131,7 @@ impl TableWriter {
             .map(|col| match col {
                 Col::Str(b) => Arc::new(b.finish()) as ArrayRef,
                 Col::View(b) => Arc::new(b.finish()),
+                Col::Dict(b) => Arc::new(b.finish()),
                 Col::U32(b) => Arc::new(b.finish()),
                 Col::I64(b) => Arc::new(b.finish()),
                 Col::Ts(b) => Arc::new(b.finish()),
@@ -155,6 +161,11 @@ fn new_col(data_type: &DataType) -> Option<Col> {
     Some(match data_type {
         DataType::Utf8 => Col::Str(StringBuilder::new()),
         DataType::Utf8View => Col::View(StringViewBuilder::new()),
+        DataType::Dictionary(key, value)
+            if **key == DataType::UInt32 && **value == DataType::Utf8 =>
+        {
+            Col::Dict(StringDictionaryBuilder::new())
+        }
         DataType::UInt32 => Col::U32(UInt32Builder::new()),
         DataType::Int64 => Col::I64(Int64Builder::new()),
         DataType::Timestamp(TimeUnit::Microsecond, tz) => {

@@ -19,9 +19,17 @@ fn timestamp() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
+/// `profile_id` in the identities and records tables: tens of millions of rows share a
+/// million or so ids, so each row holds a 4-byte key into one dictionary of their text (see
+/// `tables.rs`). SQL sees text: DataFusion compares, joins and groups dictionaries by value,
+/// and clients get `text` over the wire.
+pub fn profile_id_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8))
+}
+
 pub fn identities_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("profile_id", DataType::Utf8, false),
+        Field::new("profile_id", profile_id_type(), false),
         Field::new("id_type", DataType::Utf8, false),
         // Views into the graph's own copy of the text (see `Interner::key_views`).
         Field::new("id_value", DataType::Utf8View, false),
@@ -33,7 +41,7 @@ pub fn identities_schema() -> SchemaRef {
 pub fn records_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("record_key", DataType::Utf8View, false),
-        Field::new("profile_id", DataType::Utf8, false),
+        Field::new("profile_id", profile_id_type(), false),
     ]))
 }
 

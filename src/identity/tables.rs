@@ -1,6 +1,6 @@
 //! The graph's four SQL tables, kept between refreshes and rebuilt only where the graph changed.
 //!
-//! A full rebuild of the tables copies every record key and formats every profile id: tens of
+//! A full rebuild of the tables copies every record key and finds every row's profile: tens of
 //! millions of rows, seconds of work, for a refresh that added a few thousand. What a refresh
 //! can change is narrow:
 //! - rows are only ever added, at the end (records batch by batch in id order, values in the
@@ -10,17 +10,20 @@
 //! - a record stitched again (new identifiers on a known key) may change profile, or get one.
 //!
 //! So rows are kept in chunks of positions, each with its unchanging columns (record keys,
-//! identifier types and values) and the profile root of every row. A refresh follows the new
-//! merges to move roots, rebuilds the profile-id column of the chunks where a root moved,
+//! identifier types and values) and the profile root of every row. The profile-id column is
+//! those roots, as keys into one dictionary of every profile's id (see `ProfileIdText`);
+//! published tables decode it as it is read. A refresh follows the new merges to move roots,
 //! rebuilds whole only the chunks holding a re-stitched record, and appends chunks for the new
 //! positions. The result is the same, row for row, as [`IdentityGraph::records`] and friends.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    ArrayRef, DictionaryArray, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    UInt32Array,
 };
-use datafusion::arrow::buffer::{Buffer, MutableBuffer, ScalarBuffer};
+use datafusion::arrow::buffer::{Buffer, MutableBuffer, OffsetBuffer, ScalarBuffer};
+use datafusion::arrow::datatypes::UInt32Type;
 
 use crate::storage::index::Changes;
 
@@ -28,7 +31,7 @@ use super::batch::batch_of;
 use super::bits::Bits;
 use super::graph::{GraphError, IdentityGraph, NONE, SinceTables};
 use super::output::{identities_schema, records_schema};
-use crate::prefetch::{AHEAD, AHEAD_FAST, prefetch};
+use crate::prefetch::{AHEAD_FAST, prefetch};
 
 /// Positions per chunk: one output batch each.
 const CHUNK: usize = 65_536;
@@ -48,20 +51,19 @@ struct Chunk {
     end: usize,
     /// The record or value of each row (records without a profile have no row).
     members: Vec<u32>,
-    /// Each row's profile root when the profile-id column was built.
-    roots: Vec<u32>,
+    /// Each row's profile root: also the keys of the row's profile id in the dictionary of
+    /// every profile's id (see `ProfileIdText`), so the column costs 4 bytes a row where
+    /// the ids' text cost 22, and a merge rewrites keys instead of text.
+    roots: ScalarBuffer<u32>,
     /// Columns that never change for a row (record key; identifier type and value).
     fixed: Vec<ArrayRef>,
-    profile_ids: ArrayRef,
-    /// The buffers of the columns a refresh rewrites (profile-id text; first and last seen),
-    /// as published the time before: written over by the next refresh once no reader holds
-    /// them (see `recycled`).
+    /// The buffers of the first and last seen columns, as published the time before: written
+    /// over by the next refresh once no reader holds them (see `recycled`).
     spare: Spare,
 }
 
 #[derive(Default)]
 struct Spare {
-    profile_text: Option<Buffer>,
     seen: Option<(Buffer, Buffer)>,
     /// First and last seen as last published.
     published_seen: Option<(Buffer, Buffer)>,
@@ -70,6 +72,7 @@ struct Spare {
 /// The four tables of one graph, as Arrow batches ready to publish.
 pub struct GraphTables {
     chunk_rows: usize,
+    profile_ids: ProfileIdText,
     records: Chunked,
     identities: Chunked,
     merges: Vec<RecordBatch>,
@@ -96,6 +99,7 @@ impl GraphTables {
     pub fn with_chunk_rows(chunk_rows: usize) -> Self {
         GraphTables {
             chunk_rows: chunk_rows.max(1),
+            profile_ids: ProfileIdText::default(),
             records: Chunked::default(),
             identities: Chunked::default(),
             merges: Vec::new(),
@@ -135,6 +139,7 @@ impl GraphTables {
         since: &SinceTables,
     ) -> Result<(TableBatches, [Changes; 4]), GraphError> {
         let restitched = &since.restitched;
+        self.profile_ids.cover(graph)?;
         // Read once per row of both tables (tens of millions), at random: as bytes, the flags
         // of 1.5M profiles missed the cache on most rows, two thirds of a refresh's table time.
         let mut moved = Bits::new(graph.p_parent.len());
@@ -274,7 +279,10 @@ impl GraphTables {
             .chunks
             .iter()
             .map(|chunk| {
-                let columns = vec![Arc::clone(&chunk.fixed[0]), Arc::clone(&chunk.profile_ids)];
+                let columns = vec![
+                    Arc::clone(&chunk.fixed[0]),
+                    self.profile_ids.column(&chunk.roots)?,
+                ];
                 batch_of("records", records_schema(), columns)
             })
             .collect()
@@ -293,6 +301,7 @@ impl GraphTables {
         if self.identities.chunks.is_empty() {
             return Ok(vec![RecordBatch::new_empty(identities_schema())]);
         }
+        let profile_ids = &self.profile_ids;
         self.identities
             .chunks
             .iter_mut()
@@ -341,7 +350,7 @@ impl GraphTables {
                     )
                 };
                 let columns = vec![
-                    Arc::clone(&chunk.profile_ids),
+                    profile_ids.column(&chunk.roots)?,
                     Arc::clone(&chunk.fixed[0]),
                     Arc::clone(&chunk.fixed[1]),
                     timestamps(first),
@@ -399,8 +408,8 @@ impl Chunked {
         columns: &Columns<'_>,
     ) -> Result<Changes, GraphError> {
         // Chunks are patched on as many threads as there are cores: a refresh touches nearly
-        // every chunk (a merged profile's rows are spread over all of them), and copying
-        // their profile-id text was most of a refresh's table time. The threads only read
+        // every chunk (a merged profile's rows are spread over all of them), and following
+        // every row's root was most of a refresh's table time. The threads only read
         // `again`; the flags they found are cleared after.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let per_thread = self.chunks.len().div_ceil(threads.max(1)).max(1);
@@ -420,7 +429,6 @@ impl Chunked {
                 if lost {
                     patched.stale.push(first_index + offset);
                 } else if !changed.is_empty() {
-                    chunk.patch(graph, &changed);
                     patched
                         .changed_rows
                         .extend(changed.iter().map(|&row| (row_base + row) as u32));
@@ -528,7 +536,8 @@ struct PatchedPart {
 impl Chunk {
     /// Moves the chunk's roots along the new merges and re-reads the roots of members flagged
     /// in `again` (noting them in `taken`). Returns the rows whose root changed, and whether a
-    /// flagged member lost its profile (the chunk must then be built again).
+    /// flagged member lost its profile (the chunk must then be built again). Roots that move
+    /// are written to a copy: readers may still hold the published ones.
     fn reroot(
         &mut self,
         graph: &IdentityGraph,
@@ -539,36 +548,31 @@ impl Chunk {
     ) -> (Vec<usize>, bool) {
         let mut changed = Vec::new();
         let mut lost = false;
-        for (row, (root, &member)) in self.roots.iter_mut().zip(&self.members).enumerate() {
-            if again.is_some_and(|bits| bits.get(member)) {
+        let mut moved_roots: Option<Vec<u32>> = None;
+        for (row, (&root, &member)) in self.roots.iter().zip(&self.members).enumerate() {
+            let now = if again.is_some_and(|bits| bits.get(member)) {
                 taken.push(member);
                 match (profiles.slot)(member) {
-                    NONE => lost = true,
-                    slot => {
-                        let now = graph.root(slot);
-                        if now != *root {
-                            *root = now;
-                            changed.push(row);
-                        }
+                    NONE => {
+                        lost = true;
+                        continue;
                     }
+                    slot => graph.root(slot),
                 }
-            } else if moved.get(*root) {
-                *root = graph.root(*root);
+            } else if moved.get(root) {
+                graph.root(root)
+            } else {
+                continue;
+            };
+            if now != root {
+                moved_roots.get_or_insert_with(|| self.roots.to_vec())[row] = now;
                 changed.push(row);
             }
         }
+        if let Some(roots) = moved_roots {
+            self.roots = roots.into();
+        }
         (changed, lost)
-    }
-
-    /// Writes the new profile ids of rows `changed` into a new version of the column, in the
-    /// buffer of the version before last when no reader holds it (see `recycled`).
-    fn patch(&mut self, graph: &IdentityGraph, changed: &[usize]) {
-        let spare = self.spare.profile_text.take();
-        let patched = patch_profile_ids(graph, &self.profile_ids, &self.roots, changed, spare);
-        let replaced = std::mem::replace(&mut self.profile_ids, patched);
-        self.spare.profile_text = replaced
-            .as_string_opt::<i32>()
-            .map(|ids| ids.values().clone());
     }
 }
 
@@ -656,60 +660,68 @@ fn build_chunk(
         first,
         end,
         fixed: columns(&members)?,
-        profile_ids: profile_ids(graph, &roots),
         spare: Spare::default(),
         members,
-        roots,
+        roots: roots.into(),
     })
 }
 
-/// `column` with the rows `changed` given the profile ids of their new `roots`. Every profile
-/// id is `ID_LEN` bytes, so the offsets stay and the text is copied once and overwritten in
-/// place: a merge touches a few rows of a chunk, and formatting all of them again cost
-/// seconds per refresh at a million profiles.
-fn patch_profile_ids(
-    graph: &IdentityGraph,
-    column: &ArrayRef,
-    roots: &[u32],
-    changed: &[usize],
-    spare: Option<Buffer>,
-) -> ArrayRef {
-    let Some(ids) = column.as_string_opt::<i32>() else {
-        return profile_ids(graph, roots);
-    };
-    let fixed_width = ids
-        .value_offsets()
-        .iter()
-        .enumerate()
-        .all(|(i, &offset)| offset as usize == i * ID_LEN);
-    if !fixed_width || ids.null_count() > 0 || ids.len() != roots.len() {
-        return profile_ids(graph, roots);
-    }
-    let mut text = recycled(spare, ids.values().len());
-    text.extend_from_slice(ids.values());
-    let mut format = super::output::IdFormatter::new();
-    for &row in changed {
-        let id = format.format(graph.p_hash[roots[row] as usize]);
-        text.as_slice_mut()[row * ID_LEN..(row + 1) * ID_LEN].copy_from_slice(id.as_bytes());
-    }
-    // Safety: the offsets are the checked array's, over text of the same length, and only
-    // whole ASCII ids were written over whole ids, so every value is still valid UTF-8.
-    // `try_new` would check all of it again: a refresh patches nearly every chunk, and the
-    // check cost as much as the copy.
-    Arc::new(unsafe { StringArray::new_unchecked(ids.offsets().clone(), text.into(), None) })
+/// The text of every profile's id, by slot: the dictionary that both tables' profile-id
+/// columns index with their rows' roots. Slots of merged profiles keep their text, unused:
+/// a slot is never reused, and a few megabytes spare rebuilding the dictionary each merge.
+#[derive(Default)]
+struct ProfileIdText {
+    ids: Option<Arc<StringArray>>,
 }
 
-/// The `profile_id` column for rows with these profile roots.
-fn profile_ids(graph: &IdentityGraph, roots: &[u32]) -> ArrayRef {
-    let mut ids = StringBuilder::with_capacity(roots.len(), roots.len() * 18);
-    let mut text = super::output::IdFormatter::new();
-    for (i, &root) in roots.iter().enumerate() {
-        if let Some(&ahead) = roots.get(i + AHEAD) {
-            prefetch(&graph.p_hash, ahead as usize);
+impl ProfileIdText {
+    /// Extends the text to every slot of `graph`: the ids had before are copied, only the new
+    /// slots' are formatted (a refresh founds a few thousand profiles among millions).
+    fn cover(&mut self, graph: &IdentityGraph) -> Result<(), GraphError> {
+        let had = self
+            .ids
+            .as_ref()
+            .map_or(&[][..], |ids| ids.values().as_slice());
+        let slots = graph.p_hash.len();
+        if had.len() == slots * ID_LEN {
+            return Ok(());
         }
-        ids.append_value(text.format(graph.p_hash[root as usize]));
+        let too_many = || GraphError::Capacity {
+            what: "profiles (their ids' text)",
+        };
+        let bytes = slots
+            .checked_mul(ID_LEN)
+            .filter(|&bytes| bytes <= i32::MAX as usize);
+        let bytes = bytes.ok_or_else(too_many)?;
+        let mut text = MutableBuffer::with_capacity(bytes);
+        text.extend_from_slice(had);
+        let mut format = super::output::IdFormatter::new();
+        for &hash in &graph.p_hash[had.len() / ID_LEN..] {
+            text.extend_from_slice(format.format(hash).as_bytes());
+        }
+        let offsets: ScalarBuffer<i32> = (0..=slots).map(|slot| (slot * ID_LEN) as i32).collect();
+        // Safety: the offsets ascend by `ID_LEN` over text of exactly `slots * ID_LEN` bytes,
+        // all ASCII (whole ids from `IdFormatter`), so every value is valid UTF-8. `try_new`
+        // would check it all again on each refresh.
+        let ids = unsafe {
+            StringArray::new_unchecked(OffsetBuffer::new_unchecked(offsets), text.into(), None)
+        };
+        self.ids = Some(Arc::new(ids));
+        Ok(())
     }
-    Arc::new(ids.finish())
+
+    /// The profile-id column of rows with these roots.
+    fn column(&self, roots: &ScalarBuffer<u32>) -> Result<ArrayRef, GraphError> {
+        let ids: ArrayRef = match &self.ids {
+            Some(ids) => Arc::clone(ids) as ArrayRef,
+            None => Arc::new(StringArray::new_null(0)),
+        };
+        let keys = UInt32Array::new(roots.clone(), None);
+        // Checks each key against the dictionary: a pass over 4-byte keys, cheap beside what
+        // a wrong key would do to a reader.
+        let column = DictionaryArray::<UInt32Type>::try_new(keys, ids).map_err(arrow_error)?;
+        Ok(Arc::new(column))
+    }
 }
 
 fn arrow_error(e: datafusion::arrow::error::ArrowError) -> GraphError {

@@ -370,6 +370,7 @@ fn type_oid(data_type: &DataType) -> i32 {
         DataType::Float16 | DataType::Float32 => 700,
         DataType::Float64 => 701,
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => 25,
+        DataType::Dictionary(_, value) => type_oid(value),
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => 17,
         DataType::Date32 | DataType::Date64 => 1082,
         DataType::Timestamp(_, Some(_)) => 1184,

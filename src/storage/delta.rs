@@ -261,6 +261,8 @@ pub fn storable_type(column: &str, data_type: &DataType) -> Result<DataType> {
         DataType::Timestamp(_, _) => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         DataType::Decimal128(p, s) if *p <= 38 && *s >= 0 => DataType::Decimal128(*p, *s),
         DataType::Null => DataType::Utf8,
+        // Stored as its values: a dictionary is how a result is held, not what it means.
+        DataType::Dictionary(_, value) => storable_type(column, value)?,
         other => {
             return Err(C360Error::InvalidArgument(format!(
                 "column {column}: type {other} cannot be stored in a landed table"

@@ -10,7 +10,7 @@
 //! an 8-byte hash table slot per distinct key (the table has room for every row and is at
 //! most 3/4 full) and 4 bytes of chain per row, about 15 bytes a row in all.
 //!
-//! Keys are strings (`Utf8`, `LargeUtf8`, `Utf8View`) or integers. They compare by value
+//! Keys are strings (`Utf8`, `LargeUtf8`, `Utf8View`) or integers, plain or dictionary-encoded. They compare by value
 //! within their kind, as SQL's `=` does once types are coerced; a string never equals an
 //! integer here, and callers leave such comparisons to DataFusion (see [`Key::of_scalar`]).
 
@@ -18,7 +18,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::interleave_record_batch;
+use datafusion::arrow::compute::{cast, interleave_record_batch};
 use datafusion::arrow::datatypes::{
     DataType, Int8Type, Int16Type, Int32Type, Int64Type, SchemaRef, UInt8Type, UInt16Type,
     UInt32Type, UInt64Type,
@@ -54,6 +54,7 @@ impl<'a> Key<'a> {
             ScalarValue::UInt16(Some(v)) => Some(Key::Int(i64::from(*v))),
             ScalarValue::UInt32(Some(v)) => Some(Key::Int(i64::from(*v))),
             ScalarValue::UInt64(Some(v)) => Some(unsigned(*v)),
+            ScalarValue::Dictionary(_, value) => Key::of_scalar(value),
             _ => None,
         }
     }
@@ -95,6 +96,8 @@ impl KeyKind {
             | DataType::UInt16
             | DataType::UInt32
             | DataType::UInt64 => Some(KeyKind::Integer),
+            // Keyed by the values the dictionary's keys stand for, as SQL compares them.
+            DataType::Dictionary(_, value) => KeyKind::of(value),
             _ => None,
         }
     }
@@ -117,6 +120,13 @@ pub fn key_at(array: &dyn Array, row: usize) -> Option<Key<'_>> {
         DataType::UInt16 => Key::Int(i64::from(array.as_primitive::<UInt16Type>().value(row))),
         DataType::UInt32 => Key::Int(i64::from(array.as_primitive::<UInt32Type>().value(row))),
         DataType::UInt64 => unsigned(array.as_primitive::<UInt64Type>().value(row)),
+        DataType::Dictionary(_, _) => {
+            let dictionary = array.as_any_dictionary();
+            let Key::Int(index) = key_at(dictionary.keys(), row)? else {
+                return None;
+            };
+            return key_at(dictionary.values().as_ref(), usize::try_from(index).ok()?);
+        }
         _ => return None,
     })
 }
@@ -507,13 +517,30 @@ pub fn take_rows(
         })
         .collect::<Result<_>>()?;
     let refs: Vec<&RecordBatch> = sources.iter().collect();
-    Ok(interleave_record_batch(&refs, &rows)?)
+    let taken = interleave_record_batch(&refs, &rows)?;
+    // Dictionary-encoded columns come out as the type `schema` gives them (see
+    // `PublishedTable::stored`).
+    let columns = taken
+        .columns()
+        .iter()
+        .zip(projected.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(Arc::clone(column))
+            } else {
+                cast(column, field.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(projected, columns)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Int64Array, StringArray, StringViewArray, UInt64Array};
+    use datafusion::arrow::array::{
+        DictionaryArray, Int64Array, StringArray, StringViewArray, UInt64Array,
+    };
     use datafusion::arrow::datatypes::{Field, Schema};
 
     fn batches() -> (SchemaRef, Vec<RecordBatch>) {
@@ -638,6 +665,33 @@ mod tests {
             .map(|k| index.lookup(&batches, Key::Str(k)).len())
             .sum();
         assert_eq!(found, 4);
+    }
+
+    #[test]
+    fn dictionary_keys_are_their_values() {
+        let dictionary: DictionaryArray<UInt32Type> = vec![Some("b"), None, Some("a"), Some("b")]
+            .into_iter()
+            .collect();
+        let plain = StringArray::from(vec!["a", "b"]);
+        assert_eq!(KeyKind::of(dictionary.data_type()), Some(KeyKind::String));
+        assert_eq!(key_at(&dictionary, 0), key_at(&plain, 1));
+        assert_eq!(key_at(&dictionary, 1), None);
+        assert_eq!(key_at(&dictionary, 2), key_at(&plain, 0));
+        let literal = ScalarValue::Dictionary(
+            Box::new(DataType::UInt32),
+            Box::new(ScalarValue::Utf8(Some("b".into()))),
+        );
+        assert_eq!(Key::of_scalar(&literal), key_at(&plain, 1));
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "id",
+            dictionary.data_type().clone(),
+            true,
+        )]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(dictionary)]).unwrap();
+        let batches = vec![batch];
+        let index = KeyIndex::build(&batches, 0).unwrap();
+        assert_eq!(index.lookup(&batches, Key::Str("b")).len(), 2);
+        assert_eq!(index.lookup(&batches, Key::Str("a")).len(), 1);
     }
 
     #[test]

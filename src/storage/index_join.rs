@@ -30,6 +30,7 @@ use datafusion::common::{JoinType, NullEquality, Statistics};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::{CastExpr, Column};
+use datafusion::physical_expr::projection::update_expr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -176,10 +177,15 @@ fn indexed_side(side: &Arc<dyn ExecutionPlan>, key: &Arc<dyn PhysicalExpr>) -> O
         } else if let Some(coalesce) = at.downcast_ref::<CoalescePartitionsExec>() {
             at = Arc::clone(coalesce.input());
         } else if let Some(project) = at.downcast_ref::<ProjectionExec>() {
-            if projection.is_some() {
-                return None;
-            }
-            projection = Some(project.expr().iter().map(|p| Arc::clone(&p.expr)).collect());
+            // Projections in a row (a query's over the table's decoding one, see
+            // `PublishedTable::stored`) compose into one over the scan.
+            projection = Some(match projection {
+                None => project.expr().iter().map(|p| Arc::clone(&p.expr)).collect(),
+                Some(outer) => outer
+                    .iter()
+                    .map(|expr| update_expr(expr, project.expr(), true).ok().flatten())
+                    .collect::<Option<Vec<_>>>()?,
+            });
             at = Arc::clone(project.input());
         } else {
             break;
