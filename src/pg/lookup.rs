@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, new_empty_array};
-use datafusion::arrow::compute::{cast, interleave};
+use datafusion::arrow::compute::interleave;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::common::NullEquality;
@@ -38,7 +38,7 @@ use pgwire::api::results::{QueryResponse, Response};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::types::format::FormatOptions;
 
-use crate::storage::index::{Key, KeyKind, RowId, key_at, touched};
+use crate::storage::index::{Key, KeyKind, RowId, as_type, key_at, touched};
 use crate::storage::published::{PublishedTable, Snapshot};
 
 /// Answers `portal` from the indexes if its plan is a lookup (`None`: plan it normally).
@@ -345,14 +345,8 @@ impl Lookup {
                     .iter()
                     .map(|at| batches[*at].column(*column).as_ref())
                     .collect();
-                let taken = interleave(&arrays, rows)?;
-                // Dictionary-encoded columns are sent as SQL sees them (their values' type).
                 let data_type = self.relations[*relation].schema.field(*column).data_type();
-                if taken.data_type() == data_type {
-                    Ok(taken)
-                } else {
-                    Ok(cast(&taken, data_type)?)
-                }
+                as_type(&interleave(&arrays, rows)?, data_type)
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
         Ok(Some(RecordBatch::try_new(

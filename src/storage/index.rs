@@ -10,14 +10,14 @@
 //! an 8-byte hash table slot per distinct key (the table has room for every row and is at
 //! most 3/4 full) and 4 bytes of chain per row, about 15 bytes a row in all.
 //!
-//! Keys are strings (`Utf8`, `LargeUtf8`, `Utf8View`) or integers, plain or dictionary-encoded. They compare by value
-//! within their kind, as SQL's `=` does once types are coerced; a string never equals an
+//! Keys are strings (`Utf8`, `LargeUtf8`, `Utf8View`) or integers, plain or dictionary-encoded.
+//! They compare by value within their kind, as SQL's `=` does once types are coerced; a string never equals an
 //! integer here, and callers leave such comparisons to DataFusion (see [`Key::of_scalar`]).
 
 use std::hash::Hash;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::{cast, interleave_record_batch};
 use datafusion::arrow::datatypes::{
     DataType, Int8Type, Int16Type, Int32Type, Int64Type, SchemaRef, UInt8Type, UInt16Type,
@@ -524,15 +524,19 @@ pub fn take_rows(
         .columns()
         .iter()
         .zip(projected.fields())
-        .map(|(column, field)| {
-            if column.data_type() == field.data_type() {
-                Ok(Arc::clone(column))
-            } else {
-                cast(column, field.data_type())
-            }
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+        .map(|(column, field)| as_type(column, field.data_type()))
+        .collect::<Result<Vec<_>>>()?;
     Ok(RecordBatch::try_new(projected, columns)?)
+}
+
+/// `column` as `data_type`: a taken dictionary-encoded column as the values' type SQL sees
+/// (see `PublishedTable::stored`), any other column as it is.
+pub fn as_type(column: &ArrayRef, data_type: &DataType) -> Result<ArrayRef> {
+    if column.data_type() == data_type {
+        Ok(Arc::clone(column))
+    } else {
+        Ok(cast(column, data_type)?)
+    }
 }
 
 #[cfg(test)]
