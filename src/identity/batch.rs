@@ -22,8 +22,12 @@ use super::graph::GraphError;
 /// Rows per output batch: large enough to amortise per-batch costs, small enough that a scan
 /// of a few million rows has batches to share among threads.
 pub(super) const OUTPUT_ROWS: usize = 65_536;
-/// Rows per persisted-state batch (one Parquet row group's worth).
-pub(super) const STATE_ROWS: usize = 1 << 20;
+/// Rows per persisted-state batch. Small enough that a batch's buffers (a records batch holds
+/// its keys' text, tens of bytes a row) stay below the allocator's direct-mapping threshold
+/// (see `allocator.rs`), so each batch reuses the memory of the one before instead of having
+/// the kernel fault in and zero fresh pages: at 1M customers, a quarter of these rows wrote the
+/// records part in 2.0 s against 2.8 s for 1M.
+pub(super) const STATE_ROWS: usize = 1 << 18;
 /// Text bytes after which a batch is cut whatever its row count, far below `Utf8`'s 2 GiB.
 pub(super) const MAX_TEXT_BYTES: usize = 256 << 20;
 

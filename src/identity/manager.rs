@@ -42,10 +42,10 @@ use super::log_rows::LogRows;
 use super::tables::{FirstTables, GraphTables, TableBatches};
 use crate::ddl::IdentityGraphDefinition;
 use crate::error::{C360Error, Result};
-use crate::storage::Storage;
 use crate::storage::index::Changes;
 use crate::storage::inputs;
 use crate::storage::published::PublishedTable;
+use crate::storage::{ArrowStream, Storage};
 
 /// The columns a graph's source must have.
 pub const SOURCE_COLUMNS: [&str; 4] = ["record_key", "id_type", "id_value", "seen_at"];
@@ -962,19 +962,20 @@ struct Committed {
 
 /// The first step of a commit: the graph's state, part by part, in `folder`, which nothing
 /// points to yet. Each part is written as it is built, so the state never sits in memory
-/// twice beside the graph.
+/// twice beside the graph; parts are written on as many threads as there are cores (they only
+/// read the graph), the largest first (see [`IdentityGraph::state_parts`]).
 pub async fn write_state(storage: &Storage, folder: &str, graph: &IdentityGraph) -> Result<()> {
-    for part in graph.state_parts() {
-        let batches = part.batches.map(|batch| batch.map_err(graph_error));
-        storage
-            .put_arrow_stream(
-                &format!("{folder}/{}.arrow", part.name),
-                part.schema,
-                batches,
-            )
-            .await?;
-    }
-    Ok(())
+    let writers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let files = graph
+        .state_parts()
+        .into_iter()
+        .map(|part| ArrowStream {
+            relative: format!("{folder}/{}.arrow", part.name),
+            schema: part.schema,
+            batches: Box::new(part.batches.map(|batch| batch.map_err(graph_error))),
+        })
+        .collect();
+    storage.put_arrow_streams(files, writers).await
 }
 
 /// A refresh period as `EVERY '…'` reads it, in the largest whole unit.

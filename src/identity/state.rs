@@ -125,30 +125,13 @@ impl IdentityGraph {
     /// each produced a batch at a time when iterated: the large parts hold a row per value,
     /// record and identifier, gigabytes at scale, and are meant to be written as they are
     /// built rather than held whole. Each part yields at least one batch. Commit all parts
-    /// together (one atomic step): they reference each other by position.
+    /// together (one atomic step): they reference each other by position. The largest come
+    /// first, so that writers working through them in turn (see `manager::write_state`)
+    /// finish close together.
     pub fn state_parts(&self) -> Vec<StatePart<'_>> {
         vec![
-            built("meta", || {
-                let mut out = writer("meta")?;
-                out.u32(0, Some(STATE_VERSION));
-                out.str(1, &self.rules.describe());
-                out.end_row()?;
-                out.finish()
-            }),
-            built("profiles", || {
-                let mut out = writer("profiles")?;
-                for slot in 0..self.p_parent.len() {
-                    // Parents are read at random (most are roots, one step up).
-                    if let Some(&parent) = self.p_parent.get(slot + AHEAD_FAST) {
-                        prefetch(&self.p_parent, parent as usize);
-                    }
-                    out.u32(0, Some(self.p_founder[slot]));
-                    out.i64(1, self.p_born[slot]);
-                    out.u32(2, Some(self.root(slot as u32)));
-                    out.end_row()?;
-                }
-                out.finish()
-            }),
+            streamed("records", self.records_part()),
+            streamed("record_ids", self.record_ids_part()),
             streamed("values", self.values_part()),
             built("cooccur", || {
                 let mut out = writer("cooccur")?;
@@ -165,8 +148,20 @@ impl IdentityGraph {
                 }
                 out.finish()
             }),
-            streamed("records", self.records_part()),
-            streamed("record_ids", self.record_ids_part()),
+            built("profiles", || {
+                let mut out = writer("profiles")?;
+                for slot in 0..self.p_parent.len() {
+                    // Parents are read at random (most are roots, one step up).
+                    if let Some(&parent) = self.p_parent.get(slot + AHEAD_FAST) {
+                        prefetch(&self.p_parent, parent as usize);
+                    }
+                    out.u32(0, Some(self.p_founder[slot]));
+                    out.i64(1, self.p_born[slot]);
+                    out.u32(2, Some(self.root(slot as u32)));
+                    out.end_row()?;
+                }
+                out.finish()
+            }),
             built("merges", || {
                 let mut out = writer("merges")?;
                 for merge in &self.merges {
@@ -174,16 +169,6 @@ impl IdentityGraph {
                     out.u32(1, Some(merge.into));
                     out.i64(2, merge.at);
                     out.u32(3, Some(merge.via));
-                    out.end_row()?;
-                }
-                out.finish()
-            }),
-            built("unknown", || {
-                let mut out = writer("unknown")?;
-                for u in 0..self.unknown.len() {
-                    let (id_type, id_value) = self.unknown_parts(u as u32);
-                    out.str(0, &id_type);
-                    out.str(1, &id_value);
                     out.end_row()?;
                 }
                 out.finish()
@@ -203,6 +188,23 @@ impl IdentityGraph {
                     out.opt_str(5, refusal.detail.as_deref());
                     out.end_row()?;
                 }
+                out.finish()
+            }),
+            built("unknown", || {
+                let mut out = writer("unknown")?;
+                for u in 0..self.unknown.len() {
+                    let (id_type, id_value) = self.unknown_parts(u as u32);
+                    out.str(0, &id_type);
+                    out.str(1, &id_value);
+                    out.end_row()?;
+                }
+                out.finish()
+            }),
+            built("meta", || {
+                let mut out = writer("meta")?;
+                out.u32(0, Some(STATE_VERSION));
+                out.str(1, &self.rules.describe());
+                out.end_row()?;
                 out.finish()
             }),
         ]
