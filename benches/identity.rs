@@ -987,7 +987,7 @@ async fn run(args: Args, captured: Captured) -> Result<()> {
         distinct_buffer_bytes(outputs.iter().flatten(), graph.shared_block_addresses());
     drop(outputs);
     let started = Instant::now();
-    c360::identity::manager::write_state(engine.storage(), "bench/state", &graph).await?;
+    c360::identity::manager::write_state(engine.storage(), "bench/state", &graph, &[]).await?;
     let state_seconds = secs(started.elapsed());
     engine.storage().delete_prefix("bench/state").await?;
     drop(graph);

@@ -344,15 +344,61 @@ impl<'g> Applying<'g> {
         Ok((summary, graph.restitched[mark..].to_vec()))
     }
 
+    /// [`Applying::finish`], running `beside` meanwhile on a thread of its own with the
+    /// records interner, which nothing changes once the rows are laid out: the stitch runs on
+    /// one core, and a full build writes its record keys' state on the other (see
+    /// `state::record_keys_part`). `beside` does not run when laying the rows out fails.
+    pub(super) fn finish_beside<R: Send>(
+        self,
+        beside: impl FnOnce(&Interner) -> R + Send,
+    ) -> (Result<ApplySummary, GraphError>, Option<R>) {
+        let (stitched, aside) = self.stitch_fed_beside(Some(beside));
+        (stitched.map(|(summary, _)| summary), aside)
+    }
+
     fn stitch_fed(self) -> Result<(ApplySummary, &'g mut IdentityGraph), GraphError> {
+        self.stitch_fed_beside(None::<fn(&Interner)>).0
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn stitch_fed_beside<R: Send>(
+        self,
+        beside: Option<impl FnOnce(&Interner) -> R + Send>,
+    ) -> (
+        Result<(ApplySummary, &'g mut IdentityGraph), GraphError>,
+        Option<R>,
+    ) {
         let graph = self.graph;
         let started = std::time::Instant::now();
-        let (mut batch, mut summary) = graph.finish_load(self.loader)?;
+        let (mut batch, mut summary) = match graph.finish_load(self.loader) {
+            Ok(loaded) => loaded,
+            Err(e) => return (Err(e), None),
+        };
         let laid_out = started.elapsed();
-        graph.observe(&mut batch, &mut summary);
-        let observed = started.elapsed();
-        graph.stitch(&batch, &mut summary);
-        let stitched = started.elapsed();
+        let mut stitch = |graph: &mut IdentityGraph| {
+            graph.observe(&mut batch, &mut summary);
+            let observed = started.elapsed();
+            graph.stitch(&batch, &mut summary);
+            (observed, started.elapsed())
+        };
+        let ((observed, stitched), aside) = match beside {
+            None => (stitch(graph), None),
+            Some(beside) => {
+                // Lent out whole: observing and stitching read only the records' count,
+                // which `r` also gives.
+                let records = std::mem::replace(&mut graph.records, Interner::new());
+                let (times, aside) = std::thread::scope(|scope| {
+                    let aside = scope.spawn(|| beside(&records));
+                    let times = stitch(graph);
+                    let aside = aside
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (times, aside)
+                });
+                graph.records = records;
+                (times, Some(aside))
+            }
+        };
         drop(batch);
         graph.flatten();
         graph.trim();
@@ -366,7 +412,7 @@ impl<'g> Applying<'g> {
             heap_mb = graph.heap_bytes() >> 20,
             "identity batch stitched"
         );
-        Ok((summary, graph))
+        (Ok((summary, graph)), aside)
     }
 }
 
@@ -657,7 +703,7 @@ impl IdentityGraph {
         let mut unknown_at = 0;
         let mut candidates: Vec<u32> = Vec::new();
         let mut additions: Vec<u32> = Vec::new();
-        let mut new_stitched = Bits::new(self.records.len());
+        let mut new_stitched = Bits::new(self.r.len());
         for (position, &(seen_at, record)) in batch.order.iter().enumerate() {
             // The records ahead: their values' flags and profiles now, and the profiles'
             // parents once those profile ids have arrived, half as far ahead.
@@ -765,9 +811,8 @@ impl IdentityGraph {
         }
         // New rows in id order, which is the order of the spilled keys in their file: the
         // records table then reads them in one pass (see `Interner::key_views`).
-        self.record_order.extend(
-            (batch.old_records..self.records.len() as u32).filter(|&r| new_stitched.get(r)),
-        );
+        self.record_order
+            .extend((batch.old_records..self.r.len() as u32).filter(|&r| new_stitched.get(r)));
     }
 
     /// Links `value` into `profile` (merging its own profile in if limits allow); on refusal,

@@ -758,6 +758,50 @@ fn state_round_trip_continues_as_if_never_persisted() {
     assert_eq!(reloaded.to_state().unwrap(), kept.to_state().unwrap());
 }
 
+/// Work run beside the stitch sees every record of the batch, keys included, and the graph
+/// comes out as a plain `finish` leaves it, in this batch and the next.
+#[test]
+fn work_beside_the_stitch_sees_all_records_and_changes_nothing() {
+    let data = people(200, true, 5);
+    let (early, late) = split(&data, 100);
+    let feed = |graph: &mut IdentityGraph, rows: &[Row]| {
+        let mut applying = graph.begin_apply();
+        applying
+            .feed(
+                rows.iter()
+                    .map(|(record_key, id_type, id_value, seen_at)| IdentityRow {
+                        record_key,
+                        id_type,
+                        id_value,
+                        seen_at: *seen_at,
+                    }),
+            )
+            .unwrap();
+        applying
+    };
+    let mut plain = IdentityGraph::new(rules());
+    let mut beside = IdentityGraph::new(rules());
+    for rows in [&early, &late] {
+        let expected = feed(&mut plain, rows).finish().unwrap();
+        let (summary, keys) = feed(&mut beside, rows).finish_beside(|records| {
+            (0..records.len() as u32)
+                .map(|id| String::from_utf8(records.key(id).to_vec()).unwrap())
+                .collect::<Vec<String>>()
+        });
+        assert_eq!(summary.unwrap(), expected);
+        let keys = keys.unwrap();
+        assert_eq!(keys.len(), plain.record_count());
+        let mut given: Vec<&str> = data.iter().map(|row| row.0.as_str()).collect();
+        given.sort_unstable();
+        assert!(
+            keys.iter()
+                .all(|key| given.binary_search(&key.as_str()).is_ok())
+        );
+        assert_eq!(dump(&beside), dump(&plain));
+    }
+    assert_eq!(beside.to_state().unwrap(), plain.to_state().unwrap());
+}
+
 #[test]
 fn state_is_checked_on_load() {
     let mut graph = IdentityGraph::new(rules());

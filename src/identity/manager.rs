@@ -39,6 +39,7 @@ use super::graph::{
     identities_schema, merges_schema, records_schema, refused_schema,
 };
 use super::log_rows::LogRows;
+use super::state::{RECORD_KEYS, record_keys_part};
 use super::tables::{FirstTables, GraphTables, TableBatches};
 use crate::ddl::IdentityGraphDefinition;
 use crate::error::{C360Error, Result};
@@ -278,11 +279,13 @@ impl IdentityGraphs {
         let mut phases = Phases::start();
         let source = source_version(ctx, &definition).await;
         let mut graph = IdentityGraph::new(rules);
-        let (rows_read, watermark, summary) = read_and_apply(ctx, &definition, &mut graph).await?;
-        phases.mark("read and stitch");
         let version = self.next_version(&name).await?;
+        let folder = version_folder(&name, version);
+        let (rows_read, watermark, summary, written) =
+            read_and_apply(ctx, &definition, &mut graph, self.early_state(&folder)).await?;
+        phases.mark("read and stitch");
         let (graph, (outputs, batches, _)) = self
-            .commit_building_tables(&name, &definition, graph, version, watermark)
+            .commit_building_tables(&name, &definition, graph, version, watermark, written)
             .await?;
         phases.mark("state and tables");
         let profiles = graph.profile_count();
@@ -528,7 +531,7 @@ impl IdentityGraphs {
                     &mut phases,
                 )?;
                 let version = managed.version + 1;
-                self.commit(name, &definition, &managed.graph, version, watermark)
+                self.commit(name, &definition, &managed.graph, version, watermark, &[])
                     .await?;
                 managed.version = version;
                 managed.log.clear();
@@ -572,11 +575,13 @@ impl IdentityGraphs {
         let definition = managed.definition.clone();
         let source = source_version(ctx, &definition).await;
         let mut graph = IdentityGraph::new(rules_from_options(&definition)?);
-        let (rows_read, watermark, summary) = read_and_apply(ctx, &definition, &mut graph).await?;
-        phases.mark("read and stitch");
         let version = managed.version + 1;
+        let folder = version_folder(name, version);
+        let (rows_read, watermark, summary, written) =
+            read_and_apply(ctx, &definition, &mut graph, self.early_state(&folder)).await?;
+        phases.mark("read and stitch");
         let (graph, (outputs, batches, changes)) = self
-            .commit_building_tables(name, &definition, graph, version, watermark)
+            .commit_building_tables(name, &definition, graph, version, watermark, written)
             .await?;
         phases.mark("state and tables");
         publish(&managed.tables, batches, &changes)?;
@@ -862,15 +867,33 @@ impl IdentityGraphs {
         graph: &IdentityGraph,
         version: u64,
         watermark: Option<i64>,
+        written: &[&str],
     ) -> Result<()> {
-        write_state(&self.storage, &version_folder(name, version), graph).await?;
+        write_state(
+            &self.storage,
+            &version_folder(name, version),
+            graph,
+            written,
+        )
+        .await?;
         self.point_current(name, definition, version, watermark)
             .await
     }
 
+    /// Where a full build into version folder `folder` writes the state parts it can write
+    /// while it stitches (see [`read_and_apply`]): on a local root only, whose writes need no
+    /// async runtime (the stitch holds the runtime's thread).
+    fn early_state<'s>(&'s self, folder: &'s str) -> Option<EarlyState<'s>> {
+        self.storage.is_local().then_some(EarlyState {
+            storage: &self.storage,
+            folder,
+        })
+    }
+
     /// Commits a graph built from nothing as `version` and builds its first tables meanwhile,
     /// on a blocking thread: both only read the graph, and at millions of records each takes
-    /// seconds, so on two cores the build is shorter by the smaller of the two.
+    /// seconds, so on two cores the build is shorter by the smaller of the two. The parts
+    /// named in `written` are in the version's folder already.
     async fn commit_building_tables(
         &self,
         name: &str,
@@ -878,6 +901,7 @@ impl IdentityGraphs {
         graph: IdentityGraph,
         version: u64,
         watermark: Option<i64>,
+        written: &[&str],
     ) -> Result<(IdentityGraph, FirstTables)> {
         let graph = Arc::new(graph);
         let started = Instant::now();
@@ -889,7 +913,7 @@ impl IdentityGraphs {
             }
         });
         let committed = self
-            .commit(name, definition, &graph, version, watermark)
+            .commit(name, definition, &graph, version, watermark, written)
             .await;
         let state_written = started.elapsed();
         let built = building.await.map_err(|e| C360Error::Task {
@@ -963,12 +987,19 @@ struct Committed {
 /// The first step of a commit: the graph's state, part by part, in `folder`, which nothing
 /// points to yet. Each part is written as it is built, so the state never sits in memory
 /// twice beside the graph; parts are written on as many threads as there are cores (they only
-/// read the graph), the largest first (see [`IdentityGraph::state_parts`]).
-pub async fn write_state(storage: &Storage, folder: &str, graph: &IdentityGraph) -> Result<()> {
+/// read the graph), the largest first (see [`IdentityGraph::state_parts`]). The parts named
+/// in `written` are skipped: a full build wrote them while it stitched.
+pub async fn write_state(
+    storage: &Storage,
+    folder: &str,
+    graph: &IdentityGraph,
+    written: &[&str],
+) -> Result<()> {
     let writers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let files = graph
         .state_parts()
         .into_iter()
+        .filter(|part| !written.contains(&part.name))
         .map(|part| ArrowStream {
             relative: format!("{folder}/{}.arrow", part.name),
             schema: part.schema,
@@ -1219,17 +1250,43 @@ async fn check_source(ctx: &SessionContext, definition: &IdentityGraphDefinition
     Ok(())
 }
 
+/// Where a full build writes state early: a local root, and the new version's folder.
+struct EarlyState<'s> {
+    storage: &'s Storage,
+    folder: &'s str,
+}
+
 /// Reads the whole source and applies it to `graph`. Returns the rows read, the largest
-/// `seen_at` read and what the graph did.
+/// `seen_at` read, what the graph did, and the state parts written to `early` meanwhile:
+/// the record keys, which the stitch no longer changes, are written while it runs (the
+/// stitch keeps one core busy, and at a million customers they were half the state's time).
 async fn read_and_apply(
     ctx: &SessionContext,
     definition: &IdentityGraphDefinition,
     graph: &mut IdentityGraph,
-) -> Result<(u64, Option<i64>, ApplySummary)> {
+    early: Option<EarlyState<'_>>,
+) -> Result<(u64, Option<i64>, ApplySummary, &'static [&'static str])> {
     let mut applying = graph.begin_apply();
     let read = read_into(ctx, definition, &mut applying, None, None).await?;
-    let summary = applying.finish().map_err(graph_error)?;
-    Ok((read.rows, read.max_seen, summary))
+    let Some(early) = early else {
+        let summary = applying.finish().map_err(graph_error)?;
+        return Ok((read.rows, read.max_seen, summary, &[]));
+    };
+    let (stitched, keys_written) = applying.finish_beside(|records| {
+        let part = record_keys_part(records);
+        let relative = format!("{}/{}.arrow", early.folder, part.name);
+        let batches = part.batches.map(|batch| batch.map_err(graph_error));
+        early
+            .storage
+            .put_arrow_stream_here(&relative, &part.schema, batches)
+    });
+    let summary = stitched.map_err(graph_error)?;
+    let written: &[&str] = match keys_written.flatten() {
+        Some(Ok(())) => &[RECORD_KEYS],
+        Some(Err(e)) => return Err(e),
+        None => &[],
+    };
+    Ok((read.rows, read.max_seen, summary, written))
 }
 
 /// What [`read_into`] read.

@@ -19,6 +19,7 @@ use super::graph::{
     stable_hash,
 };
 use super::hubs::block_size;
+use super::intern::Interner;
 use super::load::{type_prefix, unknown_body};
 use crate::prefetch::{AHEAD_FAST, prefetch};
 
@@ -30,21 +31,27 @@ const PREFETCH: usize = 32;
 const FLAGS_SHIFT: u32 = 6;
 
 /// Bumped whenever the layout of a part changes; older state then needs a rebuild.
-pub const STATE_VERSION: u32 = 2;
+/// 3: record keys moved out of `records` into a part of their own, `record_keys`.
+pub const STATE_VERSION: u32 = 3;
 
-/// The parts [`IdentityGraph::state_parts`] makes, in the order [`IdentityGraph::from_state`]
-/// reads them.
-pub const STATE_PARTS: [&str; 9] = [
-    "meta",
-    "profiles",
-    "values",
-    "cooccur",
-    "records",
+/// The parts [`IdentityGraph::state_parts`] makes, in the order it makes them: the largest
+/// first (see there).
+pub const STATE_PARTS: [&str; 10] = [
+    RECORD_KEYS,
     "record_ids",
+    "values",
+    "records",
+    "cooccur",
+    "profiles",
     "merges",
-    "unknown",
     "refused",
+    "unknown",
+    "meta",
 ];
+
+/// The part holding every record's key, by id: it depends on nothing but the records
+/// interner, so a full build can write it while the stitch runs (see [`record_keys_part`]).
+pub const RECORD_KEYS: &str = "record_keys";
 
 type Parts = Vec<(String, Vec<RecordBatch>)>;
 
@@ -75,11 +82,8 @@ fn part_schema(part: &str) -> SchemaRef {
             ("linked_rank", UInt32, true),
         ]),
         "cooccur" => schema(&[("value", UInt32, false), ("other", UInt32, false)]),
-        "records" => schema(&[
-            ("record_key", Utf8, false),
-            ("profile", UInt32, true),
-            ("rank", UInt32, true),
-        ]),
+        RECORD_KEYS => schema(&[("record_key", Utf8, false)]),
+        "records" => schema(&[("profile", UInt32, true), ("rank", UInt32, true)]),
         "record_ids" => schema(&[
             ("record", UInt32, false),
             ("value", UInt32, false),
@@ -130,9 +134,10 @@ impl IdentityGraph {
     /// finish close together.
     pub fn state_parts(&self) -> Vec<StatePart<'_>> {
         vec![
-            streamed("records", self.records_part()),
+            record_keys_part(&self.records),
             streamed("record_ids", self.record_ids_part()),
             streamed("values", self.values_part()),
+            streamed("records", self.records_part()),
             built("cooccur", || {
                 let mut out = writer("cooccur")?;
                 for (v, &(start, len)) in self.v_co.iter().enumerate() {
@@ -246,7 +251,7 @@ impl IdentityGraph {
         let mut graph = IdentityGraph::new(rules);
         // Size the hash tables once: growing them re-places every key, several times over.
         graph.values.reserve(rows("values"));
-        graph.records.reserve(rows("records"));
+        graph.records.reserve(rows(RECORD_KEYS));
 
         let mut meta_rows = 0;
         for reader in part("meta")? {
@@ -441,12 +446,8 @@ impl IdentityGraph {
 
         let mut record_rank: Vec<(u32, u32)> = Vec::new();
         let mut record_profiles: Vec<u32> = Vec::new();
-        for reader in part("records")? {
-            let (key, profile, rank) = (
-                reader.str("record_key", false)?,
-                reader.u32("profile", true)?,
-                reader.u32("rank", true)?,
-            );
+        for reader in part(RECORD_KEYS)? {
+            let key = reader.str("record_key", false)?;
             for i in 0..reader.batch.num_rows() {
                 if i % PREFETCH == 0 {
                     let end = (i + PREFETCH).min(reader.batch.num_rows());
@@ -462,6 +463,13 @@ impl IdentityGraph {
                         );
                     }
                 }
+                graph.r.push(NONE);
+            }
+        }
+        for reader in part("records")? {
+            let (profile, rank) = (reader.u32("profile", true)?, reader.u32("rank", true)?);
+            for i in 0..reader.batch.num_rows() {
+                let id = record_profiles.len() as u32;
                 let p = if profile.is_null(i) {
                     NONE
                 } else {
@@ -474,8 +482,17 @@ impl IdentityGraph {
                     record_rank.push((rank.value(i), id));
                 }
                 record_profiles.push(p);
-                graph.r.push(NONE);
             }
+        }
+        if record_profiles.len() != graph.r.len() {
+            return Err(GraphError::State {
+                part: "records".into(),
+                message: format!(
+                    "{} rows for {} record keys",
+                    record_profiles.len(),
+                    graph.r.len()
+                ),
+            });
         }
         let n_records = graph.r.len();
         graph.record_order = from_ranks("records", record_rank)?;
@@ -657,7 +674,8 @@ impl IdentityGraph {
         })
     }
 
-    /// Row `r`: record `r`'s key, profile slot and rank in `record_order`.
+    /// Row `r`: record `r`'s profile slot and rank in `record_order` (its key is row `r` of
+    /// [`RECORD_KEYS`]).
     fn records_part(&self) -> impl Iterator<Item = Result<RecordBatch, GraphError>> + Send + '_ {
         let mut record_rank = None;
         let mut next = Some(0);
@@ -665,25 +683,18 @@ impl IdentityGraph {
             let first = next?;
             let record_rank: &Vec<u32> =
                 record_rank.get_or_insert_with(|| ranks(&self.record_order, self.r.len()));
-            let end = self.records.run_end(first, STATE_ROWS, MAX_TEXT_BYTES);
-            next = (end < self.records.len()).then_some(end);
-            let columns = || -> Result<Vec<ArrayRef>, GraphError> {
-                Ok(vec![
-                    Arc::new(
-                        self.records
-                            .key_run_text(first, end)
-                            .map_err(GraphError::spill)?,
-                    ),
-                    Arc::new(UInt32Array::from_iter((first..end).map(|r| {
-                        self.prefetch_record_profile(r + AHEAD_FAST);
-                        some(self.record_profile(r as u32))
-                    }))),
-                    Arc::new(UInt32Array::from_iter(
-                        record_rank[first..end].iter().map(|&r| some(r)),
-                    )),
-                ])
-            };
-            Some(columns().and_then(|columns| batch_of("records", part_schema("records"), columns)))
+            let end = (first + STATE_ROWS).min(self.r.len());
+            next = (end < self.r.len()).then_some(end);
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(UInt32Array::from_iter((first..end).map(|r| {
+                    self.prefetch_record_profile(r + AHEAD_FAST);
+                    some(self.record_profile(r as u32))
+                }))),
+                Arc::new(UInt32Array::from_iter(
+                    record_rank[first..end].iter().map(|&r| some(r)),
+                )),
+            ];
+            Some(batch_of("records", part_schema("records"), columns))
         })
     }
 
@@ -750,6 +761,24 @@ fn streamed<'g>(
         schema: part_schema(name),
         batches: Box::new(batches),
     }
+}
+
+/// Row `r`: record `r`'s key. Only the records interner is read, which a batch no longer
+/// changes once its rows are loaded: a full build writes this part while it stitches (see
+/// `Applying::finish_beside`), on the core the stitch leaves idle.
+pub(super) fn record_keys_part(records: &Interner) -> StatePart<'_> {
+    let mut next = Some(0);
+    let batches =
+        std::iter::from_fn(move || {
+            let first = next?;
+            let end = records.run_end(first, STATE_ROWS, MAX_TEXT_BYTES);
+            next = (end < records.len()).then_some(end);
+            let keys = records.key_run_text(first, end).map_err(GraphError::spill);
+            Some(keys.and_then(|keys| {
+                batch_of(RECORD_KEYS, part_schema(RECORD_KEYS), vec![Arc::new(keys)])
+            }))
+        });
+    streamed(RECORD_KEYS, batches)
 }
 
 fn readers<'p>(parts: &'p Parts, name: &'static str) -> Result<Vec<ColumnReader<'p>>, GraphError> {

@@ -344,6 +344,28 @@ impl Storage {
         }
     }
 
+    /// Whether the root is a local directory rather than an object store.
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// [`Storage::put_arrow_stream`] on the calling thread, without the async runtime, for a
+    /// local root; `None` (nothing written) for an object store, whose uploads need the
+    /// runtime. For writing beside CPU-bound work on a thread of its own.
+    pub fn put_arrow_stream_here(
+        &self,
+        relative: &str,
+        schema: &SchemaRef,
+        batches: impl Iterator<Item = Result<RecordBatch>>,
+    ) -> Option<Result<()>> {
+        let local = self.local.as_ref()?;
+        let path = local.dir.join(relative);
+        Some(
+            write_arrow_file(local, &path, schema, batches)
+                .map_err(|message| self.failed(relative, message)),
+        )
+    }
+
     /// [`Storage::put_arrow_stream`] for several files, taken in the order given. On a local
     /// root, `writers` threads write them at once, each taking the next file when done with
     /// its last: encoding is CPU work and a file's tail waits on the disk, so one thread left
