@@ -764,7 +764,7 @@ fn state_round_trip_continues_as_if_never_persisted() {
 fn work_beside_the_stitch_sees_all_records_and_changes_nothing() {
     let data = people(200, true, 5);
     let (early, late) = split(&data, 100);
-    let feed = |graph: &mut IdentityGraph, rows: &[Row]| {
+    fn feed<'g>(graph: &'g mut IdentityGraph, rows: &[Row]) -> Applying<'g> {
         let mut applying = graph.begin_apply();
         applying
             .feed(
@@ -778,7 +778,7 @@ fn work_beside_the_stitch_sees_all_records_and_changes_nothing() {
             )
             .unwrap();
         applying
-    };
+    }
     let mut plain = IdentityGraph::new(rules());
     let mut beside = IdentityGraph::new(rules());
     for rows in [&early, &late] {
